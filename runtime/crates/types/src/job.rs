@@ -1,0 +1,114 @@
+//! Jobs as a handler and the host's backends see them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A job's tags (`user`, `feature`, anything), ordered so they serialize deterministically.
+pub type Tags = BTreeMap<String, String>;
+
+/// What the host tells a handler about the job it runs (mirrors WIT `job-info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: Uuid,
+    /// The plugin the job was submitted to.
+    pub plugin: String,
+    /// The tenant owning the job.
+    pub tenant: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// Attempts allowed in total.
+    pub max_attempts: u32,
+    /// The submission's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The submission's tags.
+    pub tags: Tags,
+    /// When this attempt must end, in ms since the Unix epoch.
+    pub deadline_unix_ms: u64,
+}
+
+/// How a job attempt failed, as the handler (or the host on its behalf) classified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobError {
+    /// May pass on retry.
+    #[error("retryable: {message}")]
+    Retryable {
+        /// Why.
+        message: String,
+        /// Least wait before the next attempt.
+        retry_after_ms: Option<u64>,
+    },
+    /// Will not pass on retry: the job goes to the dead-letter queue.
+    #[error("permanent: {message}")]
+    Permanent {
+        /// Why.
+        message: String,
+    },
+}
+
+impl JobError {
+    /// A retryable error without a retry-after hint.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        JobError::Retryable { message: message.into(), retry_after_ms: None }
+    }
+
+    /// A permanent error.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        JobError::Permanent { message: message.into() }
+    }
+
+    /// The human-readable reason.
+    pub fn message(&self) -> &str {
+        match self {
+            JobError::Retryable { message, .. } | JobError::Permanent { message } => message,
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Retryable { .. })
+    }
+}
+
+/// Everything a backend needs to attribute and scope one call made by a running job.
+///
+/// Cheap to clone; shared by every host call of one attempt.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The job being run.
+    pub job: Arc<JobInfo>,
+    /// The digest of the component the attempt runs.
+    pub digest: String,
+    /// Set when the job was cancelled: host calls refuse to continue.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl CallContext {
+    /// A context for `job` running component `digest`.
+    pub fn new(job: JobInfo, digest: impl Into<String>) -> Self {
+        CallContext { job: Arc::new(job), digest: digest.into(), cancelled: Arc::default() }
+    }
+
+    /// Whether the job was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds left before the attempt's deadline (0 when past it).
+    pub fn remaining_ms(&self) -> u64 {
+        self.job.deadline_unix_ms.saturating_sub(now_unix_ms())
+    }
+}
+
+/// The current time in ms since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,247 @@
+//! Model calls: requests, responses and errors (mirrors WIT `models`).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+}
+
+impl Message {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Message { role: Role::System, content: content.into() }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Message { role: Role::User, content: content.into() }
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message { role: Role::Assistant, content: content.into() }
+    }
+}
+
+/// Text or JSON replies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// A chat request as a handler made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Alias (`fast`) or `provider/model`.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Output token cap.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Text or JSON.
+    #[serde(default)]
+    pub response_format: ResponseFormat,
+    /// Skip the response cache.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Publish token deltas as job events.
+    #[serde(default)]
+    pub stream_events: bool,
+}
+
+impl ChatRequest {
+    /// A request with defaults for everything but the model and messages.
+    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
+        ChatRequest {
+            model: model.into(),
+            messages,
+            max_tokens: None,
+            temperature: None,
+            response_format: ResponseFormat::Text,
+            no_cache: false,
+            stream_events: false,
+        }
+    }
+
+    /// A stable hash of everything that determines the reply (not the cache or streaming
+    /// flags), used as the response-cache key and to match journal entries on replay.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::json!({
+            "model": self.model,
+            "messages": self.messages,
+            "max_tokens": self.max_tokens,
+            // f32 → text keeps the hash stable across platforms.
+            "temperature": self.temperature.map(|t| format!("{t:.4}")),
+            "response_format": self.response_format,
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// Token counts; `input_tokens` includes `cached_input_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens (including cached ones).
+    pub input_tokens: u32,
+    /// Completion tokens.
+    pub output_tokens: u32,
+    /// Prompt tokens served from the provider's prompt cache.
+    pub cached_input_tokens: u32,
+}
+
+/// Where a response came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseSource {
+    /// A provider.
+    #[default]
+    Provider,
+    /// The host's response cache.
+    Cache,
+    /// The job's journal (replay on retry).
+    Journal,
+}
+
+/// A completed chat call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// Reply text.
+    pub content: String,
+    /// Model that answered.
+    pub model: String,
+    /// Provider that answered.
+    pub provider: String,
+    /// Tokens.
+    pub usage: Usage,
+    /// Cost in micro-dollars.
+    pub cost_micros: u64,
+    /// Host wall time in ms.
+    pub latency_ms: u32,
+    /// Provider, cache or journal.
+    pub source: ResponseSource,
+    /// Why generation stopped.
+    pub finish_reason: String,
+}
+
+/// An embeddings request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// Alias or `provider/model`.
+    pub model: String,
+    /// Texts.
+    pub inputs: Vec<String>,
+}
+
+impl EmbedRequest {
+    /// Stable hash for cache and journal matching.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::json!({ "embed": self.model, "inputs": self.inputs });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// A completed embeddings call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResponse {
+    /// One vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Model that answered.
+    pub model: String,
+    /// Provider that answered.
+    pub provider: String,
+    /// Tokens.
+    pub usage: Usage,
+    /// Cost in micro-dollars.
+    pub cost_micros: u64,
+    /// Provider, cache or journal.
+    pub source: ResponseSource,
+}
+
+/// Why a model call failed: a value the handler handles, never a trap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelError {
+    /// A hard budget would be exceeded.
+    #[error("budget exceeded: {message}")]
+    BudgetExceeded {
+        /// Which budget and by how much.
+        message: String,
+    },
+    /// Rate-limited past the deadline.
+    #[error("rate limited: {message}")]
+    RateLimited {
+        /// What was limited.
+        message: String,
+        /// When capacity is expected.
+        retry_after_ms: Option<u64>,
+    },
+    /// Every provider failed.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+    },
+    /// The request is wrong.
+    #[error("invalid request: {message}")]
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+    },
+    /// The deadline passed.
+    #[error("timeout: {message}")]
+    Timeout {
+        /// What timed out.
+        message: String,
+    },
+    /// The provider refused the content.
+    #[error("content filtered: {message}")]
+    ContentFiltered {
+        /// The provider's words.
+        message: String,
+    },
+}
+
+impl ModelError {
+    /// Shorthand for [`ModelError::InvalidRequest`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ModelError::InvalidRequest { message: message.into() }
+    }
+    /// Shorthand for [`ModelError::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ModelError::Unavailable { message: message.into() }
+    }
+    /// A short machine-readable kind, for metrics and usage records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelError::BudgetExceeded { .. } => "budget_exceeded",
+            ModelError::RateLimited { .. } => "rate_limited",
+            ModelError::Unavailable { .. } => "unavailable",
+            ModelError::InvalidRequest { .. } => "invalid_request",
+            ModelError::Timeout { .. } => "timeout",
+            ModelError::ContentFiltered { .. } => "content_filtered",
+        }
+    }
+}
