@@ -1,1 +1,9 @@
-//! placeholder
+//! Sluice: a serverless runtime for AI jobs.
+//!
+//! This crate is the host: configuration, the CLI, and (as they land) the worker, the HTTP
+//! API and telemetry. The engine (`sluice-engine`), the store (`sluice-store`) and the model
+//! gateway (`sluice-gateway`) are separate crates with narrow surfaces.
+
+pub mod cli;
+pub mod config;
+pub mod plugin_build;

@@ -1,1 +1,67 @@
-//! placeholder
+//! Sluice's model gateway: every model call a handler makes goes through here.
+//!
+//! ```text
+//! chat(ctx, request) ─▶ alias → chain ─▶ cache? ─▶ budget reserve ─▶ for each model in chain:
+//!     breaker open? skip ─▶ 429 hold ─▶ RPM/TPM limiter (waits up to the deadline)
+//!     ─▶ provider attempt (timeout) ─▶ retry with backoff + full jitter / fail over
+//! ─▶ cost (integer micro-dollars) ─▶ budget settle + alerts ─▶ cache put ─▶ CallOutcome
+//! ```
+//!
+//! - [`config`]: the `[gateway]` table of `sluice.toml` (providers, models with prices, alias
+//!   chains, cache, retry, budgets); strict, validated at load.
+//! - [`provider`]: the OpenAI-compatible and Anthropic Messages clients behind [`Provider`].
+//! - [`sim`]: the simulated provider, a real HTTP server speaking both wire formats.
+//! - [`Gateway`]: [`Gateway::chat`] and [`Gateway::embed`] return the response together with a
+//!   [`CallRecord`] (what a usage row needs), on failure too ([`CallError`]).
+//! - [`budget`]: hard budgets behind the [`Ledger`] trait, alerts behind [`AlertSink`].
+//!
+//! Journal replay and usage persistence are the host's: it checks its journal before calling
+//! [`Gateway::chat`] and writes [`CallRecord`]s after.
+//!
+//! ```
+//! use sluice_gateway::{Gateway, GatewayConfig};
+//! use sluice_types::model::{ChatRequest, Message, ResponseSource};
+//! use sluice_types::{CallContext, JobInfo};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // No keys needed: the default config starts two simulated providers in-process.
+//! let gateway = Gateway::new(GatewayConfig::simulated()).await.unwrap();
+//! let ctx = CallContext::new(JobInfo {
+//!     id: uuid::Uuid::nil(), plugin: "demo".into(), tenant: "acme".into(), attempt: 1,
+//!     max_attempts: 3, idempotency_key: None, tags: Default::default(), deadline_unix_ms: 0,
+//! }, "sha256:demo");
+//! let request = ChatRequest::new("fast", vec![Message::user("Summarize the quarterly report")]);
+//! let first = gateway.chat(&ctx, request.clone(), None).await.unwrap();
+//! assert_eq!(first.record.provider.as_deref(), Some("sim"));
+//! assert!(first.response.cost_micros > 0);
+//! let again = gateway.chat(&ctx, request, None).await.unwrap();
+//! assert_eq!(again.response.source, ResponseSource::Cache);
+//! assert_eq!(again.response.cost_micros, 0);
+//! # });
+//! ```
+
+pub mod breaker;
+pub mod budget;
+pub mod cache;
+pub mod config;
+mod gateway;
+pub mod limiter;
+pub mod provider;
+pub mod sim;
+pub mod tokens;
+
+pub use breaker::BreakerState;
+pub use budget::{
+    AlertKind, AlertSink, BudgetAlert, BudgetKey, BudgetLine, Budgets, FanoutAlertSink, Ledger,
+    LedgerError, Level, LogAlertSink, MemoryLedger, Refusal,
+};
+pub use config::{
+    BreakerConfig, BudgetConfig, BudgetScope, CacheConfig, ConfigError, GatewayConfig,
+    ModelConfig, Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider,
+    Wire,
+};
+pub use gateway::{
+    AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome, Gateway, GatewayBuilder,
+};
+pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
+pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

@@ -23,7 +23,10 @@ pub struct StateScope {
 impl StateScope {
     /// The scope of the job in `ctx`.
     pub fn of(ctx: &CallContext) -> Self {
-        StateScope { tenant: ctx.job.tenant.clone(), plugin: ctx.job.plugin.clone() }
+        StateScope {
+            tenant: ctx.job.tenant.clone(),
+            plugin: ctx.job.plugin.clone(),
+        }
     }
 }
 

@@ -54,12 +54,17 @@ pub enum JobError {
 impl JobError {
     /// A retryable error without a retry-after hint.
     pub fn retryable(message: impl Into<String>) -> Self {
-        JobError::Retryable { message: message.into(), retry_after_ms: None }
+        JobError::Retryable {
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 
     /// A permanent error.
     pub fn permanent(message: impl Into<String>) -> Self {
-        JobError::Permanent { message: message.into() }
+        JobError::Permanent {
+            message: message.into(),
+        }
     }
 
     /// The human-readable reason.
@@ -91,7 +96,11 @@ pub struct CallContext {
 impl CallContext {
     /// A context for `job` running component `digest`.
     pub fn new(job: JobInfo, digest: impl Into<String>) -> Self {
-        CallContext { job: Arc::new(job), digest: digest.into(), cancelled: Arc::default() }
+        CallContext {
+            job: Arc::new(job),
+            digest: digest.into(),
+            cancelled: Arc::default(),
+        }
     }
 
     /// Whether the job was cancelled.

@@ -27,15 +27,24 @@ pub struct Message {
 impl Message {
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        Message { role: Role::System, content: content.into() }
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Message { role: Role::User, content: content.into() }
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     /// An assistant message.
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message { role: Role::Assistant, content: content.into() }
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -227,11 +236,15 @@ pub enum ModelError {
 impl ModelError {
     /// Shorthand for [`ModelError::InvalidRequest`].
     pub fn invalid(message: impl Into<String>) -> Self {
-        ModelError::InvalidRequest { message: message.into() }
+        ModelError::InvalidRequest {
+            message: message.into(),
+        }
     }
     /// Shorthand for [`ModelError::Unavailable`].
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ModelError::Unavailable { message: message.into() }
+        ModelError::Unavailable {
+            message: message.into(),
+        }
     }
     /// A short machine-readable kind, for metrics and usage records.
     pub fn kind(&self) -> &'static str {

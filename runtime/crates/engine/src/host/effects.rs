@@ -1,0 +1,72 @@
+//! `sluice:plugin/effects`: once-per-job side effects, journaled by key.
+
+use sluice_types::EffectError;
+
+use super::HostState;
+use crate::bindings::effects as w;
+
+fn to_wit(e: EffectError) -> w::EffectError {
+    match e {
+        EffectError::InvalidKey(m) => w::EffectError::InvalidKey(m),
+        EffectError::Unavailable(m) => w::EffectError::Unavailable(m),
+    }
+}
+
+impl w::Host for HostState {
+    async fn begin(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<w::EffectStatus, w::EffectError>> {
+        self.check_cancelled()?;
+        let found = self.services.effects.lookup(self.ctx.job.id, &key).await;
+        Ok(found
+            .map(|r| match r {
+                Some(result) => w::EffectStatus::Committed(result),
+                None => w::EffectStatus::Pending,
+            })
+            .map_err(to_wit))
+    }
+
+    async fn commit(
+        &mut self,
+        key: String,
+        result: String,
+    ) -> wasmtime::Result<Result<(), w::EffectError>> {
+        // No cancellation check: an effect that ran must be recorded even if the job was
+        // cancelled meanwhile, or a redrive would run it twice.
+        Ok(self
+            .services
+            .effects
+            .commit(self.ctx.job.id, &key, &result)
+            .await
+            .map_err(to_wit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::testing;
+    use w::Host;
+
+    #[tokio::test]
+    async fn commit_once_then_replay() {
+        let mut h = testing::state();
+        assert!(matches!(
+            h.begin("email".into()).await.unwrap(),
+            Ok(w::EffectStatus::Pending)
+        ));
+        h.commit("email".into(), "\"sent\"".into())
+            .await
+            .unwrap()
+            .unwrap();
+        h.commit("email".into(), "\"again\"".into())
+            .await
+            .unwrap()
+            .unwrap();
+        match h.begin("email".into()).await.unwrap() {
+            Ok(w::EffectStatus::Committed(r)) => assert_eq!(r, "\"sent\""),
+            other => panic!("expected committed, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! Configuration: the `[gateway]` table of `sluice.toml`.
+//!
+//! Strict: unknown keys are errors, every alias entry must name a configured model, every model
+//! a configured provider, and every chat model must have input and output prices (an unknown
+//! price is an error at load, never a silent zero; a free model says `0`).
+//!
+//! ```toml
+//! [gateway.providers.openai]
+//! kind = "openai"
+//! base_url = "https://api.openai.com/v1"
+//! api_key_env = "OPENAI_API_KEY"
+//! rpm = 500
+//! tpm = 200000
+//!
+//! [gateway.models."openai/gpt-4o-mini"]
+//! input_usd_per_mtok = 0.15
+//! output_usd_per_mtok = 0.60
+//! cached_input_usd_per_mtok = 0.075
+//! context_tokens = 128000
+//!
+//! [gateway.aliases]
+//! fast = ["openai/gpt-4o-mini"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sim::SimConfig;
+
+/// Why a gateway configuration was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A provider's settings are unusable.
+    #[error("gateway.providers.{provider}: {message}")]
+    Provider {
+        /// The provider's name.
+        provider: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A model's settings are unusable.
+    #[error("gateway.models.\"{model}\": {message}")]
+    Model {
+        /// The model id (`provider/model`).
+        model: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An alias names something that does not exist.
+    #[error("gateway.aliases.{alias}: {message}")]
+    Alias {
+        /// The alias.
+        alias: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A budget rule is unusable.
+    #[error("gateway.budgets[{index}]: {message}")]
+    Budget {
+        /// Position in the `budgets` array.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Anything else.
+    #[error("gateway: {0}")]
+    Other(String),
+    /// A simulated provider's server could not start.
+    #[error("gateway.providers.{provider}: simulator failed to start: {message}")]
+    Simulator {
+        /// The provider's name.
+        provider: String,
+        /// The I/O error.
+        message: String,
+    },
+}
+
+/// The model gateway's configuration.
+///
+/// When `providers`, `models` and `aliases` are all empty the built-in simulated setup of
+/// [`GatewayConfig::simulated`] is used, so a `[gateway]` table that only tunes the cache still
+/// works without keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Providers by name (the part before `/` in a model id).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Models by id, `provider/model`.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Aliases (`fast`, `smart`, `embed`, …) → ordered fallback chains of model ids.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// Response cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Backoff between attempts.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Hard budgets.
+    #[serde(default)]
+    pub budgets: Vec<BudgetConfig>,
+    /// Upper bound on one call's total time (all waits, attempts and fallbacks), used as the
+    /// deadline when the job has none and as a cap otherwise.
+    #[serde(default = "d_max_call_ms")]
+    pub max_call_ms: u64,
+    /// Output-token cap for models that set none and requests that set none.
+    #[serde(default = "d_default_max_tokens")]
+    pub default_max_tokens: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig::simulated()
+    }
+}
+
+/// Which wire format (and client) a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible chat completions and embeddings (OpenAI, vLLM, Ollama, llama.cpp,
+    /// Groq, Together, …).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// A simulator started in-process; `simulator.wire` picks the format it is spoken to in.
+    Simulated,
+}
+
+impl ProviderKind {
+    /// Lower-case name, as in the config and in `gen_ai.provider.name`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Simulated => "simulated",
+        }
+    }
+}
+
+/// Wire format a simulated provider is spoken to in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wire {
+    /// `/v1/chat/completions` and `/v1/embeddings`.
+    #[default]
+    OpenAi,
+    /// `/v1/messages`.
+    Anthropic,
+}
+
+/// An API key. Never printed: `Debug` and `Serialize` show `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a key.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The key itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// One provider endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Wire format / client.
+    pub kind: ProviderKind,
+    /// Base URL including the version path (`https://api.openai.com/v1`). Defaults to the
+    /// vendor's public URL; ignored for `simulated`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// API key, inline. Prefer `api_key_env`.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Name of an environment variable holding the API key, read when the gateway starts.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Extra HTTP headers sent with every request (e.g. `OpenAI-Organization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per-attempt timeout for the whole request (streaming included), ms.
+    #[serde(default = "d_timeout_ms")]
+    pub timeout_ms: u64,
+    /// TCP/TLS connect timeout, ms.
+    #[serde(default = "d_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Requests per minute this node may send (before its share is applied).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens (input + output) per minute this node may send.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Seconds of quota that may be spent in one burst (1..=60; 60 = a full minute, like the
+    /// providers' own buckets).
+    #[serde(default = "d_burst_secs")]
+    pub burst_secs: f64,
+    /// Retries on this provider after the first attempt, for retryable failures.
+    #[serde(default = "d_max_retries")]
+    pub max_retries: u32,
+    /// Circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// The simulator's behaviour, for `kind = "simulated"`.
+    #[serde(default)]
+    pub simulator: Option<SimulatedProvider>,
+}
+
+impl ProviderConfig {
+    /// A provider of `kind` with defaults for everything else.
+    pub fn new(kind: ProviderKind) -> Self {
+        ProviderConfig {
+            kind,
+            base_url: None,
+            api_key: None,
+            api_key_env: None,
+            headers: BTreeMap::new(),
+            timeout_ms: d_timeout_ms(),
+            connect_timeout_ms: d_connect_timeout_ms(),
+            rpm: None,
+            tpm: None,
+            burst_secs: d_burst_secs(),
+            max_retries: d_max_retries(),
+            breaker: BreakerConfig::default(),
+            simulator: None,
+        }
+    }
+
+    /// A provider speaking `kind`'s wire format at `base_url`.
+    pub fn with_url(kind: ProviderKind, base_url: impl Into<String>) -> Self {
+        ProviderConfig { base_url: Some(base_url.into()), ..ProviderConfig::new(kind) }
+    }
+}
+
+/// A simulated provider: the wire format to speak and the simulator's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedProvider {
+    /// Wire format.
+    #[serde(default)]
+    pub wire: Wire,
+    /// The simulator's latency, limits and faults.
+    #[serde(default)]
+    pub config: SimConfig,
+}
+
+/// Circuit breaker settings (per provider).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Open when at least this fraction of the calls in the window failed…
+    #[serde(default = "d_failure_rate")]
+    pub failure_rate: f64,
+    /// …and the window holds at least this many calls.
+    #[serde(default = "d_min_calls")]
+    pub min_calls: u32,
+    /// Sliding window, ms.
+    #[serde(default = "d_window_ms")]
+    pub window_ms: u64,
+    /// How long an open breaker refuses calls before letting one probe through, ms.
+    #[serde(default = "d_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_rate: d_failure_rate(),
+            min_calls: d_min_calls(),
+            window_ms: d_window_ms(),
+            cooldown_ms: d_cooldown_ms(),
+        }
+    }
+}
+
+/// One model at one provider, with its prices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The provider's name for the model; defaults to the part of the id after `/`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// US dollars per million input tokens (decimal). Required.
+    pub input_usd_per_mtok: f64,
+    /// US dollars per million output tokens. Required for chat models.
+    #[serde(default)]
+    pub output_usd_per_mtok: Option<f64>,
+    /// US dollars per million cached input tokens; defaults to the input price.
+    #[serde(default)]
+    pub cached_input_usd_per_mtok: Option<f64>,
+    /// Output-token cap used when a request sets none.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Context window (input + output tokens); a request that cannot fit skips this model.
+    #[serde(default)]
+    pub context_tokens: Option<u32>,
+    /// Requests per minute for this model, on top of the provider's limit.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute for this model, on top of the provider's limit.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// An embeddings model (no output price needed).
+    #[serde(default)]
+    pub embedding: bool,
+}
+
+impl ModelConfig {
+    /// A chat model with these prices (USD per million tokens).
+    pub fn chat(input: f64, output: f64) -> Self {
+        ModelConfig {
+            name: None,
+            input_usd_per_mtok: input,
+            output_usd_per_mtok: Some(output),
+            cached_input_usd_per_mtok: None,
+            max_tokens: None,
+            context_tokens: None,
+            rpm: None,
+            tpm: None,
+            embedding: false,
+        }
+    }
+
+    /// An embeddings model with this input price.
+    pub fn embedding(input: f64) -> Self {
+        ModelConfig { embedding: true, output_usd_per_mtok: None, ..ModelConfig::chat(input, 0.0) }
+    }
+}
+
+/// Response cache settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Whether responses are cached at all.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// How long an entry lives, seconds.
+    #[serde(default = "d_cache_ttl")]
+    pub ttl_secs: u64,
+    /// Entries kept; the oldest go first.
+    #[serde(default = "d_cache_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { enabled: true, ttl_secs: d_cache_ttl(), max_entries: d_cache_entries() }
+    }
+}
+
+/// Backoff between attempts: exponential with full jitter, `retry-after` honoured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First backoff ceiling, ms (the wait is uniform in `0..=ceiling`).
+    #[serde(default = "d_base_delay")]
+    pub base_delay_ms: u64,
+    /// Largest backoff ceiling, ms.
+    #[serde(default = "d_max_delay")]
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { base_delay_ms: d_base_delay(), max_delay_ms: d_max_delay() }
+    }
+}
+
+/// What a budget is counted over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetScope {
+    /// A tenant.
+    Tenant,
+    /// A plugin.
+    Plugin,
+    /// A job tag (`tag = "user"`).
+    Tag,
+    /// One job (all its attempts).
+    Job,
+}
+
+/// When a budget's spend resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// UTC calendar day.
+    Day,
+    /// UTC calendar month.
+    Month,
+    /// Never.
+    Total,
+}
+
+/// One hard budget rule.
+///
+/// `scope = "tag", tag = "user"` with no `value` gives every user their own budget;
+/// `value = "alice"` limits only alice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// A name for alerts and errors; defaults to a description of the rule.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What is counted.
+    pub scope: BudgetScope,
+    /// The tag key, for `scope = "tag"`.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Only this tenant / plugin / tag value; absent: each value has its own budget.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Reset period.
+    pub period: Period,
+    /// Hard limit, US dollars.
+    pub limit_usd: f64,
+    /// Fractions of the limit at which an alert fires (once per period each).
+    #[serde(default = "d_alerts")]
+    pub alerts: Vec<f64>,
+}
+
+impl GatewayConfig {
+    /// The built-in setup that needs no keys: two in-process simulated providers, `sim`
+    /// (OpenAI wire format) and `sim-b` (Anthropic wire format), and aliases `fast` and
+    /// `smart` that fail over from the first to the second, plus `embed`.
+    pub fn simulated() -> Self {
+        let mut providers = BTreeMap::new();
+        for (name, wire, seed) in [("sim", Wire::OpenAi, 1), ("sim-b", Wire::Anthropic, 2)] {
+            let mut p = ProviderConfig::new(ProviderKind::Simulated);
+            p.simulator =
+                Some(SimulatedProvider { wire, config: SimConfig { seed, ..SimConfig::default() } });
+            providers.insert(name.to_string(), p);
+        }
+        let mut models = BTreeMap::new();
+        for p in ["sim", "sim-b"] {
+            models.insert(format!("{p}/sim-fast"), ModelConfig {
+                cached_input_usd_per_mtok: Some(0.075),
+                context_tokens: Some(128_000),
+                ..ModelConfig::chat(0.15, 0.60)
+            });
+            models.insert(format!("{p}/sim-smart"), ModelConfig {
+                cached_input_usd_per_mtok: Some(1.25),
+                context_tokens: Some(200_000),
+                ..ModelConfig::chat(2.50, 10.0)
+            });
+        }
+        models.insert("sim/sim-embed".into(), ModelConfig::embedding(0.02));
+        let chain = |m: &str| vec![format!("sim/{m}"), format!("sim-b/{m}")];
+        let aliases = BTreeMap::from([
+            ("fast".to_string(), chain("sim-fast")),
+            ("smart".to_string(), chain("sim-smart")),
+            ("embed".to_string(), vec!["sim/sim-embed".to_string()]),
+        ]);
+        GatewayConfig { providers, models, aliases, ..GatewayConfig::empty() }
+    }
+
+    /// No providers, models or aliases; default settings otherwise.
+    pub fn empty() -> Self {
+        GatewayConfig {
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            cache: CacheConfig::default(),
+            retry: RetryConfig::default(),
+            budgets: Vec::new(),
+            max_call_ms: d_max_call_ms(),
+            default_max_tokens: d_default_max_tokens(),
+        }
+    }
+
+    /// This config, or the simulated setup (keeping cache, retry, budget and limit settings)
+    /// when it names no providers, models or aliases.
+    pub fn or_simulated(self) -> Self {
+        if self.providers.is_empty() && self.models.is_empty() && self.aliases.is_empty() {
+            let sim = GatewayConfig::simulated();
+            GatewayConfig {
+                providers: sim.providers,
+                models: sim.models,
+                aliases: sim.aliases,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    /// Check every cross-reference and value; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.providers.is_empty() {
+            return Err(ConfigError::Other("no providers configured".into()));
+        }
+        if self.max_call_ms == 0 {
+            return Err(ConfigError::Other("max_call_ms must be positive".into()));
+        }
+        if self.default_max_tokens == 0 {
+            return Err(ConfigError::Other("default_max_tokens must be positive".into()));
+        }
+        for (name, p) in &self.providers {
+            let err = |message: String| ConfigError::Provider { provider: name.clone(), message };
+            if name.is_empty() || name.contains('/') {
+                return Err(err("a provider name must be non-empty and contain no '/'".into()));
+            }
+            if p.kind == ProviderKind::Simulated {
+                if p.base_url.is_some() {
+                    return Err(err("a simulated provider has no base_url (it starts its own \
+                        server); use kind = \"openai\" to talk to a standalone simulator"
+                        .into()));
+                }
+            } else if p.simulator.is_some() {
+                return Err(err("`simulator` settings need kind = \"simulated\"".into()));
+            }
+            if let Some(url) = &p.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(err(format!("base_url {url:?} must start with http:// or https://")));
+            }
+            if p.api_key.is_some() && p.api_key_env.is_some() {
+                return Err(err("set api_key or api_key_env, not both".into()));
+            }
+            if p.timeout_ms == 0 || p.connect_timeout_ms == 0 {
+                return Err(err("timeouts must be positive".into()));
+            }
+            if p.rpm == Some(0) || p.tpm == Some(0) {
+                return Err(err("rpm and tpm must be positive (omit them for no limit)".into()));
+            }
+            if !(1.0..=60.0).contains(&p.burst_secs) {
+                return Err(err("burst_secs must be within 1..=60".into()));
+            }
+            let b = &p.breaker;
+            if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+                return Err(err("breaker.failure_rate must be within (0, 1]".into()));
+            }
+            if b.min_calls == 0 || b.window_ms == 0 || b.cooldown_ms == 0 {
+                return Err(err("breaker.min_calls, window_ms and cooldown_ms must be positive"
+                    .into()));
+            }
+            for (k, v) in &p.headers {
+                if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(err(format!("header {k:?} is not a valid HTTP header")));
+                }
+            }
+        }
+        for (id, m) in &self.models {
+            let err = |message: String| ConfigError::Model { model: id.clone(), message };
+            let Some((provider, rest)) = id.split_once('/') else {
+                return Err(err("a model id is `provider/model`".into()));
+            };
+            if rest.is_empty() {
+                return Err(err("a model id is `provider/model`".into()));
+            }
+            let Some(p) = self.providers.get(provider) else {
+                return Err(err(format!("unknown provider {provider:?}")));
+            };
+            let price_ok = |v: f64| v.is_finite() && v >= 0.0;
+            if !price_ok(m.input_usd_per_mtok)
+                || !m.output_usd_per_mtok.is_none_or(price_ok)
+                || !m.cached_input_usd_per_mtok.is_none_or(price_ok)
+            {
+                return Err(err("prices must be finite and non-negative".into()));
+            }
+            if !m.embedding && m.output_usd_per_mtok.is_none() {
+                return Err(err("output_usd_per_mtok is required for a chat model (an unknown \
+                    price is an error; write 0 for a free model)"
+                    .into()));
+            }
+            if m.embedding {
+                let wire = match p.kind {
+                    ProviderKind::Anthropic => Wire::Anthropic,
+                    ProviderKind::OpenAi => Wire::OpenAi,
+                    ProviderKind::Simulated => p.simulator.as_ref().map(|s| s.wire).unwrap_or_default(),
+                };
+                if wire == Wire::Anthropic {
+                    return Err(err("the Anthropic wire format has no embeddings endpoint".into()));
+                }
+            }
+            if m.max_tokens == Some(0) || m.context_tokens == Some(0) {
+                return Err(err("max_tokens and context_tokens must be positive".into()));
+            }
+            if m.rpm == Some(0) || m.tpm == Some(0) {
+                return Err(err("rpm and tpm must be positive (omit them for no limit)".into()));
+            }
+        }
+        for (alias, chain) in &self.aliases {
+            let err = |message: String| ConfigError::Alias { alias: alias.clone(), message };
+            if alias.is_empty() || alias.contains('/') {
+                return Err(err("an alias must be non-empty and contain no '/'".into()));
+            }
+            if chain.is_empty() {
+                return Err(err("an alias needs at least one model".into()));
+            }
+            let embedding = self.models.get(&chain[0]).map(|m| m.embedding);
+            for id in chain {
+                let Some(m) = self.models.get(id) else {
+                    let hint = match id.split_once('/') {
+                        Some((p, _)) if !self.providers.contains_key(p) => {
+                            format!("unknown provider {p:?} in {id:?}")
+                        }
+                        Some(_) => format!("unknown model {id:?} (add it under gateway.models)"),
+                        None => format!("{id:?} is not a `provider/model` id"),
+                    };
+                    return Err(err(hint));
+                };
+                if Some(m.embedding) != embedding {
+                    return Err(err("an alias mixes chat and embedding models".into()));
+                }
+            }
+        }
+        for (index, b) in self.budgets.iter().enumerate() {
+            let err = |message: &str| ConfigError::Budget { index, message: message.into() };
+            if !(b.limit_usd.is_finite() && b.limit_usd >= 0.0) {
+                return Err(err("limit_usd must be finite and non-negative"));
+            }
+            match (b.scope, &b.tag) {
+                (BudgetScope::Tag, None) => return Err(err("scope = \"tag\" needs `tag`")),
+                (BudgetScope::Tag, Some(_)) => {}
+                (_, Some(_)) => return Err(err("`tag` is only for scope = \"tag\"")),
+                _ => {}
+            }
+            if b.scope == BudgetScope::Job && b.value.is_some() {
+                return Err(err("a job budget applies to every job; it takes no `value`"));
+            }
+            if b.alerts.iter().any(|a| !(a.is_finite() && *a > 0.0)) {
+                return Err(err("alert thresholds must be positive fractions (0.8 = 80%)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Dollars per million tokens → micro-dollars per million tokens.
+pub(crate) fn usd_to_micros(usd: f64) -> u64 {
+    (usd * 1_000_000.0).round() as u64
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_max_call_ms() -> u64 {
+    300_000
+}
+fn d_default_max_tokens() -> u32 {
+    1024
+}
+fn d_timeout_ms() -> u64 {
+    120_000
+}
+fn d_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn d_burst_secs() -> f64 {
+    60.0
+}
+fn d_max_retries() -> u32 {
+    2
+}
+fn d_failure_rate() -> f64 {
+    0.5
+}
+fn d_min_calls() -> u32 {
+    5
+}
+fn d_window_ms() -> u64 {
+    30_000
+}
+fn d_cooldown_ms() -> u64 {
+    10_000
+}
+fn d_cache_ttl() -> u64 {
+    3_600
+}
+fn d_cache_entries() -> usize {
+    10_000
+}
+fn d_base_delay() -> u64 {
+    250
+}
+fn d_max_delay() -> u64 {
+    20_000
+}
+fn d_alerts() -> Vec<f64> {
+    vec![0.5, 0.8, 1.0]
+}

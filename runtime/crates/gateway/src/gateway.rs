@@ -1,0 +1,1080 @@
+//! The gateway: alias → chain, cache, budget, rate limits, breaker, retries, failover, cost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sluice_types::model::{
+    ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource, Usage,
+};
+use sluice_types::{CallContext, ModelBackend};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::breaker::{Admission, Breaker, BreakerState};
+use crate::budget::{AlertSink, Budgets, Hold, Ledger, LedgerError, LogAlertSink, MemoryLedger};
+use crate::cache::ResponseCache;
+use crate::config::{ConfigError, GatewayConfig, ProviderKind, RetryConfig, Wire};
+use crate::limiter::LimiterSet;
+use crate::provider::{
+    AnthropicProvider, DeltaFn, FailureKind, OpenAiProvider, Provider, ProviderChatReply,
+    ProviderChatRequest, ProviderEmbedReply, ProviderError,
+};
+use crate::sim::{self, SimHandle};
+use crate::tokens::{self, Price};
+
+/// Tokens added to the prompt estimate for provider-side framing (e.g. the JSON instruction
+/// the Anthropic client adds), so the rate-limit reservation errs high.
+const ESTIMATE_MARGIN_TOKENS: u32 = 16;
+
+/// One attempt (or skipped chain position) of a call, for usage records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptInfo {
+    /// Provider name.
+    pub provider: String,
+    /// Model id, `provider/model`.
+    pub model: String,
+    /// `ok`, a failure kind (`server_error`, `rate_limited`, …), or why the position was
+    /// skipped: `circuit_open`, `throttled` (no rate-limit capacity before the deadline),
+    /// `context_exceeded`.
+    pub outcome: String,
+    /// HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// Time in the provider call, ms.
+    pub latency_ms: u32,
+    /// Time waiting for rate-limit capacity before it, ms.
+    pub rate_limit_wait_ms: u32,
+}
+
+/// What a usage record needs about one call, success or failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// `chat` or `embeddings`.
+    pub operation: String,
+    /// The model or alias the caller asked for.
+    pub requested_model: String,
+    /// Provider that answered (or was tried last).
+    pub provider: Option<String>,
+    /// Model id that answered (or was tried last), `provider/model`.
+    pub model: Option<String>,
+    /// The model name the provider reported.
+    pub response_model: Option<String>,
+    /// Tokens (`input_tokens` includes cached ones). On a cache hit: the original call's.
+    pub usage: Usage,
+    /// Cost charged, micro-dollars (0 for cache hits and failures).
+    pub cost_micros: u64,
+    /// Worst-case cost reserved against budgets before the call.
+    pub reserved_micros: u64,
+    /// Wall time of the whole call, ms.
+    pub latency_ms: u32,
+    /// Time to the first streamed token from the call's start, when streaming.
+    pub ttft_ms: Option<u32>,
+    /// Every attempt, in order.
+    pub attempts: Vec<AttemptInfo>,
+    /// Extra attempts on the same provider.
+    pub retries: u32,
+    /// Chain positions moved past the first.
+    pub fallbacks: u32,
+    /// Total time waiting for rate-limit capacity or a provider's `retry-after`, ms.
+    pub rate_limit_wait_ms: u64,
+    /// Provider or cache.
+    pub source: ResponseSource,
+    /// `ok` or the [`ModelError::kind`].
+    pub outcome: String,
+}
+
+impl CallRecord {
+    fn new(operation: &str, requested_model: &str) -> Self {
+        CallRecord {
+            operation: operation.into(),
+            requested_model: requested_model.into(),
+            provider: None,
+            model: None,
+            response_model: None,
+            usage: Usage::default(),
+            cost_micros: 0,
+            reserved_micros: 0,
+            latency_ms: 0,
+            ttft_ms: None,
+            attempts: Vec::new(),
+            retries: 0,
+            fallbacks: 0,
+            rate_limit_wait_ms: 0,
+            source: ResponseSource::Provider,
+            outcome: "ok".into(),
+        }
+    }
+}
+
+/// A successful chat call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallOutcome {
+    /// What the handler gets.
+    pub response: ChatResponse,
+    /// What the usage record needs.
+    pub record: CallRecord,
+}
+
+/// A successful embeddings call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedOutcome {
+    /// What the handler gets.
+    pub response: EmbedResponse,
+    /// What the usage record needs.
+    pub record: CallRecord,
+}
+
+/// A failed call: the handler's error plus what the usage record needs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error}")]
+pub struct CallError {
+    /// What the handler gets.
+    pub error: ModelError,
+    /// What the usage record needs (boxed: errors stay small).
+    pub record: Box<CallRecord>,
+}
+
+impl From<CallError> for ModelError {
+    fn from(e: CallError) -> ModelError {
+        e.error
+    }
+}
+
+struct ProviderEntry {
+    name: String,
+    kind: &'static str,
+    client: Arc<dyn Provider>,
+    breaker: Breaker,
+    max_retries: u32,
+    timeout: Duration,
+    /// Set by a 429's `retry-after`: every call to this provider holds until then.
+    hold_until: Mutex<Option<Instant>>,
+    /// Moving average of successful attempts' duration, µs: a call does not queue for
+    /// rate-limit capacity it could only use after its deadline has left too little time.
+    typical_us: AtomicU64,
+}
+
+impl ProviderEntry {
+    fn typical(&self) -> Duration {
+        Duration::from_micros(self.typical_us.load(Ordering::Relaxed))
+    }
+
+    fn observe(&self, d: Duration) {
+        let new = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.typical_us.load(Ordering::Relaxed);
+        let avg = if old == 0 { new } else { (old * 4 + new) / 5 };
+        self.typical_us.store(avg, Ordering::Relaxed);
+    }
+}
+
+struct ModelEntry {
+    id: String,
+    provider: String,
+    name: String,
+    price: Price,
+    max_tokens: Option<u32>,
+    context_tokens: Option<u32>,
+    embedding: bool,
+    /// The provider's limiters and the model's own.
+    limits: LimiterSet,
+    /// The model's own limiters only.
+    own_limits: LimiterSet,
+}
+
+struct Inner {
+    providers: HashMap<String, ProviderEntry>,
+    models: HashMap<String, ModelEntry>,
+    aliases: HashMap<String, Vec<String>>,
+    chat_cache: Option<ResponseCache<ChatResponse>>,
+    embed_cache: Option<ResponseCache<EmbedResponse>>,
+    budgets: Budgets,
+    retry: RetryConfig,
+    max_call: Duration,
+    default_max_tokens: u32,
+    provider_limits: Vec<LimiterSet>,
+    sims: Vec<(String, SimHandle)>,
+}
+
+/// The model gateway. Cheap to clone; share one per node.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use sluice_gateway::{Gateway, GatewayConfig};
+/// use sluice_types::model::{ChatRequest, Message};
+/// # let ctx: sluice_types::CallContext = unimplemented!();
+/// let gateway = Gateway::new(GatewayConfig::simulated()).await?;
+/// let out = gateway.chat(&ctx, ChatRequest::new("fast", vec![Message::user("Hi")]), None).await?;
+/// println!("{} ({} µ$)", out.response.content, out.record.cost_micros);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Gateway`] with a ledger, an alert sink or hand-made providers.
+pub struct GatewayBuilder {
+    cfg: GatewayConfig,
+    ledger: Option<Arc<dyn Ledger>>,
+    sink: Option<Arc<dyn AlertSink>>,
+    clients: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl GatewayBuilder {
+    /// Keep budget accounting in `ledger` (default: in memory).
+    pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Send budget alerts to `sink` (default: the log).
+    pub fn alert_sink(mut self, sink: Arc<dyn AlertSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Use `client` for provider `name` instead of building one from its config.
+    pub fn provider_client(mut self, name: impl Into<String>, client: Arc<dyn Provider>) -> Self {
+        self.clients.insert(name.into(), client);
+        self
+    }
+
+    /// Validate the config, start simulated providers, build clients and limiters.
+    pub async fn build(mut self) -> Result<Gateway, ConfigError> {
+        let cfg = self.cfg.or_simulated();
+        cfg.validate()?;
+        let mut sims = Vec::new();
+        let mut providers = HashMap::new();
+        let mut provider_limits = HashMap::new();
+        for (name, p) in &cfg.providers {
+            let perr =
+                |message: String| ConfigError::Provider { provider: name.clone(), message };
+            let client: Arc<dyn Provider> = match self.clients.remove(name) {
+                Some(c) => c,
+                None => match p.kind {
+                    ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(p).map_err(perr)?),
+                    ProviderKind::Anthropic => {
+                        Arc::new(AnthropicProvider::new(p).map_err(perr)?)
+                    }
+                    ProviderKind::Simulated => {
+                        let s = p.simulator.clone().unwrap_or_default();
+                        let handle = sim::start(s.config).await.map_err(|e| {
+                            ConfigError::Simulator { provider: name.clone(), message: e.to_string() }
+                        })?;
+                        let mut pc = p.clone();
+                        pc.base_url = Some(handle.base_url());
+                        let client: Arc<dyn Provider> = match s.wire {
+                            Wire::OpenAi => Arc::new(OpenAiProvider::new(&pc).map_err(perr)?),
+                            Wire::Anthropic => {
+                                Arc::new(AnthropicProvider::new(&pc).map_err(perr)?)
+                            }
+                        };
+                        sims.push((name.clone(), handle));
+                        client
+                    }
+                },
+            };
+            let mut limits = LimiterSet::default();
+            limits.add(p.rpm, p.tpm, p.burst_secs);
+            provider_limits.insert(name.clone(), (limits, p.burst_secs));
+            providers.insert(name.clone(), ProviderEntry {
+                name: name.clone(),
+                kind: p.kind.as_str(),
+                client,
+                breaker: Breaker::new(p.breaker.clone()),
+                max_retries: p.max_retries,
+                timeout: Duration::from_millis(p.timeout_ms),
+                hold_until: Mutex::new(None),
+                typical_us: AtomicU64::new(0),
+            });
+            metrics::gauge!("sluice_breaker_state", "provider" => name.clone()).set(0.0);
+        }
+        let mut models = HashMap::new();
+        for (id, m) in &cfg.models {
+            let (provider, rest) = id.split_once('/').unwrap_or((id.as_str(), ""));
+            let (plimits, burst) = &provider_limits[provider];
+            let mut own_limits = LimiterSet::default();
+            own_limits.add(m.rpm, m.tpm, *burst);
+            let mut limits = plimits.clone();
+            limits.extend(&own_limits);
+            models.insert(id.clone(), ModelEntry {
+                id: id.clone(),
+                provider: provider.to_string(),
+                name: m.name.clone().unwrap_or_else(|| rest.to_string()),
+                price: Price::of(m),
+                max_tokens: m.max_tokens,
+                context_tokens: m.context_tokens,
+                embedding: m.embedding,
+                limits,
+                own_limits,
+            });
+        }
+        let ttl = Duration::from_secs(cfg.cache.ttl_secs);
+        let (chat_cache, embed_cache) = if cfg.cache.enabled {
+            (
+                Some(ResponseCache::new(ttl, cfg.cache.max_entries)),
+                Some(ResponseCache::new(ttl, cfg.cache.max_entries)),
+            )
+        } else {
+            (None, None)
+        };
+        let ledger = self.ledger.unwrap_or_else(|| Arc::new(MemoryLedger::new()));
+        let sink = self.sink.unwrap_or_else(|| Arc::new(LogAlertSink));
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                providers,
+                models,
+                aliases: cfg.aliases.clone().into_iter().collect(),
+                chat_cache,
+                embed_cache,
+                budgets: Budgets::new(&cfg.budgets, ledger, sink),
+                retry: cfg.retry.clone(),
+                max_call: Duration::from_millis(cfg.max_call_ms),
+                default_max_tokens: cfg.default_max_tokens,
+                provider_limits: provider_limits.into_values().map(|(l, _)| l).collect(),
+                sims,
+            }),
+        })
+    }
+}
+
+enum Op<'a> {
+    Chat { req: &'a ChatRequest, on_delta: Option<&'a DeltaFn<'a>> },
+    Embed { inputs: &'a [String] },
+}
+
+enum Reply {
+    Chat(ProviderChatReply),
+    Embed(ProviderEmbedReply),
+}
+
+impl Reply {
+    fn usage(&self) -> Usage {
+        match self {
+            Reply::Chat(r) => r.usage,
+            Reply::Embed(r) => r.usage,
+        }
+    }
+}
+
+struct Answer<'g> {
+    reply: Reply,
+    model: &'g ModelEntry,
+    attempt_started: Instant,
+}
+
+impl Gateway {
+    /// A gateway from config, with the in-memory ledger and log alerts.
+    pub async fn new(cfg: GatewayConfig) -> Result<Gateway, ConfigError> {
+        Gateway::builder(cfg).build().await
+    }
+
+    /// A builder, to plug in a ledger, an alert sink or provider clients.
+    pub fn builder(cfg: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder { cfg, ledger: None, sink: None, clients: HashMap::new() }
+    }
+
+    /// The simulators this gateway started for its `simulated` providers, by provider name.
+    pub fn simulators(&self) -> impl Iterator<Item = (&str, &SimHandle)> {
+        self.inner.sims.iter().map(|(n, h)| (n.as_str(), h))
+    }
+
+    /// The simulator of simulated provider `name`.
+    pub fn simulator(&self, name: &str) -> Option<&SimHandle> {
+        self.inner.sims.iter().find(|(n, _)| n == name).map(|(_, h)| h)
+    }
+
+    /// A provider's circuit-breaker state.
+    pub fn breaker_state(&self, provider: &str) -> Option<BreakerState> {
+        self.inner.providers.get(provider).map(|p| p.breaker.state())
+    }
+
+    /// Scale every rate limit to this node's share of it (e.g. `1 / live nodes`), so several
+    /// nodes sharing one provider account stay under its limits together.
+    pub fn set_limit_share(&self, share: f64) {
+        let share = if share.is_finite() { share.clamp(0.001, 1.0) } else { 1.0 };
+        for l in &self.inner.provider_limits {
+            l.set_share(share);
+        }
+        for m in self.inner.models.values() {
+            m.own_limits.set_share(share);
+        }
+    }
+
+    /// The least room left in any budget that applies to `ctx`'s job (`None`: no budget).
+    pub async fn budget_remaining(&self, ctx: &CallContext) -> Option<u64> {
+        self.inner.budgets.remaining(ctx).await
+    }
+
+    /// Charge a cost the gateway did not see against the job's budgets.
+    pub async fn charge_extra(&self, ctx: &CallContext, cost_micros: u64) -> Result<(), ModelError> {
+        self.inner.budgets.charge(ctx, cost_micros).await.map_err(budget_error)
+    }
+
+    /// The model ids an alias or model id resolves to, in fallback order.
+    pub fn resolve(&self, model: &str) -> Result<Vec<String>, ModelError> {
+        if let Some(chain) = self.inner.aliases.get(model) {
+            return Ok(chain.clone());
+        }
+        if self.inner.models.contains_key(model) {
+            return Ok(vec![model.to_string()]);
+        }
+        let mut known: Vec<&str> = self.inner.aliases.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        Err(ModelError::invalid(format!(
+            "unknown model or alias {model:?} (aliases: {}; or a configured `provider/model`)",
+            known.join(", ")
+        )))
+    }
+
+    /// One chat call: cache, budget, limits, retries and failover. Streamed text goes to
+    /// `on_delta` (when given, the streaming wire format is used); the caller gets the
+    /// complete response either way.
+    pub async fn chat(
+        &self,
+        ctx: &CallContext,
+        request: ChatRequest,
+        on_delta: Option<&DeltaFn<'_>>,
+    ) -> Result<CallOutcome, CallError> {
+        let span = tracing::info_span!(
+            "gen_ai.chat",
+            otel.name = %format!("chat {}", request.model),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %request.model,
+            gen_ai.request.max_tokens = request.max_tokens,
+            gen_ai.provider.name = Empty,
+            gen_ai.response.model = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            sluice.job.id = %ctx.job.id,
+            sluice.model = Empty,
+            sluice.cost_micros = Empty,
+            sluice.cache_hit = Empty,
+            sluice.attempts = Empty,
+            sluice.fallbacks = Empty,
+            sluice.outcome = Empty,
+        );
+        self.chat_inner(ctx, request, on_delta).instrument(span).await
+    }
+
+    async fn chat_inner(
+        &self,
+        ctx: &CallContext,
+        request: ChatRequest,
+        on_delta: Option<&DeltaFn<'_>>,
+    ) -> Result<CallOutcome, CallError> {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let mut record = CallRecord::new("chat", &request.model);
+        let fail = |mut record: CallRecord, error: ModelError| {
+            record.outcome = error.kind().into();
+            record.latency_ms = ms(started.elapsed());
+            finish_metrics(&record);
+            record_span(&record, None);
+            Err(CallError { error, record: Box::new(record) })
+        };
+
+        let chain = match self.resolve(&request.model) {
+            Ok(c) => c,
+            Err(e) => return fail(record, e),
+        };
+        if chain.iter().any(|id| inner.models[id].embedding) {
+            return fail(record, ModelError::invalid(format!(
+                "{:?} is an embeddings model; use embed",
+                request.model
+            )));
+        }
+        if request.messages.is_empty() {
+            return fail(record, ModelError::invalid("a chat request needs at least one message"));
+        }
+        if request.max_tokens == Some(0) {
+            return fail(record, ModelError::invalid("max_tokens must be positive"));
+        }
+        let deadline = match self.deadline(ctx, started) {
+            Ok(d) => d,
+            Err(e) => return fail(record, e),
+        };
+
+        let cache_key = (!request.no_cache).then(|| request.fingerprint());
+        if let (Some(cache), Some(key)) = (&inner.chat_cache, &cache_key)
+            && let Some(mut hit) = cache.get(key)
+        {
+            hit.source = ResponseSource::Cache;
+            hit.cost_micros = 0;
+            hit.latency_ms = ms(started.elapsed());
+            if let Some(f) = on_delta {
+                f(&hit.content);
+            }
+            record.source = ResponseSource::Cache;
+            record.provider = Some(hit.provider.clone());
+            record.response_model = Some(hit.model.clone());
+            record.usage = hit.usage;
+            record.latency_ms = hit.latency_ms;
+            metrics::counter!("sluice_model_cache_hits_total", "operation" => "chat").increment(1);
+            finish_metrics(&record);
+            record_span(&record, Some(&hit.finish_reason));
+            return Ok(CallOutcome { response: hit, record });
+        }
+
+        let est_input = tokens::messages_tokens(&request.messages) + ESTIMATE_MARGIN_TOKENS;
+        let worst = chain
+            .iter()
+            .map(|id| {
+                let m = &inner.models[id];
+                m.price.worst_case(est_input, self.max_tokens(&request, m))
+            })
+            .max()
+            .unwrap_or(0);
+        record.reserved_micros = worst;
+        let hold = match inner.budgets.reserve(ctx, worst).await {
+            Ok(h) => h,
+            Err(e) => return fail(record, budget_error(e)),
+        };
+
+        let op = Op::Chat { req: &request, on_delta };
+        let result = self.run_chain(ctx, &op, &chain, est_input, deadline, &mut record).await;
+        let answer = match result {
+            Ok(a) => a,
+            Err(e) => {
+                self.settle(hold, 0).await;
+                return fail(record, e);
+            }
+        };
+        let Reply::Chat(reply) = answer.reply else {
+            unreachable!("a chat operation yields a chat reply")
+        };
+        let model = answer.model;
+        let cost = model.price.cost(&reply.usage);
+        self.settle(hold, cost).await;
+        let response = ChatResponse {
+            content: reply.content,
+            model: if reply.model.is_empty() { model.name.clone() } else { reply.model },
+            provider: model.provider.clone(),
+            usage: reply.usage,
+            cost_micros: cost,
+            latency_ms: ms(started.elapsed()),
+            source: ResponseSource::Provider,
+            finish_reason: reply.finish_reason,
+        };
+        record.usage = reply.usage;
+        record.cost_micros = cost;
+        record.latency_ms = response.latency_ms;
+        record.response_model = Some(response.model.clone());
+        record.ttft_ms = reply.ttft.map(|t| ms(answer.attempt_started.duration_since(started) + t));
+        if let (Some(cache), Some(key)) = (&inner.chat_cache, cache_key) {
+            cache.put(key, response.clone());
+        }
+        finish_metrics(&record);
+        record_span(&record, Some(&response.finish_reason));
+        Ok(CallOutcome { response, record })
+    }
+
+    /// One embeddings call: cache, budget, limits, retries and failover.
+    pub async fn embed(
+        &self,
+        ctx: &CallContext,
+        request: EmbedRequest,
+    ) -> Result<EmbedOutcome, CallError> {
+        let span = tracing::info_span!(
+            "gen_ai.embeddings",
+            otel.name = %format!("embeddings {}", request.model),
+            otel.kind = "client",
+            gen_ai.operation.name = "embeddings",
+            gen_ai.request.model = %request.model,
+            gen_ai.provider.name = Empty,
+            gen_ai.response.model = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            sluice.job.id = %ctx.job.id,
+            sluice.model = Empty,
+            sluice.cost_micros = Empty,
+            sluice.cache_hit = Empty,
+            sluice.attempts = Empty,
+            sluice.fallbacks = Empty,
+            sluice.outcome = Empty,
+        );
+        self.embed_inner(ctx, request).instrument(span).await
+    }
+
+    async fn embed_inner(
+        &self,
+        ctx: &CallContext,
+        request: EmbedRequest,
+    ) -> Result<EmbedOutcome, CallError> {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let mut record = CallRecord::new("embeddings", &request.model);
+        let fail = |mut record: CallRecord, error: ModelError| {
+            record.outcome = error.kind().into();
+            record.latency_ms = ms(started.elapsed());
+            finish_metrics(&record);
+            record_span(&record, None);
+            Err(CallError { error, record: Box::new(record) })
+        };
+        let chain = match self.resolve(&request.model) {
+            Ok(c) => c,
+            Err(e) => return fail(record, e),
+        };
+        if chain.iter().any(|id| !inner.models[id].embedding) {
+            return fail(record, ModelError::invalid(format!(
+                "{:?} is not an embeddings model",
+                request.model
+            )));
+        }
+        if request.inputs.is_empty() {
+            return fail(record, ModelError::invalid("an embeddings request needs inputs"));
+        }
+        let deadline = match self.deadline(ctx, started) {
+            Ok(d) => d,
+            Err(e) => return fail(record, e),
+        };
+        let cache_key = request.fingerprint();
+        if let Some(cache) = &inner.embed_cache
+            && let Some(mut hit) = cache.get(&cache_key)
+        {
+            hit.source = ResponseSource::Cache;
+            hit.cost_micros = 0;
+            record.source = ResponseSource::Cache;
+            record.provider = Some(hit.provider.clone());
+            record.response_model = Some(hit.model.clone());
+            record.usage = hit.usage;
+            record.latency_ms = ms(started.elapsed());
+            metrics::counter!("sluice_model_cache_hits_total", "operation" => "embeddings")
+                .increment(1);
+            finish_metrics(&record);
+            record_span(&record, None);
+            return Ok(EmbedOutcome { response: hit, record });
+        }
+        let est: u32 = request.inputs.iter().map(|i| tokens::text_tokens(i)).sum();
+        let worst = chain.iter().map(|id| inner.models[id].price.worst_case(est, 0)).max().unwrap_or(0);
+        record.reserved_micros = worst;
+        let hold = match inner.budgets.reserve(ctx, worst).await {
+            Ok(h) => h,
+            Err(e) => return fail(record, budget_error(e)),
+        };
+        let op = Op::Embed { inputs: &request.inputs };
+        let answer = match self.run_chain(ctx, &op, &chain, est, deadline, &mut record).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.settle(hold, 0).await;
+                return fail(record, e);
+            }
+        };
+        let Reply::Embed(reply) = answer.reply else {
+            unreachable!("an embeddings operation yields an embeddings reply")
+        };
+        let model = answer.model;
+        let cost = model.price.cost(&reply.usage);
+        self.settle(hold, cost).await;
+        let response = EmbedResponse {
+            vectors: reply.vectors,
+            model: if reply.model.is_empty() { model.name.clone() } else { reply.model },
+            provider: model.provider.clone(),
+            usage: reply.usage,
+            cost_micros: cost,
+            source: ResponseSource::Provider,
+        };
+        record.usage = reply.usage;
+        record.cost_micros = cost;
+        record.latency_ms = ms(started.elapsed());
+        record.response_model = Some(response.model.clone());
+        if let Some(cache) = &inner.embed_cache {
+            cache.put(cache_key, response.clone());
+        }
+        finish_metrics(&record);
+        record_span(&record, None);
+        Ok(EmbedOutcome { response, record })
+    }
+
+    fn max_tokens(&self, req: &ChatRequest, m: &ModelEntry) -> u32 {
+        req.max_tokens.or(m.max_tokens).unwrap_or(self.inner.default_max_tokens)
+    }
+
+    fn deadline(&self, ctx: &CallContext, started: Instant) -> Result<Instant, ModelError> {
+        let cap = self.inner.max_call;
+        if ctx.job.deadline_unix_ms == 0 {
+            return Ok(started + cap);
+        }
+        match ctx.remaining_ms() {
+            0 => Err(ModelError::Timeout { message: "the job's deadline has passed".into() }),
+            left => Ok(started + cap.min(Duration::from_millis(left))),
+        }
+    }
+
+    async fn settle(&self, hold: Option<Hold>, cost: u64) {
+        if let Some(h) = hold {
+            self.inner.budgets.settle(h, cost).await;
+        }
+    }
+
+    /// Walk the chain: for each model, up to `1 + max_retries` attempts on its provider,
+    /// skipping providers whose breaker is open, whose rate limit has no room before the
+    /// deadline, or whose context window is too small.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_chain<'g>(
+        &'g self,
+        ctx: &CallContext,
+        op: &Op<'_>,
+        chain: &[String],
+        est_input: u32,
+        deadline: Instant,
+        record: &mut CallRecord,
+    ) -> Result<Answer<'g>, ModelError> {
+        let inner = &*self.inner;
+        let mut last: Option<ProviderError> = None;
+        let mut all_throttled = true;
+        let mut throttle_retry: Option<Duration> = None;
+        for (position, model_id) in chain.iter().enumerate() {
+            let model = &inner.models[model_id];
+            let provider = &inner.providers[&model.provider];
+            let (max_out, preq) = match op {
+                Op::Chat { req, on_delta } => {
+                    let max_out = self.max_tokens(req, model);
+                    let preq = ProviderChatRequest {
+                        model: model.name.clone(),
+                        messages: req.messages.clone(),
+                        max_tokens: max_out,
+                        temperature: req.temperature,
+                        json: req.response_format == sluice_types::model::ResponseFormat::Json,
+                        stream: on_delta.is_some(),
+                    };
+                    (max_out, Some(preq))
+                }
+                Op::Embed { .. } => (0, None),
+            };
+            record.provider = Some(provider.name.clone());
+            record.model = Some(model.id.clone());
+            if position > 0 {
+                record.fallbacks += 1;
+                metrics::counter!("sluice_model_fallbacks_total", "to" => provider.name.clone())
+                    .increment(1);
+            }
+            let skip = |record: &mut CallRecord, outcome: &str| {
+                record.attempts.push(AttemptInfo {
+                    provider: provider.name.clone(),
+                    model: model.id.clone(),
+                    outcome: outcome.into(),
+                    status: None,
+                    latency_ms: 0,
+                    rate_limit_wait_ms: 0,
+                });
+            };
+            if let Some(limit) = model.context_tokens
+                && est_input.saturating_sub(ESTIMATE_MARGIN_TOKENS) + max_out > limit
+            {
+                skip(record, "context_exceeded");
+                all_throttled = false;
+                if last.is_none() {
+                    last = Some(ProviderError::new(
+                        FailureKind::InvalidRequest,
+                        format!("the prompt and max_tokens exceed {}'s context of {limit} tokens", model.id),
+                    ));
+                }
+                continue;
+            }
+            for try_no in 0..=provider.max_retries {
+                if ctx.is_cancelled() {
+                    return Err(ModelError::unavailable("the job was cancelled"));
+                }
+                let probe = match provider.breaker.admit() {
+                    Admission::Refused(_) => {
+                        skip(record, "circuit_open");
+                        all_throttled = false;
+                        break;
+                    }
+                    Admission::Probe => true,
+                    Admission::Allowed => false,
+                };
+                // A provider's 429 `retry-after` holds every call to it.
+                let hold = *provider.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(h) = hold {
+                    let now = Instant::now();
+                    if h > now {
+                        if h >= deadline {
+                            throttle_retry = Some(throttle_retry.map_or(h - now, |t| t.min(h - now)));
+                            skip(record, "throttled");
+                            if probe {
+                                provider.breaker.record(true);
+                            }
+                            break;
+                        }
+                        let wait = h - now;
+                        // Spread the herd woken by one retry-after.
+                        let jitter = Duration::from_micros(rand::random_range(0..=(wait.as_micros() as u64 / 10).max(1)));
+                        tokio::time::sleep(wait + jitter).await;
+                        record.rate_limit_wait_ms += (wait + jitter).as_millis() as u64;
+                        metrics::histogram!("sluice_rate_limit_wait_seconds", "provider" => provider.name.clone()).record((wait + jitter).as_secs_f64());
+                    }
+                }
+                let cost_tokens = est_input + max_out;
+                // Leave time for the attempt itself after the wait (1.5× a typical one).
+                let headroom = provider.typical() * 3 / 2;
+                let wait_until = deadline.checked_sub(headroom).unwrap_or(deadline).max(Instant::now());
+                let (permit, waited) = match model.limits.acquire(cost_tokens, wait_until).await {
+                    Ok(x) => x,
+                    Err(t) => {
+                        throttle_retry = Some(throttle_retry.map_or(t.retry_after, |x| x.min(t.retry_after)));
+                        metrics::counter!("sluice_rate_limit_refusals_total", "provider" => provider.name.clone()).increment(1);
+                        skip(record, "throttled");
+                        if probe {
+                            // Nothing was learned about the provider's health.
+                            provider.breaker.record(true);
+                        }
+                        break;
+                    }
+                };
+                if !waited.is_zero() {
+                    record.rate_limit_wait_ms += waited.as_millis() as u64;
+                    metrics::histogram!("sluice_rate_limit_wait_seconds", "provider" => provider.name.clone()).record(waited.as_secs_f64());
+                }
+                if try_no > 0 {
+                    record.retries += 1;
+                    metrics::counter!("sluice_model_retries_total", "provider" => provider.name.clone()).increment(1);
+                }
+                let attempt_started = Instant::now();
+                let budget = provider.timeout.min(deadline.saturating_duration_since(attempt_started));
+                let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1);
+                let call = async {
+                    match (op, &preq) {
+                        (Op::Chat { on_delta, .. }, Some(preq)) => {
+                            provider.client.chat(preq, *on_delta).await.map(Reply::Chat)
+                        }
+                        (Op::Embed { inputs }, _) => {
+                            provider.client.embed(&model.name, inputs).await.map(Reply::Embed)
+                        }
+                        (Op::Chat { .. }, None) => unreachable!("chat requests are built above"),
+                    }
+                };
+                // A timeout cut short by the call's deadline says nothing about the provider.
+                let deadline_cut = budget < provider.timeout;
+                let result = match tokio::time::timeout(budget, call.instrument(span)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProviderError::new(
+                        FailureKind::Timeout,
+                        format!("no complete answer within {} ms", budget.as_millis()),
+                    )),
+                };
+                let latency = attempt_started.elapsed();
+                metrics::histogram!("sluice_model_attempt_duration_seconds", "provider" => provider.name.clone()).record(latency.as_secs_f64());
+                let mut info = AttemptInfo {
+                    provider: provider.name.clone(),
+                    model: model.id.clone(),
+                    outcome: "ok".into(),
+                    status: None,
+                    latency_ms: ms(latency),
+                    rate_limit_wait_ms: ms(waited),
+                };
+                match result {
+                    Ok(reply) => {
+                        let u = reply.usage();
+                        permit.reconcile(u.input_tokens + u.output_tokens);
+                        provider.observe(latency);
+                        self.breaker_record(provider, true);
+                        metrics::counter!("sluice_model_attempts_total", "provider" => provider.name.clone(), "outcome" => "ok").increment(1);
+                        record.attempts.push(info);
+                        return Ok(Answer { reply, model, attempt_started });
+                    }
+                    Err(e) => {
+                        info.outcome = e.kind.as_str().into();
+                        info.status = e.status;
+                        record.attempts.push(info);
+                        metrics::counter!("sluice_model_attempts_total", "provider" => provider.name.clone(), "outcome" => e.kind.as_str()).increment(1);
+                        tracing::debug!(provider = %provider.name, model = %model.id, attempt = try_no + 1, error = %e, "model attempt failed");
+                        // A refusal with a status was not processed: give the tokens back.
+                        // Otherwise (timeouts, broken streams) assume the provider counted them.
+                        if e.status.is_some() {
+                            permit.cancel();
+                        } else {
+                            permit.reconcile(cost_tokens);
+                        }
+                        let own_deadline = deadline_cut && e.kind == FailureKind::Timeout;
+                        if e.kind.is_health_failure() && !own_deadline {
+                            self.breaker_record(provider, false);
+                        } else if probe || e.kind == FailureKind::InvalidRequest {
+                            self.breaker_record(provider, true);
+                        }
+                        if e.kind == FailureKind::RateLimited {
+                            metrics::counter!("sluice_provider_rate_limited_total", "provider" => provider.name.clone()).increment(1);
+                            if let Some(ra) = e.retry_after {
+                                let until = Instant::now() + ra;
+                                let mut h = provider.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+                                if h.is_none_or(|x| x < until) {
+                                    *h = Some(until);
+                                }
+                            }
+                        } else {
+                            all_throttled = false;
+                        }
+                        if !e.kind.fails_over() {
+                            return Err(match e.kind {
+                                FailureKind::ContentFiltered => ModelError::ContentFiltered { message: e.message },
+                                _ => ModelError::invalid(format!("{}: {}", provider.name, e.message)),
+                            });
+                        }
+                        let retry = e.kind.retryable() && try_no < provider.max_retries;
+                        let wait = backoff(&inner.retry, try_no).max(e.retry_after.unwrap_or_default());
+                        last = Some(e);
+                        if !retry {
+                            break;
+                        }
+                        if Instant::now() + wait >= deadline {
+                            // No time to retry here; the next provider may still answer.
+                            break;
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(ModelError::Timeout {
+                message: format!("deadline passed after {} attempt(s): {}", record.attempts.len(), summary(record)),
+            });
+        }
+        if all_throttled && (throttle_retry.is_some() || last.as_ref().is_some_and(|e| e.kind == FailureKind::RateLimited)) {
+            let ra = throttle_retry.or(last.as_ref().and_then(|e| e.retry_after));
+            return Err(ModelError::RateLimited {
+                message: format!("rate limited: {}", summary(record)),
+                retry_after_ms: ra.map(|d| d.as_millis() as u64),
+            });
+        }
+        match last {
+            Some(e) if e.kind == FailureKind::InvalidRequest && record.attempts.iter().all(|a| a.outcome == "context_exceeded") => {
+                Err(ModelError::invalid(e.message))
+            }
+            _ => Err(ModelError::unavailable(format!("all providers failed: {}", summary(record)))),
+        }
+    }
+
+    fn breaker_record(&self, provider: &ProviderEntry, healthy: bool) {
+        if let Some(state) = provider.breaker.record(healthy) {
+            metrics::gauge!("sluice_breaker_state", "provider" => provider.name.clone()).set(state.gauge());
+            metrics::counter!("sluice_breaker_transitions_total", "provider" => provider.name.clone(), "to" => state.as_str()).increment(1);
+            match state {
+                BreakerState::Open => tracing::warn!(provider = %provider.name, kind = provider.kind, "circuit breaker opened"),
+                _ => tracing::info!(provider = %provider.name, state = state.as_str(), "circuit breaker changed"),
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `0..=min(max, base·2^n)`.
+fn backoff(cfg: &RetryConfig, n: u32) -> Duration {
+    let ceiling = cfg.base_delay_ms.saturating_mul(1u64 << n.min(20)).min(cfg.max_delay_ms);
+    Duration::from_millis(rand::random_range(0..=ceiling))
+}
+
+fn summary(record: &CallRecord) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for a in &record.attempts {
+        let s = match a.status {
+            Some(st) => format!("{} {} (HTTP {st})", a.model, a.outcome),
+            None => format!("{} {}", a.model, a.outcome),
+        };
+        match parts.last_mut() {
+            Some(last) if last.starts_with(&s) => {
+                // Collapse repeats: "sim/x server_error (HTTP 500) ×3".
+                let n = last.rsplit_once('×').and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(1);
+                *last = format!("{s} ×{}", n + 1);
+            }
+            _ => parts.push(s),
+        }
+    }
+    if parts.is_empty() { "no attempt was made".into() } else { parts.join("; ") }
+}
+
+fn budget_error(e: LedgerError) -> ModelError {
+    match e {
+        LedgerError::Refused(r) => ModelError::BudgetExceeded {
+            message: format!(
+                "budget {} ({}, {}): limit {} µ$, spent {} µ$, in flight {} µ$, this call needs up to {} µ$",
+                r.key.budget, r.key.scope, r.key.window, r.limit_micros, r.spent_micros,
+                r.reserved_micros, r.requested_micros
+            ),
+        },
+        LedgerError::Unavailable(m) => ModelError::unavailable(format!("budget ledger: {m}")),
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn finish_metrics(r: &CallRecord) {
+    let provider = r.provider.clone().unwrap_or_else(|| "none".into());
+    let model = r.model.clone().unwrap_or_else(|| r.requested_model.clone());
+    let source = match r.source {
+        ResponseSource::Provider => "provider",
+        ResponseSource::Cache => "cache",
+        ResponseSource::Journal => "journal",
+    };
+    metrics::counter!("sluice_model_calls_total", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone(), "outcome" => r.outcome.clone(), "source" => source).increment(1);
+    metrics::histogram!("sluice_model_call_duration_seconds", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone()).record(f64::from(r.latency_ms) / 1000.0);
+    if let Some(t) = r.ttft_ms {
+        metrics::histogram!("sluice_model_ttft_seconds", "provider" => provider.clone(), "model" => model.clone()).record(f64::from(t) / 1000.0);
+    }
+    if r.source == ResponseSource::Provider && r.outcome == "ok" {
+        let u = r.usage;
+        metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "input").increment(u64::from(u.input_tokens));
+        metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "output").increment(u64::from(u.output_tokens));
+        metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "cached_input").increment(u64::from(u.cached_input_tokens));
+        metrics::counter!("sluice_model_cost_micros_total", "provider" => provider, "model" => model).increment(r.cost_micros);
+    }
+}
+
+fn record_span(r: &CallRecord, finish: Option<&str>) {
+    let span = tracing::Span::current();
+    if let Some(p) = &r.provider {
+        span.record("gen_ai.provider.name", p.as_str());
+    }
+    if let Some(m) = &r.model {
+        span.record("sluice.model", m.as_str());
+    }
+    if let Some(m) = &r.response_model {
+        span.record("gen_ai.response.model", m.as_str());
+    }
+    if let Some(f) = finish {
+        span.record("gen_ai.response.finish_reasons", f);
+    }
+    if r.outcome == "ok" {
+        span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
+        span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
+    }
+    span.record("sluice.cost_micros", r.cost_micros);
+    span.record("sluice.cache_hit", r.source == ResponseSource::Cache);
+    span.record("sluice.attempts", r.attempts.len());
+    span.record("sluice.fallbacks", r.fallbacks);
+    span.record("sluice.outcome", r.outcome.as_str());
+}
+
+/// The gateway as the engine's model backend, without journal replay, usage records or delta
+/// events: the host wraps [`Gateway::chat`] to add those. Useful for tests and embedding.
+#[async_trait]
+impl ModelBackend for Gateway {
+    async fn chat(
+        &self,
+        ctx: &CallContext,
+        _seq: u32,
+        request: ChatRequest,
+    ) -> Result<ChatResponse, ModelError> {
+        Gateway::chat(self, ctx, request, None).await.map(|o| o.response).map_err(Into::into)
+    }
+
+    async fn embed(
+        &self,
+        ctx: &CallContext,
+        _seq: u32,
+        request: EmbedRequest,
+    ) -> Result<EmbedResponse, ModelError> {
+        Gateway::embed(self, ctx, request).await.map(|o| o.response).map_err(Into::into)
+    }
+}

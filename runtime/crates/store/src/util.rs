@@ -1,0 +1,232 @@
+//! Small helpers both backends share.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sluice_types::{EffectError, StateError};
+
+use crate::error::{Result, StoreError};
+use crate::model::{AttemptRecord, NewJob};
+
+/// Longest state or effect key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// `sha256:<hex>` of component bytes.
+pub fn component_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The idempotency body hash: plugin and canonical input JSON (object keys sorted).
+pub(crate) fn body_hash(plugin: &str, input_json: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(plugin.as_bytes());
+    h.update([0u8]);
+    h.update(input_json.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// A validated job about to be inserted: serialized once, checked once.
+pub(crate) struct Prepared {
+    pub id: uuid::Uuid,
+    pub job: NewJob,
+    pub input: String,
+    pub tags: String,
+    pub body_hash: String,
+}
+
+pub(crate) fn prepare(job: NewJob, max_input: usize) -> Result<Prepared> {
+    if job.tenant.is_empty() {
+        return Err(StoreError::Invalid("tenant must not be empty".into()));
+    }
+    if job.plugin.is_empty() {
+        return Err(StoreError::Invalid("plugin must not be empty".into()));
+    }
+    if let Some(k) = &job.idempotency_key
+        && (k.is_empty() || k.len() > MAX_KEY_BYTES)
+    {
+        return Err(StoreError::Invalid(format!(
+            "idempotency key must be 1..={MAX_KEY_BYTES} bytes"
+        )));
+    }
+    if job.max_attempts == Some(0) {
+        return Err(StoreError::Invalid("max_attempts must be at least 1".into()));
+    }
+    // serde_json's map is a BTreeMap (no `preserve_order`), so this is canonical.
+    let input = serde_json::to_string(&job.input).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    if input.len() > max_input {
+        return Err(StoreError::InputTooLarge { size: input.len(), limit: max_input });
+    }
+    let tags = serde_json::to_string(&job.tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let body_hash = body_hash(&job.plugin, &input);
+    Ok(Prepared { id: uuid::Uuid::now_v7(), job, input, tags, body_hash })
+}
+
+pub(crate) fn check_state_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() {
+        Err(StateError::InvalidKey("key must not be empty".into()))
+    } else if key.len() > MAX_KEY_BYTES {
+        Err(StateError::InvalidKey(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn check_state_value(value: &str, limit: usize) -> Result<(), StateError> {
+    if value.len() > limit {
+        Err(StateError::TooLarge(format!("value is {} bytes; the limit is {limit}", value.len())))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn check_effect_key(key: &str) -> Result<(), EffectError> {
+    if key.is_empty() {
+        Err(EffectError::InvalidKey("key must not be empty".into()))
+    } else if key.len() > MAX_KEY_BYTES {
+        Err(EffectError::InvalidKey(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())))
+    } else {
+        Ok(())
+    }
+}
+
+/// The smallest string greater than every string starting with `prefix`, in byte order, or
+/// `None` when there is none (empty prefix). Keys are compared bytewise (`COLLATE "C"` on
+/// Postgres, `BINARY` on SQLite), and UTF-8 byte order is code point order.
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(c) = chars.pop() {
+        let mut next = c as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(n) = char::from_u32(next) {
+            chars.push(n);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// `percentile_cont`: linear interpolation between the closest ranks of sorted values.
+pub(crate) fn percentile_cont(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = p * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+pub(crate) fn parse_attempt_log(raw: &str) -> Result<Vec<AttemptRecord>> {
+    serde_json::from_str(raw).map_err(StoreError::corrupt)
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Serializing our own plain types cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(StoreError::corrupt)
+}
+
+pub(crate) fn value_from_str(raw: &str) -> Result<Value> {
+    from_json(raw)
+}
+
+/// Most claim statements (rounds) one `claim` call runs.
+pub(crate) const MAX_CLAIM_ROUNDS: usize = 4;
+
+/// Whether another claim round may find more: slots are left, and either some tenant used
+/// its whole quota or the round stopped at its tenant limit (unvisited tenants may wait
+/// behind the cursor), and the cursor moved (so the next round visits someone new).
+pub(crate) fn more_rounds(got: u32, want: u32, saturated: bool, visited: i64, moved: bool) -> bool {
+    got < want && (saturated || visited >= i64::from(want)) && visited > 0 && moved
+}
+
+/// One candidate job for the round-robin pick.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate<K> {
+    pub key: K,
+    pub tenant: String,
+    pub plugin: String,
+}
+
+/// Interleave per-tenant candidate lists round-robin (each tenant's first, then each
+/// tenant's second, …), skipping jobs whose `(tenant, plugin)` has no room left, up to
+/// `limit`. `per_tenant` is in tenant visiting order; each list in the tenant's own order.
+pub(crate) fn round_robin_pick<K: Clone>(
+    per_tenant: Vec<Vec<Candidate<K>>>,
+    plugin_room: &mut HashMap<(String, String), i64>,
+    limit: usize,
+) -> Vec<Candidate<K>> {
+    let mut queues: Vec<VecDeque<Candidate<K>>> = per_tenant.into_iter().map(Into::into).collect();
+    let mut picked = Vec::new();
+    loop {
+        let mut any = false;
+        for q in queues.iter_mut() {
+            if picked.len() >= limit {
+                return picked;
+            }
+            while let Some(c) = q.pop_front() {
+                let room = plugin_room.get_mut(&(c.tenant.clone(), c.plugin.clone()));
+                match room {
+                    Some(r) if *r <= 0 => continue,
+                    Some(r) => *r -= 1,
+                    None => {}
+                }
+                any = true;
+                picked.push(c);
+                break;
+            }
+        }
+        if !any {
+            return picked;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        assert_eq!(prefix_upper_bound("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        let v: Vec<f64> = (1..=5).map(f64::from).collect();
+        assert_eq!(percentile_cont(&v, 0.5), 3.0);
+        assert_eq!(percentile_cont(&v, 0.95), 4.8);
+        assert_eq!(percentile_cont(&[7.0], 0.95), 7.0);
+    }
+
+    fn c(t: &str, p: &str, k: u32) -> Candidate<u32> {
+        Candidate { key: k, tenant: t.into(), plugin: p.into() }
+    }
+
+    #[test]
+    fn round_robin_interleaves_and_caps() {
+        let a = vec![c("a", "x", 1), c("a", "x", 2), c("a", "y", 3)];
+        let b = vec![c("b", "x", 4)];
+        let mut room = HashMap::from([(("a".to_string(), "x".to_string()), 1)]);
+        let got: Vec<u32> =
+            round_robin_pick(vec![a, b], &mut room, 10).into_iter().map(|c| c.key).collect();
+        assert_eq!(got, vec![1, 4, 3]);
+        let a = vec![c("a", "x", 1), c("a", "x", 2)];
+        let b = vec![c("b", "x", 4), c("b", "x", 5)];
+        let got: Vec<u32> = round_robin_pick(vec![a, b], &mut HashMap::new(), 3)
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
+        assert_eq!(got, vec![1, 4, 2]);
+    }
+}

@@ -1,0 +1,58 @@
+//! The `sluice` command line.
+
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: a serverless runtime for AI jobs.
+///
+/// Write a job handler with the Sluice SDK, compile it to a WebAssembly component, and let
+/// Sluice own the queue, retries, rate limits, provider failover, budgets and tracing.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Examples:\n  \
+    sluice run plugins/summarize --input '{\"text\": \"A long document...\"}'\n  \
+    sluice run target/my_handler.wasm --input-file input.json --json")]
+pub struct Cli {
+    /// Configuration file (TOML). Values can also come from SLUICE_<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one job locally on in-memory backends and the simulated provider, and print its
+    /// output, token usage and cost. Exits 1 when the job fails, 2 on bad input.
+    Run(run::RunArgs),
+    /// Validate the configuration and print it (secrets redacted), then exit.
+    CheckConfig,
+}
+
+/// Process exit codes, as documented in `--help`.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The job (or the operation) failed.
+    pub const FAILED: i32 = 1;
+    /// Bad invocation or input: the command could not be carried out as asked.
+    pub const USAGE: i32 = 2;
+}
+
+/// Run the parsed command and return the process exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::CheckConfig => {
+            let config = crate::config::Config::load(cli.config.as_deref())?;
+            println!("{config:#?}");
+            Ok(exit::OK)
+        }
+    }
+}

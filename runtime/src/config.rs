@@ -1,0 +1,302 @@
+//! Strict, typed configuration: defaults → `sluice.toml` → `SLUICE_*` environment.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and secrets
+//! never appear in `Debug` output or in `--check-config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of a `sluice` process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// The job store.
+    pub database: DatabaseConfig,
+    /// The wasm engine.
+    pub engine: EngineSection,
+    /// Job execution.
+    pub worker: WorkerConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Development mode: allows running without API keys on loopback and webhooks to
+    /// private addresses.
+    pub dev: bool,
+    /// Largest request body accepted, in bytes (component uploads included).
+    pub max_body_bytes: usize,
+    /// Largest job input, in bytes.
+    pub max_input_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            dev: false,
+            max_body_bytes: 32 << 20,
+            max_input_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…` for production, `sqlite://path` for one node. Default: SQLite in the
+    /// data directory.
+    pub url: Option<String>,
+    /// Where SQLite files and compiled artifacts live.
+    pub data_dir: PathBuf,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("data_dir", &self.data_dir)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            data_dir: PathBuf::from(".sluice"),
+            max_connections: 16,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL to connect to: the configured one, or SQLite in the data directory.
+    pub fn effective_url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sluice.db").display()))
+    }
+}
+
+/// Hide the password in a database URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Use the pooling allocator (falls back automatically when unavailable).
+    pub pooling: bool,
+    /// Instances alive at once.
+    pub max_instances: u32,
+    /// Largest memory a plugin may be given, in MiB.
+    pub max_memory_mb: usize,
+    /// Memory for plugins that set none, in MiB.
+    pub default_memory_mb: usize,
+    /// Time limit for plugins that set none, in seconds.
+    pub default_timeout_secs: u64,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            pooling: true,
+            max_instances: 1000,
+            max_memory_mb: 256,
+            default_memory_mb: 64,
+            default_timeout_secs: 300,
+        }
+    }
+}
+
+impl EngineSection {
+    /// The engine configuration this section describes, caching artifacts under `data_dir`.
+    pub fn to_engine_config(&self, data_dir: Option<&Path>) -> sluice_engine::EngineConfig {
+        sluice_engine::EngineConfig {
+            pooling: self.pooling,
+            max_instances: self.max_instances,
+            max_memory_bytes: self.max_memory_mb << 20,
+            default_limits: sluice_engine::JobLimits {
+                memory_bytes: self.default_memory_mb << 20,
+                timeout: Duration::from_secs(self.default_timeout_secs),
+            },
+            cache_dir: data_dir.map(|d| d.join("artifacts")),
+            ..sluice_engine::EngineConfig::default()
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs this node runs at once.
+    pub slots: u32,
+    /// How long a claimed job's lease lasts before another node may take it, in seconds.
+    pub lease_secs: u64,
+    /// The polling backstop behind notifications, in milliseconds.
+    pub poll_ms: u64,
+    /// Attempts for jobs that set none.
+    pub default_max_attempts: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            slots: 64,
+            lease_secs: 30,
+            poll_ms: 1000,
+            default_max_attempts: 5,
+        }
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// An environment variable has a bad value or names an unknown key.
+    #[error("environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Load defaults, then `path` if given (it must exist), then `SLUICE_*` variables
+    /// (`SLUICE_DATABASE__URL=…` sets `database.url`; sections and keys joined by `__`).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut doc = toml::Table::new();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?;
+            doc = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
+        }
+        for (name, value) in std::env::vars() {
+            let Some(rest) = name.strip_prefix("SLUICE_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let section = section.to_lowercase();
+            let key = key.to_lowercase();
+            let table = doc
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Env {
+                    name: name.clone(),
+                    message: "not a section".into(),
+                })?;
+            table.insert(key, env_value(&value));
+        }
+        let label = path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("<defaults+env>"));
+        toml::Value::Table(doc)
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Parse {
+                path: label,
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Environment values are typed by their look: integers, booleans, else strings.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sluice.toml");
+        std::fs::write(&p, "[server]\nlisten = \"0.0.0.0:1\"\nlisten_typo = 1\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sluice.toml");
+        std::fs::write(&p, "[worker]\nslots = 7\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.worker.slots, 7);
+        assert_eq!(c.worker.lease_secs, WorkerConfig::default().lease_secs);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+        let c = DatabaseConfig {
+            url: Some("postgres://u:pw@h/db".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("pw"));
+    }
+}
