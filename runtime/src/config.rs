@@ -20,6 +20,9 @@ pub struct Config {
     pub engine: EngineSection,
     /// Job execution.
     pub worker: WorkerConfig,
+    /// Model providers, models, aliases, limits and budgets. Empty: the built-in simulated
+    /// providers (no keys needed).
+    pub gateway: sluice_gateway::GatewayConfig,
 }
 
 /// `[server]`

@@ -6,4 +6,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod node;
 pub mod plugin_build;
+pub mod worker;

@@ -66,7 +66,7 @@ impl From<EffectError> for Error {
 /// What [`begin`] found for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EffectStatus {
-    /// Not committed yet for this job: run the effect, then [`commit`] it.
+    /// Not committed yet for this job: run the effect, then [`commit_raw`] it.
     Pending,
     /// Committed by an earlier attempt, with its recorded result (JSON text).
     Committed(String),

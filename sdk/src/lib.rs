@@ -233,8 +233,12 @@ pub mod __private {
             INSTALL.call_once(|| {
                 let previous = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {
-                    let message = info.payload_as_str().unwrap_or("(a non-text panic payload)");
-                    let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                    let message = info
+                        .payload_as_str()
+                        .unwrap_or("(a non-text panic payload)");
+                    let location = info
+                        .location()
+                        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
                     crate::events::log(
                         crate::events::Level::Error,
                         format!("handler panicked: {message}"),

@@ -123,8 +123,8 @@ fn sentences(paragraph: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Split `s` into parts of at most `max_chars` characters, preferring the last space in the
-/// second half of each window.
+/// Split `s` into parts of at most `max_chars` characters, at the last space that fits, or
+/// inside a word only when a window of `max_chars` characters has no space at all.
 fn hard_split(s: &str, max_chars: usize) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = s.trim();
@@ -134,14 +134,14 @@ fn hard_split(s: &str, max_chars: usize) -> Vec<&str> {
             .char_indices()
             .nth(max_chars)
             .map_or(rest.len(), |(at, _)| at);
-        let window = &rest[..window_end];
-        let half = window
-            .char_indices()
-            .nth(max_chars / 2)
-            .map_or(0, |(at, _)| at);
-        let cut = match window.rfind(char::is_whitespace) {
-            Some(at) if at >= half && at > 0 => at,
-            _ => window_end,
+        let cut = if rest[window_end..].starts_with(char::is_whitespace) {
+            // The window ends exactly at a word boundary.
+            window_end
+        } else {
+            match rest[..window_end].rfind(char::is_whitespace) {
+                Some(at) if at > 0 => at,
+                _ => window_end,
+            }
         };
         out.push(rest[..cut].trim_end());
         rest = rest[cut..].trim_start();
@@ -222,6 +222,31 @@ mod tests {
         let chunks = split(&unbroken, 16);
         assert_eq!(chunks.len(), 4);
         assert_eq!(chunks.concat(), unbroken);
+    }
+
+    #[test]
+    fn invariants_hold_on_mixed_text() {
+        // Deterministic pseudo-random text: words of varied length, sentences, paragraphs.
+        let mut seed: u32 = 7;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) as usize
+        };
+        let mut text = String::new();
+        for _ in 0..400 {
+            let word_len = 1 + next() % 14;
+            text.extend(std::iter::repeat_n('w', word_len));
+            text.push_str(match next() % 12 {
+                0 => ". ",
+                1 => "?\n",
+                2 => ".\n\n",
+                _ => " ",
+            });
+        }
+        for max in [20, 57, 200, 1000, 10_000] {
+            let chunks = check(&text, max);
+            assert!(!chunks.is_empty());
+        }
     }
 
     #[test]

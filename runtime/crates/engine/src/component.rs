@@ -29,7 +29,7 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    /// The sha256 of the component's bytes, in hex: its identity.
+    /// The sha256 of the component's bytes (`sha256:<hex>`): its identity.
     pub fn digest(&self) -> &str {
         &self.digest
     }
@@ -40,9 +40,9 @@ impl Plugin {
     }
 }
 
-/// The sha256 digest of component bytes, in hex.
+/// The digest of component bytes: `sha256:<hex>`, the same form the store uses.
 pub fn digest_of(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// What the 8-byte header says a binary is.
@@ -121,7 +121,8 @@ impl Engine {
 
     fn artifact_path(&self, digest: &str) -> Option<PathBuf> {
         let dir = self.inner.config.cache_dir.as_ref()?;
-        Some(dir.join(&self.inner.compat).join(format!("{digest}.cwasm")))
+        let name = digest.trim_start_matches("sha256:");
+        Some(dir.join(&self.inner.compat).join(format!("{name}.cwasm")))
     }
 
     fn compile_cached(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {

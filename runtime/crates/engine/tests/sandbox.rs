@@ -346,7 +346,12 @@ async fn effects_run_once_across_attempts() {
         .unwrap();
     let first: serde_json::Value = serde_json::from_str(&first).unwrap();
     let second: serde_json::Value = serde_json::from_str(&second).unwrap();
-    assert_eq!(first["effect_ran"], true, "{first}");
-    assert_eq!(second["effect_ran"], false, "{second}");
-    assert_eq!(first["effect_result"], second["effect_result"]);
+    assert_eq!(first["effect"]["ran_on_attempt"], 1, "{first}");
+    assert_eq!(first["effect_runs"], 1, "{first}");
+    // Attempt 2 gets attempt 1's recorded result, and the effect's body did not run again.
+    assert_eq!(second["attempt"], 2, "{second}");
+    assert_eq!(second["effect"], first["effect"], "{second}");
+    assert_eq!(second["effect_runs"], 1, "{second}");
+    // State written by attempt 1 is visible to attempt 2.
+    assert_eq!(second["before"]["attempt"], 1, "{second}");
 }

@@ -29,11 +29,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sluice_gateway::provider::{
-    DeltaFn, OpenAiProvider, Provider, ProviderChatReply, ProviderChatRequest,
-    ProviderEmbedReply, ProviderError,
+    DeltaFn, OpenAiProvider, Provider, ProviderChatReply, ProviderChatRequest, ProviderEmbedReply,
+    ProviderError,
 };
 use sluice_gateway::sim::{self, SimConfig, SimControl};
-use sluice_gateway::{BudgetConfig, BudgetScope, Gateway, GatewayConfig, ModelConfig, Period, ProviderConfig, ProviderKind};
+use sluice_gateway::{
+    BudgetConfig, BudgetScope, Gateway, GatewayConfig, ModelConfig, Period, ProviderConfig,
+    ProviderKind,
+};
 use sluice_types::model::{ChatRequest, Message, ModelError};
 use sluice_types::{CallContext, JobInfo};
 
@@ -41,7 +44,10 @@ use sluice_types::{CallContext, JobInfo};
 fn spawn_sim(cfg: SimConfig) -> (String, SimControl) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let h = sim::start(cfg).await.expect("simulator");
             tx.send((h.base_url(), h.control().clone())).unwrap();
@@ -66,12 +72,20 @@ impl Provider for Timed {
     ) -> Result<ProviderChatReply, ProviderError> {
         let t = Instant::now();
         let r = self.inner.chat(req, on_delta).await;
-        let key = req.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+        let key = req
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
         self.times.lock().unwrap().insert(key, t.elapsed());
         r
     }
 
-    async fn embed(&self, model: &str, inputs: &[String]) -> Result<ProviderEmbedReply, ProviderError> {
+    async fn embed(
+        &self,
+        model: &str,
+        inputs: &[String],
+    ) -> Result<ProviderEmbedReply, ProviderError> {
         self.inner.embed(model, inputs).await
     }
 }
@@ -92,7 +106,12 @@ fn ctx(deadline_ms: u64) -> CallContext {
     )
 }
 
-fn gateway_config(base_url: &str, rpm: Option<u32>, tpm: Option<u32>, burst_secs: f64) -> GatewayConfig {
+fn gateway_config(
+    base_url: &str,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    burst_secs: f64,
+) -> GatewayConfig {
     let mut cfg = GatewayConfig::empty();
     let mut p = ProviderConfig::with_url(ProviderKind::OpenAi, base_url);
     p.rpm = rpm;
@@ -100,7 +119,8 @@ fn gateway_config(base_url: &str, rpm: Option<u32>, tpm: Option<u32>, burst_secs
     p.burst_secs = burst_secs;
     p.max_retries = 3;
     cfg.providers.insert("sim".into(), p);
-    cfg.models.insert("sim/m".into(), ModelConfig::chat(0.15, 0.60));
+    cfg.models
+        .insert("sim/m".into(), ModelConfig::chat(0.15, 0.60));
     cfg.aliases.insert("fast".into(), vec!["sim/m".into()]);
     cfg.budgets.push(BudgetConfig {
         name: None,
@@ -137,7 +157,9 @@ fn summary(name: &str, mut v: Vec<u64>) -> (u64, u64) {
 }
 
 fn prompt(i: u64) -> String {
-    format!("Summarize support ticket {i}: the customer reports that the export button fails on large workspaces.")
+    format!(
+        "Summarize support ticket {i}: the customer reports that the export button fails on large workspaces."
+    )
 }
 
 async fn overhead(secs: u64) {
@@ -147,7 +169,10 @@ async fn overhead(secs: u64) {
     let n = rate * secs;
 
     // Direct: the same request body, a plain client, the response parsed.
-    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
     let url = format!("{base}/chat/completions");
     let direct = run_open_loop(n, rate, {
         let client = client.clone();
@@ -173,12 +198,20 @@ async fn overhead(secs: u64) {
     let times = Arc::new(Mutex::new(HashMap::new()));
     let mut pcfg = ProviderConfig::with_url(ProviderKind::OpenAi, &base);
     pcfg.timeout_ms = 10_000;
-    let timed = Timed { inner: OpenAiProvider::new(&pcfg).unwrap(), times: times.clone() };
-    let gw = Gateway::builder(gateway_config(&base, Some(10_000_000), Some(100_000_000), 60.0))
-        .provider_client("sim", Arc::new(timed))
-        .build()
-        .await
-        .unwrap();
+    let timed = Timed {
+        inner: OpenAiProvider::new(&pcfg).unwrap(),
+        times: times.clone(),
+    };
+    let gw = Gateway::builder(gateway_config(
+        &base,
+        Some(10_000_000),
+        Some(100_000_000),
+        60.0,
+    ))
+    .provider_client("sim", Arc::new(timed))
+    .build()
+    .await
+    .unwrap();
     let overheads = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
     let through = run_open_loop(n, rate, {
         let gw = gw.clone();
@@ -198,7 +231,10 @@ async fn overhead(secs: u64) {
                 let total = t.elapsed();
                 debug_assert!(!out.response.content.is_empty());
                 let inner = times.lock().unwrap().remove(&text).unwrap_or_default();
-                overheads.lock().unwrap().push(total.saturating_sub(inner).as_micros() as u64);
+                overheads
+                    .lock()
+                    .unwrap()
+                    .push(total.saturating_sub(inner).as_micros() as u64);
                 total.as_micros() as u64
             }
         }
@@ -206,8 +242,15 @@ async fn overhead(secs: u64) {
     .await;
     let (d50, d99) = summary("direct to simulator (e2e)", direct);
     let (g50, g99) = summary("through the gateway (e2e)", through);
-    let (o50, o99) = summary("gateway overhead per call", overheads.lock().unwrap().clone());
-    println!("  e2e difference: p50 {:+} µs, p99 {:+} µs", g50 as i64 - d50 as i64, g99 as i64 - d99 as i64);
+    let (o50, o99) = summary(
+        "gateway overhead per call",
+        overheads.lock().unwrap().clone(),
+    );
+    println!(
+        "  e2e difference: p50 {:+} µs, p99 {:+} µs",
+        g50 as i64 - d50 as i64,
+        g99 as i64 - d99 as i64
+    );
     println!("  RESULT overhead p50 = {o50} µs, p99 = {o99} µs (target p99 ≤ 1000 µs)");
 }
 
@@ -263,7 +306,8 @@ async fn overload(secs: u64, gateway_limits: bool) {
     probe.max_tokens = Some(64);
     probe.no_cache = true;
     let sample = gw.chat(&ctx(10_000), probe, None).await.unwrap();
-    let per_call = f64::from(sample.response.usage.input_tokens + sample.response.usage.output_tokens);
+    let per_call =
+        f64::from(sample.response.usage.input_tokens + sample.response.usage.output_tokens);
     tokio::time::sleep(Duration::from_millis(1_200)).await; // let the buckets refill
     ctl.reset_stats();
 
@@ -296,9 +340,6 @@ async fn overload(secs: u64, gateway_limits: bool) {
                 let mut t = tally.lock().unwrap();
                 match res {
                     Ok(o) => {
-                        if std::env::var("BENCH_DEBUG").is_ok() {
-                            eprintln!("ok at {:?} waited {} ms", Instant::now(), o.record.rate_limit_wait_ms);
-                        }
                         t.ok += 1;
                         t.retries += u64::from(o.record.retries);
                     }
@@ -308,7 +349,15 @@ async fn overload(secs: u64, gateway_limits: bool) {
                             ModelError::RateLimited { .. } => t.refused += 1,
                             ref other => {
                                 t.other_errors += 1;
-                                let k = format!("{}: {}", other.kind(), e.record.attempts.last().map(|a| a.outcome.as_str()).unwrap_or("-"));
+                                let k = format!(
+                                    "{}: {}",
+                                    other.kind(),
+                                    e.record
+                                        .attempts
+                                        .last()
+                                        .map(|a| a.outcome.as_str())
+                                        .unwrap_or("-")
+                                );
                                 *t.kinds.entry(k).or_default() += 1;
                             }
                         }
@@ -328,7 +377,7 @@ async fn overload(secs: u64, gateway_limits: bool) {
         / tb.duration_since(ta).as_secs_f64();
     let whole = (sb.input_tokens + sb.output_tokens) as f64 / tb.duration_since(t0).as_secs_f64();
     println!(
-        "  offered {n} calls; all returned after {:.1} s: ok {}, refused by the gateway's limiter (rate-limited, retry later) {}, other errors {}, lost {}",
+        "  offered {n} calls; all returned after {:.1} s: ok {}, rate-limited (returned to the handler with a retry-after) {}, other errors {}, lost {}",
         elapsed.as_secs_f64(),
         t.ok,
         t.refused,
@@ -356,10 +405,20 @@ fn long_prompt(i: u64) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let which = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
-    let secs: u64 = std::env::var("SLUICE_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let secs: u64 = std::env::var("SLUICE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         if which("overhead") {
             overhead(if secs > 0 { secs } else { 10 }).await;

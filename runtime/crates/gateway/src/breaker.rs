@@ -144,7 +144,11 @@ impl Breaker {
             BreakerState::Open => None,
             BreakerState::Closed => {
                 let window = Duration::from_millis(self.cfg.window_ms);
-                while g.window.front().is_some_and(|(t, _)| now.duration_since(*t) > window) {
+                while g
+                    .window
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > window)
+                {
                     g.window.pop_front();
                 }
                 g.window.push_back((now, healthy));
@@ -189,7 +193,10 @@ mod tests {
         assert!(matches!(b.admit(), Admission::Refused(_)));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.admit(), Admission::Probe);
-        assert!(matches!(b.admit(), Admission::Refused(_)), "one probe at a time");
+        assert!(
+            matches!(b.admit(), Admission::Refused(_)),
+            "one probe at a time"
+        );
         assert_eq!(b.record(false), Some(BreakerState::Open));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.admit(), Admission::Probe);

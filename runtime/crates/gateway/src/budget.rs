@@ -130,7 +130,9 @@ impl Ledger for MemoryLedger {
         let mut g = self.lock();
         for line in lines {
             let l = g.levels.get(&line.key).copied().unwrap_or_default();
-            if l.spent_micros.saturating_add(l.reserved_micros).saturating_add(amount)
+            if l.spent_micros
+                .saturating_add(l.reserved_micros)
+                .saturating_add(amount)
                 > line.limit_micros
             {
                 return Err(LedgerError::Refused(Refusal {
@@ -303,7 +305,11 @@ impl Budgets {
                 }
             })
             .collect();
-        Budgets { rules, ledger, sink }
+        Budgets {
+            rules,
+            ledger,
+            sink,
+        }
     }
 
     /// Whether any rule exists (the fast path skips the ledger otherwise).
@@ -334,7 +340,11 @@ impl Budgets {
                     _ => format!("{}:{}", scope.0, scope.1),
                 };
                 Some(BudgetLine {
-                    key: BudgetKey { budget: r.name.clone(), scope, window: window(r.period, now) },
+                    key: BudgetKey {
+                        budget: r.name.clone(),
+                        scope,
+                        window: window(r.period, now),
+                    },
                     limit_micros: r.limit_micros,
                 })
             })
@@ -359,7 +369,12 @@ impl Budgets {
             Err(LedgerError::Refused(r)) => {
                 metrics::counter!("sluice_budget_refusals_total", "budget" => r.key.budget.clone())
                     .increment(1);
-                if self.ledger.mark_alert(&r.key, "refused").await.unwrap_or(false) {
+                if self
+                    .ledger
+                    .mark_alert(&r.key, "refused")
+                    .await
+                    .unwrap_or(false)
+                {
                     self.sink.alert(&BudgetAlert {
                         key: r.key.clone(),
                         kind: AlertKind::Refused,
@@ -375,7 +390,11 @@ impl Budgets {
 
     /// Settle a hold to the actual cost and fire threshold alerts that are now due.
     pub async fn settle(&self, hold: Hold, actual: u64) {
-        let levels = match self.ledger.settle(hold.id, &hold.lines, hold.amount, actual).await {
+        let levels = match self
+            .ledger
+            .settle(hold.id, &hold.lines, hold.amount, actual)
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "budget ledger failed to settle a reservation");
@@ -393,7 +412,12 @@ impl Budgets {
                     continue;
                 }
                 let marker = format!("{:.0}%", t * 100.0);
-                if self.ledger.mark_alert(&line.key, &marker).await.unwrap_or(false) {
+                if self
+                    .ledger
+                    .mark_alert(&line.key, &marker)
+                    .await
+                    .unwrap_or(false)
+                {
                     self.sink.alert(&BudgetAlert {
                         key: line.key.clone(),
                         kind: AlertKind::Threshold { fraction: t },
@@ -410,7 +434,9 @@ impl Budgets {
         let mut least: Option<u64> = None;
         for line in self.lines_for(ctx, Utc::now()) {
             let l = self.ledger.level(&line.key).await.unwrap_or_default();
-            let left = line.limit_micros.saturating_sub(l.spent_micros + l.reserved_micros);
+            let left = line
+                .limit_micros
+                .saturating_sub(l.spent_micros + l.reserved_micros);
             least = Some(least.map_or(left, |x| x.min(left)));
         }
         least
@@ -449,7 +475,11 @@ mod tests {
 
     fn line(limit: u64) -> BudgetLine {
         BudgetLine {
-            key: BudgetKey { budget: "b".into(), scope: "tenant:t".into(), window: "total".into() },
+            key: BudgetKey {
+                budget: "b".into(),
+                scope: "tenant:t".into(),
+                window: "total".into(),
+            },
             limit_micros: limit,
         }
     }
@@ -462,10 +492,18 @@ mod tests {
         b.key.budget = "other".into();
         let lines = [a.clone(), b.clone()];
         let id = l.reserve(&lines, 40).await.unwrap();
-        assert!(matches!(l.reserve(&lines, 20).await, Err(LedgerError::Refused(r)) if r.key == b.key));
+        assert!(
+            matches!(l.reserve(&lines, 20).await, Err(LedgerError::Refused(r)) if r.key == b.key)
+        );
         assert_eq!(l.level(&a.key).await.unwrap().reserved_micros, 40);
         l.settle(id, &lines, 40, 10).await.unwrap();
-        assert_eq!(l.level(&b.key).await.unwrap(), Level { spent_micros: 10, reserved_micros: 0 });
+        assert_eq!(
+            l.level(&b.key).await.unwrap(),
+            Level {
+                spent_micros: 10,
+                reserved_micros: 0
+            }
+        );
         assert!(l.mark_alert(&a.key, "50%").await.unwrap());
         assert!(!l.mark_alert(&a.key, "50%").await.unwrap());
     }

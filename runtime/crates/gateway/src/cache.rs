@@ -23,7 +23,10 @@ impl<V: Clone> ResponseCache<V> {
         ResponseCache {
             ttl,
             max_entries: max_entries.max(1),
-            inner: Mutex::new(Inner { map: HashMap::new(), order: VecDeque::new() }),
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+            }),
         }
     }
 

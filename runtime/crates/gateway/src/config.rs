@@ -249,7 +249,10 @@ impl ProviderConfig {
 
     /// A provider speaking `kind`'s wire format at `base_url`.
     pub fn with_url(kind: ProviderKind, base_url: impl Into<String>) -> Self {
-        ProviderConfig { base_url: Some(base_url.into()), ..ProviderConfig::new(kind) }
+        ProviderConfig {
+            base_url: Some(base_url.into()),
+            ..ProviderConfig::new(kind)
+        }
     }
 }
 
@@ -344,7 +347,11 @@ impl ModelConfig {
 
     /// An embeddings model with this input price.
     pub fn embedding(input: f64) -> Self {
-        ModelConfig { embedding: true, output_usd_per_mtok: None, ..ModelConfig::chat(input, 0.0) }
+        ModelConfig {
+            embedding: true,
+            output_usd_per_mtok: None,
+            ..ModelConfig::chat(input, 0.0)
+        }
     }
 }
 
@@ -365,7 +372,11 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { enabled: true, ttl_secs: d_cache_ttl(), max_entries: d_cache_entries() }
+        CacheConfig {
+            enabled: true,
+            ttl_secs: d_cache_ttl(),
+            max_entries: d_cache_entries(),
+        }
     }
 }
 
@@ -383,7 +394,10 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { base_delay_ms: d_base_delay(), max_delay_ms: d_max_delay() }
+        RetryConfig {
+            base_delay_ms: d_base_delay(),
+            max_delay_ms: d_max_delay(),
+        }
     }
 }
 
@@ -448,22 +462,33 @@ impl GatewayConfig {
         let mut providers = BTreeMap::new();
         for (name, wire, seed) in [("sim", Wire::OpenAi, 1), ("sim-b", Wire::Anthropic, 2)] {
             let mut p = ProviderConfig::new(ProviderKind::Simulated);
-            p.simulator =
-                Some(SimulatedProvider { wire, config: SimConfig { seed, ..SimConfig::default() } });
+            p.simulator = Some(SimulatedProvider {
+                wire,
+                config: SimConfig {
+                    seed,
+                    ..SimConfig::default()
+                },
+            });
             providers.insert(name.to_string(), p);
         }
         let mut models = BTreeMap::new();
         for p in ["sim", "sim-b"] {
-            models.insert(format!("{p}/sim-fast"), ModelConfig {
-                cached_input_usd_per_mtok: Some(0.075),
-                context_tokens: Some(128_000),
-                ..ModelConfig::chat(0.15, 0.60)
-            });
-            models.insert(format!("{p}/sim-smart"), ModelConfig {
-                cached_input_usd_per_mtok: Some(1.25),
-                context_tokens: Some(200_000),
-                ..ModelConfig::chat(2.50, 10.0)
-            });
+            models.insert(
+                format!("{p}/sim-fast"),
+                ModelConfig {
+                    cached_input_usd_per_mtok: Some(0.075),
+                    context_tokens: Some(128_000),
+                    ..ModelConfig::chat(0.15, 0.60)
+                },
+            );
+            models.insert(
+                format!("{p}/sim-smart"),
+                ModelConfig {
+                    cached_input_usd_per_mtok: Some(1.25),
+                    context_tokens: Some(200_000),
+                    ..ModelConfig::chat(2.50, 10.0)
+                },
+            );
         }
         models.insert("sim/sim-embed".into(), ModelConfig::embedding(0.02));
         let chain = |m: &str| vec![format!("sim/{m}"), format!("sim-b/{m}")];
@@ -472,7 +497,12 @@ impl GatewayConfig {
             ("smart".to_string(), chain("sim-smart")),
             ("embed".to_string(), vec!["sim/sim-embed".to_string()]),
         ]);
-        GatewayConfig { providers, models, aliases, ..GatewayConfig::empty() }
+        GatewayConfig {
+            providers,
+            models,
+            aliases,
+            ..GatewayConfig::empty()
+        }
     }
 
     /// No providers, models or aliases; default settings otherwise.
@@ -514,18 +544,27 @@ impl GatewayConfig {
             return Err(ConfigError::Other("max_call_ms must be positive".into()));
         }
         if self.default_max_tokens == 0 {
-            return Err(ConfigError::Other("default_max_tokens must be positive".into()));
+            return Err(ConfigError::Other(
+                "default_max_tokens must be positive".into(),
+            ));
         }
         for (name, p) in &self.providers {
-            let err = |message: String| ConfigError::Provider { provider: name.clone(), message };
+            let err = |message: String| ConfigError::Provider {
+                provider: name.clone(),
+                message,
+            };
             if name.is_empty() || name.contains('/') {
-                return Err(err("a provider name must be non-empty and contain no '/'".into()));
+                return Err(err(
+                    "a provider name must be non-empty and contain no '/'".into()
+                ));
             }
             if p.kind == ProviderKind::Simulated {
                 if p.base_url.is_some() {
-                    return Err(err("a simulated provider has no base_url (it starts its own \
+                    return Err(err(
+                        "a simulated provider has no base_url (it starts its own \
                         server); use kind = \"openai\" to talk to a standalone simulator"
-                        .into()));
+                            .into(),
+                    ));
                 }
             } else if p.simulator.is_some() {
                 return Err(err("`simulator` settings need kind = \"simulated\"".into()));
@@ -533,7 +572,9 @@ impl GatewayConfig {
             if let Some(url) = &p.base_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(err(format!("base_url {url:?} must start with http:// or https://")));
+                return Err(err(format!(
+                    "base_url {url:?} must start with http:// or https://"
+                )));
             }
             if p.api_key.is_some() && p.api_key_env.is_some() {
                 return Err(err("set api_key or api_key_env, not both".into()));
@@ -542,7 +583,9 @@ impl GatewayConfig {
                 return Err(err("timeouts must be positive".into()));
             }
             if p.rpm == Some(0) || p.tpm == Some(0) {
-                return Err(err("rpm and tpm must be positive (omit them for no limit)".into()));
+                return Err(err(
+                    "rpm and tpm must be positive (omit them for no limit)".into()
+                ));
             }
             if !(1.0..=60.0).contains(&p.burst_secs) {
                 return Err(err("burst_secs must be within 1..=60".into()));
@@ -552,8 +595,9 @@ impl GatewayConfig {
                 return Err(err("breaker.failure_rate must be within (0, 1]".into()));
             }
             if b.min_calls == 0 || b.window_ms == 0 || b.cooldown_ms == 0 {
-                return Err(err("breaker.min_calls, window_ms and cooldown_ms must be positive"
-                    .into()));
+                return Err(err(
+                    "breaker.min_calls, window_ms and cooldown_ms must be positive".into(),
+                ));
             }
             for (k, v) in &p.headers {
                 if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
@@ -564,7 +608,10 @@ impl GatewayConfig {
             }
         }
         for (id, m) in &self.models {
-            let err = |message: String| ConfigError::Model { model: id.clone(), message };
+            let err = |message: String| ConfigError::Model {
+                model: id.clone(),
+                message,
+            };
             let Some((provider, rest)) = id.split_once('/') else {
                 return Err(err("a model id is `provider/model`".into()));
             };
@@ -582,29 +629,40 @@ impl GatewayConfig {
                 return Err(err("prices must be finite and non-negative".into()));
             }
             if !m.embedding && m.output_usd_per_mtok.is_none() {
-                return Err(err("output_usd_per_mtok is required for a chat model (an unknown \
+                return Err(err(
+                    "output_usd_per_mtok is required for a chat model (an unknown \
                     price is an error; write 0 for a free model)"
-                    .into()));
+                        .into(),
+                ));
             }
             if m.embedding {
                 let wire = match p.kind {
                     ProviderKind::Anthropic => Wire::Anthropic,
                     ProviderKind::OpenAi => Wire::OpenAi,
-                    ProviderKind::Simulated => p.simulator.as_ref().map(|s| s.wire).unwrap_or_default(),
+                    ProviderKind::Simulated => {
+                        p.simulator.as_ref().map(|s| s.wire).unwrap_or_default()
+                    }
                 };
                 if wire == Wire::Anthropic {
-                    return Err(err("the Anthropic wire format has no embeddings endpoint".into()));
+                    return Err(err(
+                        "the Anthropic wire format has no embeddings endpoint".into()
+                    ));
                 }
             }
             if m.max_tokens == Some(0) || m.context_tokens == Some(0) {
                 return Err(err("max_tokens and context_tokens must be positive".into()));
             }
             if m.rpm == Some(0) || m.tpm == Some(0) {
-                return Err(err("rpm and tpm must be positive (omit them for no limit)".into()));
+                return Err(err(
+                    "rpm and tpm must be positive (omit them for no limit)".into()
+                ));
             }
         }
         for (alias, chain) in &self.aliases {
-            let err = |message: String| ConfigError::Alias { alias: alias.clone(), message };
+            let err = |message: String| ConfigError::Alias {
+                alias: alias.clone(),
+                message,
+            };
             if alias.is_empty() || alias.contains('/') {
                 return Err(err("an alias must be non-empty and contain no '/'".into()));
             }
@@ -629,7 +687,10 @@ impl GatewayConfig {
             }
         }
         for (index, b) in self.budgets.iter().enumerate() {
-            let err = |message: &str| ConfigError::Budget { index, message: message.into() };
+            let err = |message: &str| ConfigError::Budget {
+                index,
+                message: message.into(),
+            };
             if !(b.limit_usd.is_finite() && b.limit_usd >= 0.0) {
                 return Err(err("limit_usd must be finite and non-negative"));
             }
@@ -640,10 +701,14 @@ impl GatewayConfig {
                 _ => {}
             }
             if b.scope == BudgetScope::Job && b.value.is_some() {
-                return Err(err("a job budget applies to every job; it takes no `value`"));
+                return Err(err(
+                    "a job budget applies to every job; it takes no `value`",
+                ));
             }
             if b.alerts.iter().any(|a| !(a.is_finite() && *a > 0.0)) {
-                return Err(err("alert thresholds must be positive fractions (0.8 = 80%)"));
+                return Err(err(
+                    "alert thresholds must be positive fractions (0.8 = 80%)",
+                ));
             }
         }
         Ok(())

@@ -87,6 +87,18 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
+    /// The record of a call answered from the job's journal on replay (no provider call, no
+    /// charge): for the host, which does journal replay in front of the gateway.
+    pub fn replayed(request: &ChatRequest, response: &ChatResponse) -> Self {
+        CallRecord {
+            provider: Some(response.provider.clone()),
+            response_model: Some(response.model.clone()),
+            usage: response.usage,
+            source: ResponseSource::Journal,
+            ..CallRecord::new("chat", &request.model)
+        }
+    }
+
     fn new(operation: &str, requested_model: &str) -> Self {
         CallRecord {
             operation: operation.into(),
@@ -250,27 +262,29 @@ impl GatewayBuilder {
         let mut providers = HashMap::new();
         let mut provider_limits = HashMap::new();
         for (name, p) in &cfg.providers {
-            let perr =
-                |message: String| ConfigError::Provider { provider: name.clone(), message };
+            let perr = |message: String| ConfigError::Provider {
+                provider: name.clone(),
+                message,
+            };
             let client: Arc<dyn Provider> = match self.clients.remove(name) {
                 Some(c) => c,
                 None => match p.kind {
                     ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(p).map_err(perr)?),
-                    ProviderKind::Anthropic => {
-                        Arc::new(AnthropicProvider::new(p).map_err(perr)?)
-                    }
+                    ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(p).map_err(perr)?),
                     ProviderKind::Simulated => {
                         let s = p.simulator.clone().unwrap_or_default();
-                        let handle = sim::start(s.config).await.map_err(|e| {
-                            ConfigError::Simulator { provider: name.clone(), message: e.to_string() }
-                        })?;
+                        let handle =
+                            sim::start(s.config)
+                                .await
+                                .map_err(|e| ConfigError::Simulator {
+                                    provider: name.clone(),
+                                    message: e.to_string(),
+                                })?;
                         let mut pc = p.clone();
                         pc.base_url = Some(handle.base_url());
                         let client: Arc<dyn Provider> = match s.wire {
                             Wire::OpenAi => Arc::new(OpenAiProvider::new(&pc).map_err(perr)?),
-                            Wire::Anthropic => {
-                                Arc::new(AnthropicProvider::new(&pc).map_err(perr)?)
-                            }
+                            Wire::Anthropic => Arc::new(AnthropicProvider::new(&pc).map_err(perr)?),
                         };
                         sims.push((name.clone(), handle));
                         client
@@ -280,16 +294,19 @@ impl GatewayBuilder {
             let mut limits = LimiterSet::default();
             limits.add(p.rpm, p.tpm, p.burst_secs);
             provider_limits.insert(name.clone(), (limits, p.burst_secs));
-            providers.insert(name.clone(), ProviderEntry {
-                name: name.clone(),
-                kind: p.kind.as_str(),
-                client,
-                breaker: Breaker::new(p.breaker.clone()),
-                max_retries: p.max_retries,
-                timeout: Duration::from_millis(p.timeout_ms),
-                hold_until: Mutex::new(None),
-                typical_us: AtomicU64::new(0),
-            });
+            providers.insert(
+                name.clone(),
+                ProviderEntry {
+                    name: name.clone(),
+                    kind: p.kind.as_str(),
+                    client,
+                    breaker: Breaker::new(p.breaker.clone()),
+                    max_retries: p.max_retries,
+                    timeout: Duration::from_millis(p.timeout_ms),
+                    hold_until: Mutex::new(None),
+                    typical_us: AtomicU64::new(0),
+                },
+            );
             metrics::gauge!("sluice_breaker_state", "provider" => name.clone()).set(0.0);
         }
         let mut models = HashMap::new();
@@ -300,17 +317,20 @@ impl GatewayBuilder {
             own_limits.add(m.rpm, m.tpm, *burst);
             let mut limits = plimits.clone();
             limits.extend(&own_limits);
-            models.insert(id.clone(), ModelEntry {
-                id: id.clone(),
-                provider: provider.to_string(),
-                name: m.name.clone().unwrap_or_else(|| rest.to_string()),
-                price: Price::of(m),
-                max_tokens: m.max_tokens,
-                context_tokens: m.context_tokens,
-                embedding: m.embedding,
-                limits,
-                own_limits,
-            });
+            models.insert(
+                id.clone(),
+                ModelEntry {
+                    id: id.clone(),
+                    provider: provider.to_string(),
+                    name: m.name.clone().unwrap_or_else(|| rest.to_string()),
+                    price: Price::of(m),
+                    max_tokens: m.max_tokens,
+                    context_tokens: m.context_tokens,
+                    embedding: m.embedding,
+                    limits,
+                    own_limits,
+                },
+            );
         }
         let ttl = Duration::from_secs(cfg.cache.ttl_secs);
         let (chat_cache, embed_cache) = if cfg.cache.enabled {
@@ -342,8 +362,13 @@ impl GatewayBuilder {
 }
 
 enum Op<'a> {
-    Chat { req: &'a ChatRequest, on_delta: Option<&'a DeltaFn<'a>> },
-    Embed { inputs: &'a [String] },
+    Chat {
+        req: &'a ChatRequest,
+        on_delta: Option<&'a DeltaFn<'a>>,
+    },
+    Embed {
+        inputs: &'a [String],
+    },
 }
 
 enum Reply {
@@ -374,7 +399,12 @@ impl Gateway {
 
     /// A builder, to plug in a ledger, an alert sink or provider clients.
     pub fn builder(cfg: GatewayConfig) -> GatewayBuilder {
-        GatewayBuilder { cfg, ledger: None, sink: None, clients: HashMap::new() }
+        GatewayBuilder {
+            cfg,
+            ledger: None,
+            sink: None,
+            clients: HashMap::new(),
+        }
     }
 
     /// The simulators this gateway started for its `simulated` providers, by provider name.
@@ -384,18 +414,29 @@ impl Gateway {
 
     /// The simulator of simulated provider `name`.
     pub fn simulator(&self, name: &str) -> Option<&SimHandle> {
-        self.inner.sims.iter().find(|(n, _)| n == name).map(|(_, h)| h)
+        self.inner
+            .sims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h)
     }
 
     /// A provider's circuit-breaker state.
     pub fn breaker_state(&self, provider: &str) -> Option<BreakerState> {
-        self.inner.providers.get(provider).map(|p| p.breaker.state())
+        self.inner
+            .providers
+            .get(provider)
+            .map(|p| p.breaker.state())
     }
 
     /// Scale every rate limit to this node's share of it (e.g. `1 / live nodes`), so several
     /// nodes sharing one provider account stay under its limits together.
     pub fn set_limit_share(&self, share: f64) {
-        let share = if share.is_finite() { share.clamp(0.001, 1.0) } else { 1.0 };
+        let share = if share.is_finite() {
+            share.clamp(0.001, 1.0)
+        } else {
+            1.0
+        };
         for l in &self.inner.provider_limits {
             l.set_share(share);
         }
@@ -410,8 +451,16 @@ impl Gateway {
     }
 
     /// Charge a cost the gateway did not see against the job's budgets.
-    pub async fn charge_extra(&self, ctx: &CallContext, cost_micros: u64) -> Result<(), ModelError> {
-        self.inner.budgets.charge(ctx, cost_micros).await.map_err(budget_error)
+    pub async fn charge_extra(
+        &self,
+        ctx: &CallContext,
+        cost_micros: u64,
+    ) -> Result<(), ModelError> {
+        self.inner
+            .budgets
+            .charge(ctx, cost_micros)
+            .await
+            .map_err(budget_error)
     }
 
     /// The model ids an alias or model id resolves to, in fallback order.
@@ -459,7 +508,9 @@ impl Gateway {
             sluice.fallbacks = Empty,
             sluice.outcome = Empty,
         );
-        self.chat_inner(ctx, request, on_delta).instrument(span).await
+        self.chat_inner(ctx, request, on_delta)
+            .instrument(span)
+            .await
     }
 
     async fn chat_inner(
@@ -476,7 +527,10 @@ impl Gateway {
             record.latency_ms = ms(started.elapsed());
             finish_metrics(&record);
             record_span(&record, None);
-            Err(CallError { error, record: Box::new(record) })
+            Err(CallError {
+                error,
+                record: Box::new(record),
+            })
         };
 
         let chain = match self.resolve(&request.model) {
@@ -484,13 +538,19 @@ impl Gateway {
             Err(e) => return fail(record, e),
         };
         if chain.iter().any(|id| inner.models[id].embedding) {
-            return fail(record, ModelError::invalid(format!(
-                "{:?} is an embeddings model; use embed",
-                request.model
-            )));
+            return fail(
+                record,
+                ModelError::invalid(format!(
+                    "{:?} is an embeddings model; use embed",
+                    request.model
+                )),
+            );
         }
         if request.messages.is_empty() {
-            return fail(record, ModelError::invalid("a chat request needs at least one message"));
+            return fail(
+                record,
+                ModelError::invalid("a chat request needs at least one message"),
+            );
         }
         if request.max_tokens == Some(0) {
             return fail(record, ModelError::invalid("max_tokens must be positive"));
@@ -518,7 +578,10 @@ impl Gateway {
             metrics::counter!("sluice_model_cache_hits_total", "operation" => "chat").increment(1);
             finish_metrics(&record);
             record_span(&record, Some(&hit.finish_reason));
-            return Ok(CallOutcome { response: hit, record });
+            return Ok(CallOutcome {
+                response: hit,
+                record,
+            });
         }
 
         let est_input = tokens::messages_tokens(&request.messages) + ESTIMATE_MARGIN_TOKENS;
@@ -536,8 +599,13 @@ impl Gateway {
             Err(e) => return fail(record, budget_error(e)),
         };
 
-        let op = Op::Chat { req: &request, on_delta };
-        let result = self.run_chain(ctx, &op, &chain, est_input, deadline, &mut record).await;
+        let op = Op::Chat {
+            req: &request,
+            on_delta,
+        };
+        let result = self
+            .run_chain(ctx, &op, &chain, est_input, deadline, &mut record)
+            .await;
         let answer = match result {
             Ok(a) => a,
             Err(e) => {
@@ -553,7 +621,11 @@ impl Gateway {
         self.settle(hold, cost).await;
         let response = ChatResponse {
             content: reply.content,
-            model: if reply.model.is_empty() { model.name.clone() } else { reply.model },
+            model: if reply.model.is_empty() {
+                model.name.clone()
+            } else {
+                reply.model
+            },
             provider: model.provider.clone(),
             usage: reply.usage,
             cost_micros: cost,
@@ -565,7 +637,9 @@ impl Gateway {
         record.cost_micros = cost;
         record.latency_ms = response.latency_ms;
         record.response_model = Some(response.model.clone());
-        record.ttft_ms = reply.ttft.map(|t| ms(answer.attempt_started.duration_since(started) + t));
+        record.ttft_ms = reply
+            .ttft
+            .map(|t| ms(answer.attempt_started.duration_since(started) + t));
         if let (Some(cache), Some(key)) = (&inner.chat_cache, cache_key) {
             cache.put(key, response.clone());
         }
@@ -615,20 +689,26 @@ impl Gateway {
             record.latency_ms = ms(started.elapsed());
             finish_metrics(&record);
             record_span(&record, None);
-            Err(CallError { error, record: Box::new(record) })
+            Err(CallError {
+                error,
+                record: Box::new(record),
+            })
         };
         let chain = match self.resolve(&request.model) {
             Ok(c) => c,
             Err(e) => return fail(record, e),
         };
         if chain.iter().any(|id| !inner.models[id].embedding) {
-            return fail(record, ModelError::invalid(format!(
-                "{:?} is not an embeddings model",
-                request.model
-            )));
+            return fail(
+                record,
+                ModelError::invalid(format!("{:?} is not an embeddings model", request.model)),
+            );
         }
         if request.inputs.is_empty() {
-            return fail(record, ModelError::invalid("an embeddings request needs inputs"));
+            return fail(
+                record,
+                ModelError::invalid("an embeddings request needs inputs"),
+            );
         }
         let deadline = match self.deadline(ctx, started) {
             Ok(d) => d,
@@ -649,17 +729,29 @@ impl Gateway {
                 .increment(1);
             finish_metrics(&record);
             record_span(&record, None);
-            return Ok(EmbedOutcome { response: hit, record });
+            return Ok(EmbedOutcome {
+                response: hit,
+                record,
+            });
         }
         let est: u32 = request.inputs.iter().map(|i| tokens::text_tokens(i)).sum();
-        let worst = chain.iter().map(|id| inner.models[id].price.worst_case(est, 0)).max().unwrap_or(0);
+        let worst = chain
+            .iter()
+            .map(|id| inner.models[id].price.worst_case(est, 0))
+            .max()
+            .unwrap_or(0);
         record.reserved_micros = worst;
         let hold = match inner.budgets.reserve(ctx, worst).await {
             Ok(h) => h,
             Err(e) => return fail(record, budget_error(e)),
         };
-        let op = Op::Embed { inputs: &request.inputs };
-        let answer = match self.run_chain(ctx, &op, &chain, est, deadline, &mut record).await {
+        let op = Op::Embed {
+            inputs: &request.inputs,
+        };
+        let answer = match self
+            .run_chain(ctx, &op, &chain, est, deadline, &mut record)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 self.settle(hold, 0).await;
@@ -674,7 +766,11 @@ impl Gateway {
         self.settle(hold, cost).await;
         let response = EmbedResponse {
             vectors: reply.vectors,
-            model: if reply.model.is_empty() { model.name.clone() } else { reply.model },
+            model: if reply.model.is_empty() {
+                model.name.clone()
+            } else {
+                reply.model
+            },
             provider: model.provider.clone(),
             usage: reply.usage,
             cost_micros: cost,
@@ -693,7 +789,9 @@ impl Gateway {
     }
 
     fn max_tokens(&self, req: &ChatRequest, m: &ModelEntry) -> u32 {
-        req.max_tokens.or(m.max_tokens).unwrap_or(self.inner.default_max_tokens)
+        req.max_tokens
+            .or(m.max_tokens)
+            .unwrap_or(self.inner.default_max_tokens)
     }
 
     fn deadline(&self, ctx: &CallContext, started: Instant) -> Result<Instant, ModelError> {
@@ -702,7 +800,9 @@ impl Gateway {
             return Ok(started + cap);
         }
         match ctx.remaining_ms() {
-            0 => Err(ModelError::Timeout { message: "the job's deadline has passed".into() }),
+            0 => Err(ModelError::Timeout {
+                message: "the job's deadline has passed".into(),
+            }),
             left => Ok(started + cap.min(Duration::from_millis(left))),
         }
     }
@@ -773,7 +873,10 @@ impl Gateway {
                 if last.is_none() {
                     last = Some(ProviderError::new(
                         FailureKind::InvalidRequest,
-                        format!("the prompt and max_tokens exceed {}'s context of {limit} tokens", model.id),
+                        format!(
+                            "the prompt and max_tokens exceed {}'s context of {limit} tokens",
+                            model.id
+                        ),
                     ));
                 }
                 continue;
@@ -792,12 +895,16 @@ impl Gateway {
                     Admission::Allowed => false,
                 };
                 // A provider's 429 `retry-after` holds every call to it.
-                let hold = *provider.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+                let hold = *provider
+                    .hold_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if let Some(h) = hold {
                     let now = Instant::now();
                     if h > now {
                         if h >= deadline {
-                            throttle_retry = Some(throttle_retry.map_or(h - now, |t| t.min(h - now)));
+                            throttle_retry =
+                                Some(throttle_retry.map_or(h - now, |t| t.min(h - now)));
                             skip(record, "throttled");
                             if probe {
                                 provider.breaker.record(true);
@@ -806,7 +913,9 @@ impl Gateway {
                         }
                         let wait = h - now;
                         // Spread the herd woken by one retry-after.
-                        let jitter = Duration::from_micros(rand::random_range(0..=(wait.as_micros() as u64 / 10).max(1)));
+                        let jitter = Duration::from_micros(rand::random_range(
+                            0..=(wait.as_micros() as u64 / 10).max(1),
+                        ));
                         tokio::time::sleep(wait + jitter).await;
                         record.rate_limit_wait_ms += (wait + jitter).as_millis() as u64;
                         metrics::histogram!("sluice_rate_limit_wait_seconds", "provider" => provider.name.clone()).record((wait + jitter).as_secs_f64());
@@ -815,11 +924,15 @@ impl Gateway {
                 let cost_tokens = est_input + max_out;
                 // Leave time for the attempt itself after the wait (1.5× a typical one).
                 let headroom = provider.typical() * 3 / 2;
-                let wait_until = deadline.checked_sub(headroom).unwrap_or(deadline).max(Instant::now());
+                let wait_until = deadline
+                    .checked_sub(headroom)
+                    .unwrap_or(deadline)
+                    .max(Instant::now());
                 let (permit, waited) = match model.limits.acquire(cost_tokens, wait_until).await {
                     Ok(x) => x,
                     Err(t) => {
-                        throttle_retry = Some(throttle_retry.map_or(t.retry_after, |x| x.min(t.retry_after)));
+                        throttle_retry =
+                            Some(throttle_retry.map_or(t.retry_after, |x| x.min(t.retry_after)));
                         metrics::counter!("sluice_rate_limit_refusals_total", "provider" => provider.name.clone()).increment(1);
                         skip(record, "throttled");
                         if probe {
@@ -838,16 +951,20 @@ impl Gateway {
                     metrics::counter!("sluice_model_retries_total", "provider" => provider.name.clone()).increment(1);
                 }
                 let attempt_started = Instant::now();
-                let budget = provider.timeout.min(deadline.saturating_duration_since(attempt_started));
+                let budget = provider
+                    .timeout
+                    .min(deadline.saturating_duration_since(attempt_started));
                 let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1);
                 let call = async {
                     match (op, &preq) {
                         (Op::Chat { on_delta, .. }, Some(preq)) => {
                             provider.client.chat(preq, *on_delta).await.map(Reply::Chat)
                         }
-                        (Op::Embed { inputs }, _) => {
-                            provider.client.embed(&model.name, inputs).await.map(Reply::Embed)
-                        }
+                        (Op::Embed { inputs }, _) => provider
+                            .client
+                            .embed(&model.name, inputs)
+                            .await
+                            .map(Reply::Embed),
                         (Op::Chat { .. }, None) => unreachable!("chat requests are built above"),
                     }
                 };
@@ -878,7 +995,11 @@ impl Gateway {
                         self.breaker_record(provider, true);
                         metrics::counter!("sluice_model_attempts_total", "provider" => provider.name.clone(), "outcome" => "ok").increment(1);
                         record.attempts.push(info);
-                        return Ok(Answer { reply, model, attempt_started });
+                        return Ok(Answer {
+                            reply,
+                            model,
+                            attempt_started,
+                        });
                     }
                     Err(e) => {
                         info.outcome = e.kind.as_str().into();
@@ -903,7 +1024,10 @@ impl Gateway {
                             metrics::counter!("sluice_provider_rate_limited_total", "provider" => provider.name.clone()).increment(1);
                             if let Some(ra) = e.retry_after {
                                 let until = Instant::now() + ra;
-                                let mut h = provider.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut h = provider
+                                    .hold_until
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner());
                                 if h.is_none_or(|x| x < until) {
                                     *h = Some(until);
                                 }
@@ -913,12 +1037,17 @@ impl Gateway {
                         }
                         if !e.kind.fails_over() {
                             return Err(match e.kind {
-                                FailureKind::ContentFiltered => ModelError::ContentFiltered { message: e.message },
-                                _ => ModelError::invalid(format!("{}: {}", provider.name, e.message)),
+                                FailureKind::ContentFiltered => {
+                                    ModelError::ContentFiltered { message: e.message }
+                                }
+                                _ => {
+                                    ModelError::invalid(format!("{}: {}", provider.name, e.message))
+                                }
                             });
                         }
                         let retry = e.kind.retryable() && try_no < provider.max_retries;
-                        let wait = backoff(&inner.retry, try_no).max(e.retry_after.unwrap_or_default());
+                        let wait =
+                            backoff(&inner.retry, try_no).max(e.retry_after.unwrap_or_default());
                         last = Some(e);
                         if !retry {
                             break;
@@ -937,10 +1066,19 @@ impl Gateway {
         }
         if Instant::now() >= deadline {
             return Err(ModelError::Timeout {
-                message: format!("deadline passed after {} attempt(s): {}", record.attempts.len(), summary(record)),
+                message: format!(
+                    "deadline passed after {} attempt(s): {}",
+                    record.attempts.len(),
+                    summary(record)
+                ),
             });
         }
-        if all_throttled && (throttle_retry.is_some() || last.as_ref().is_some_and(|e| e.kind == FailureKind::RateLimited)) {
+        if all_throttled
+            && (throttle_retry.is_some()
+                || last
+                    .as_ref()
+                    .is_some_and(|e| e.kind == FailureKind::RateLimited))
+        {
             let ra = throttle_retry.or(last.as_ref().and_then(|e| e.retry_after));
             return Err(ModelError::RateLimited {
                 message: format!("rate limited: {}", summary(record)),
@@ -948,20 +1086,34 @@ impl Gateway {
             });
         }
         match last {
-            Some(e) if e.kind == FailureKind::InvalidRequest && record.attempts.iter().all(|a| a.outcome == "context_exceeded") => {
+            Some(e)
+                if e.kind == FailureKind::InvalidRequest
+                    && record
+                        .attempts
+                        .iter()
+                        .all(|a| a.outcome == "context_exceeded") =>
+            {
                 Err(ModelError::invalid(e.message))
             }
-            _ => Err(ModelError::unavailable(format!("all providers failed: {}", summary(record)))),
+            _ => Err(ModelError::unavailable(format!(
+                "all providers failed: {}",
+                summary(record)
+            ))),
         }
     }
 
     fn breaker_record(&self, provider: &ProviderEntry, healthy: bool) {
         if let Some(state) = provider.breaker.record(healthy) {
-            metrics::gauge!("sluice_breaker_state", "provider" => provider.name.clone()).set(state.gauge());
+            metrics::gauge!("sluice_breaker_state", "provider" => provider.name.clone())
+                .set(state.gauge());
             metrics::counter!("sluice_breaker_transitions_total", "provider" => provider.name.clone(), "to" => state.as_str()).increment(1);
             match state {
-                BreakerState::Open => tracing::warn!(provider = %provider.name, kind = provider.kind, "circuit breaker opened"),
-                _ => tracing::info!(provider = %provider.name, state = state.as_str(), "circuit breaker changed"),
+                BreakerState::Open => {
+                    tracing::warn!(provider = %provider.name, kind = provider.kind, "circuit breaker opened")
+                }
+                _ => {
+                    tracing::info!(provider = %provider.name, state = state.as_str(), "circuit breaker changed")
+                }
             }
         }
     }
@@ -969,7 +1121,10 @@ impl Gateway {
 
 /// Exponential backoff with full jitter: uniform in `0..=min(max, base·2^n)`.
 fn backoff(cfg: &RetryConfig, n: u32) -> Duration {
-    let ceiling = cfg.base_delay_ms.saturating_mul(1u64 << n.min(20)).min(cfg.max_delay_ms);
+    let ceiling = cfg
+        .base_delay_ms
+        .saturating_mul(1u64 << n.min(20))
+        .min(cfg.max_delay_ms);
     Duration::from_millis(rand::random_range(0..=ceiling))
 }
 
@@ -983,13 +1138,20 @@ fn summary(record: &CallRecord) -> String {
         match parts.last_mut() {
             Some(last) if last.starts_with(&s) => {
                 // Collapse repeats: "sim/x server_error (HTTP 500) ×3".
-                let n = last.rsplit_once('×').and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(1);
+                let n = last
+                    .rsplit_once('×')
+                    .and_then(|(_, n)| n.parse::<u32>().ok())
+                    .unwrap_or(1);
                 *last = format!("{s} ×{}", n + 1);
             }
             _ => parts.push(s),
         }
     }
-    if parts.is_empty() { "no attempt was made".into() } else { parts.join("; ") }
+    if parts.is_empty() {
+        "no attempt was made".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn budget_error(e: LedgerError) -> ModelError {
@@ -997,8 +1159,13 @@ fn budget_error(e: LedgerError) -> ModelError {
         LedgerError::Refused(r) => ModelError::BudgetExceeded {
             message: format!(
                 "budget {} ({}, {}): limit {} µ$, spent {} µ$, in flight {} µ$, this call needs up to {} µ$",
-                r.key.budget, r.key.scope, r.key.window, r.limit_micros, r.spent_micros,
-                r.reserved_micros, r.requested_micros
+                r.key.budget,
+                r.key.scope,
+                r.key.window,
+                r.limit_micros,
+                r.spent_micros,
+                r.reserved_micros,
+                r.requested_micros
             ),
         },
         LedgerError::Unavailable(m) => ModelError::unavailable(format!("budget ledger: {m}")),
@@ -1066,7 +1233,10 @@ impl ModelBackend for Gateway {
         _seq: u32,
         request: ChatRequest,
     ) -> Result<ChatResponse, ModelError> {
-        Gateway::chat(self, ctx, request, None).await.map(|o| o.response).map_err(Into::into)
+        Gateway::chat(self, ctx, request, None)
+            .await
+            .map(|o| o.response)
+            .map_err(Into::into)
     }
 
     async fn embed(
@@ -1075,6 +1245,9 @@ impl ModelBackend for Gateway {
         _seq: u32,
         request: EmbedRequest,
     ) -> Result<EmbedResponse, ModelError> {
-        Gateway::embed(self, ctx, request).await.map(|o| o.response).map_err(Into::into)
+        Gateway::embed(self, ctx, request)
+            .await
+            .map(|o| o.response)
+            .map_err(Into::into)
     }
 }

@@ -56,9 +56,8 @@ pub use budget::{
     LedgerError, Level, LogAlertSink, MemoryLedger, Refusal,
 };
 pub use config::{
-    BreakerConfig, BudgetConfig, BudgetScope, CacheConfig, ConfigError, GatewayConfig,
-    ModelConfig, Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider,
-    Wire,
+    BreakerConfig, BudgetConfig, BudgetScope, CacheConfig, ConfigError, GatewayConfig, ModelConfig,
+    Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider, Wire,
 };
 pub use gateway::{
     AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome, Gateway, GatewayBuilder,

@@ -64,7 +64,9 @@ impl Bucket {
             updated: Instant::now(),
         };
         s.configure();
-        Bucket { state: Mutex::new(s) }
+        Bucket {
+            state: Mutex::new(s),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BucketState> {
@@ -268,7 +270,9 @@ impl LimiterSet {
         let reserved = f64::from(tokens);
         let max_wait = deadline.saturating_duration_since(started);
         let mut wait = Duration::ZERO;
-        let mut permit = Permit { booked: Vec::with_capacity(self.tpm.len()) };
+        let mut permit = Permit {
+            booked: Vec::with_capacity(self.tpm.len()),
+        };
         for b in &self.tpm {
             match b.reserve(reserved, max_wait) {
                 Ok((w, n)) => {
@@ -322,9 +326,15 @@ mod tests {
     #[test]
     fn bucket_books_ahead_and_refunds() {
         let b = Bucket::new(60_000, 1.0); // 1000/s, capacity 1000
-        assert_eq!(b.reserve(1000.0, Duration::ZERO), Ok((Duration::ZERO, 1000.0)));
+        assert_eq!(
+            b.reserve(1000.0, Duration::ZERO),
+            Ok((Duration::ZERO, 1000.0))
+        );
         let (w, _) = b.reserve(500.0, Duration::from_secs(1)).unwrap();
-        assert!(w > Duration::from_millis(400) && w <= Duration::from_millis(500), "{w:?}");
+        assert!(
+            w > Duration::from_millis(400) && w <= Duration::from_millis(500),
+            "{w:?}"
+        );
         // A third booking must wait behind the second.
         let e = b.reserve(500.0, Duration::from_millis(600)).unwrap_err();
         assert!(e > Duration::from_millis(900), "{e:?}");

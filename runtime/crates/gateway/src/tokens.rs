@@ -25,7 +25,8 @@ pub fn text_tokens(text: &str) -> u32 {
 /// Tokens of a prompt.
 pub fn prompt_tokens<'a>(contents: impl IntoIterator<Item = &'a str>) -> u32 {
     contents.into_iter().fold(REPLY_PRIMING_TOKENS, |acc, c| {
-        acc.saturating_add(text_tokens(c)).saturating_add(PER_MESSAGE_TOKENS)
+        acc.saturating_add(text_tokens(c))
+            .saturating_add(PER_MESSAGE_TOKENS)
     })
 }
 
@@ -52,7 +53,10 @@ impl Price {
         Price {
             input,
             output: m.output_usd_per_mtok.map(usd_to_micros).unwrap_or(0),
-            cached_input: m.cached_input_usd_per_mtok.map(usd_to_micros).unwrap_or(input),
+            cached_input: m
+                .cached_input_usd_per_mtok
+                .map(usd_to_micros)
+                .unwrap_or(input),
         }
     }
 
@@ -69,7 +73,11 @@ impl Price {
 
     /// Worst-case cost of a call: every input token fresh and `max_output` output tokens.
     pub fn worst_case(&self, input_tokens: u32, max_output: u32) -> u64 {
-        self.cost(&Usage { input_tokens, output_tokens: max_output, cached_input_tokens: 0 })
+        self.cost(&Usage {
+            input_tokens,
+            output_tokens: max_output,
+            cached_input_tokens: 0,
+        })
     }
 }
 
@@ -83,11 +91,26 @@ mod tests {
         assert_eq!(text_tokens("abcd"), 1);
         assert_eq!(text_tokens("abcde"), 2);
         assert_eq!(messages_tokens(&[Message::user("abcd")]), 3 + 1 + 3);
-        let p = Price { input: 150_000, output: 600_000, cached_input: 75_000 };
+        let p = Price {
+            input: 150_000,
+            output: 600_000,
+            cached_input: 75_000,
+        };
         // 1000 in (400 cached), 100 out: 600*0.15 + 400*0.075 + 100*0.6 = 90+30+60 = 180 µ$.
-        let u = Usage { input_tokens: 1000, output_tokens: 100, cached_input_tokens: 400 };
+        let u = Usage {
+            input_tokens: 1000,
+            output_tokens: 100,
+            cached_input_tokens: 400,
+        };
         assert_eq!(p.cost(&u), 180);
-        assert_eq!(p.cost(&Usage { input_tokens: 1, ..Usage::default() }), 1, "rounds up");
+        assert_eq!(
+            p.cost(&Usage {
+                input_tokens: 1,
+                ..Usage::default()
+            }),
+            1,
+            "rounds up"
+        );
         assert_eq!(p.worst_case(0, 0), 0);
     }
 }

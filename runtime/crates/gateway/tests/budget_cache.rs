@@ -18,7 +18,10 @@ fn req(text: &str) -> ChatRequest {
 
 /// Replies are always cut at 20 tokens, so a call's actual cost is close to its worst case.
 fn short(text: &str) -> ChatRequest {
-    ChatRequest { max_tokens: Some(20), ..req(text) }
+    ChatRequest {
+        max_tokens: Some(20),
+        ..req(text)
+    }
 }
 
 fn budget(scope: BudgetScope, limit_usd: f64) -> BudgetConfig {
@@ -40,8 +43,14 @@ async fn a_call_that_could_exceed_the_budget_is_refused_before_any_request() {
         c.budgets.push(budget(BudgetScope::Tenant, 0.000_1));
     })
     .await;
-    let err = e.gw.chat(&ctx(), req("Summarize the report"), None).await.unwrap_err();
-    assert!(matches!(err.error, ModelError::BudgetExceeded { .. }), "{err}");
+    let err =
+        e.gw.chat(&ctx(), req("Summarize the report"), None)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err.error, ModelError::BudgetExceeded { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("tenant:acme"), "{err}");
     assert_eq!(e.sim(0).stats().requests, 0);
     assert_eq!(err.record.outcome, "budget_exceeded");
@@ -55,7 +64,11 @@ async fn fifty_concurrent_calls_never_overshoot_and_alerts_fire_once() {
     // holds 28 reservations, and what they spend crosses the 50% alert.
     let limit_usd = 0.002;
     let (l, a) = (ledger.clone(), alerts.clone());
-    let sim = SimConfig { ttft_ms: 100, tokens_per_sec: 0, ..SimConfig::default() };
+    let sim = SimConfig {
+        ttft_ms: 100,
+        tokens_per_sec: 0,
+        ..SimConfig::default()
+    };
     let e = env_with(
         &[(Wire::OpenAi, sim)],
         |c| {
@@ -71,7 +84,8 @@ async fn fifty_concurrent_calls_never_overshoot_and_alerts_fire_once() {
     for i in 0..50 {
         let gw = gw.clone();
         tasks.push(tokio::spawn(async move {
-            gw.chat(&ctx(), short(&format!("Summarize report no {i:02}")), None).await
+            gw.chat(&ctx(), short(&format!("Summarize report no {i:02}")), None)
+                .await
         }));
     }
     let (mut ok, mut refused, mut spent) = (0, 0, 0u64);
@@ -82,7 +96,10 @@ async fn fifty_concurrent_calls_never_overshoot_and_alerts_fire_once() {
                 spent += out.response.cost_micros;
             }
             Err(err) => {
-                assert!(matches!(err.error, ModelError::BudgetExceeded { .. }), "{err}");
+                assert!(
+                    matches!(err.error, ModelError::BudgetExceeded { .. }),
+                    "{err}"
+                );
                 refused += 1;
             }
         }
@@ -97,12 +114,22 @@ async fn fifty_concurrent_calls_never_overshoot_and_alerts_fire_once() {
     let level = ledger.level(&key).await.unwrap();
     assert_eq!(level.spent_micros, spent);
     assert_eq!(level.reserved_micros, 0, "every reservation settled");
-    assert_eq!(e.sim(0).stats().requests, ok as u64, "refused calls sent nothing");
+    assert_eq!(
+        e.sim(0).stats().requests,
+        ok as u64,
+        "refused calls sent nothing"
+    );
 
     let fired = alerts.0.lock().unwrap().clone();
-    let refusals = fired.iter().filter(|a| a.kind == AlertKind::Refused).count();
+    let refusals = fired
+        .iter()
+        .filter(|a| a.kind == AlertKind::Refused)
+        .count();
     assert_eq!(refusals, 1, "one refusal alert per period: {fired:?}");
-    let halves = fired.iter().filter(|a| a.kind == AlertKind::Threshold { fraction: 0.5 }).count();
+    let halves = fired
+        .iter()
+        .filter(|a| a.kind == AlertKind::Threshold { fraction: 0.5 })
+        .count();
     assert_eq!(halves, 1, "{fired:?}");
 }
 
@@ -119,7 +146,9 @@ async fn budgets_by_plugin_and_job_apply_only_to_their_scope() {
     })
     .await;
     let ctx = ctx();
-    e.gw.chat(&ctx, req("Summarize the plan"), None).await.expect("other plugin's budget does not apply");
+    e.gw.chat(&ctx, req("Summarize the plan"), None)
+        .await
+        .expect("other plugin's budget does not apply");
     let left = e.gw.budget_remaining(&ctx).await.unwrap();
     assert!(left < 10_000 && left > 9_000, "{left}");
     let err = e.gw.charge_extra(&ctx, left + 1).await.unwrap_err();
@@ -151,7 +180,10 @@ async fn a_cache_hit_costs_nothing_and_sends_nothing() {
 
 #[tokio::test]
 async fn the_cache_can_be_disabled() {
-    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| c.cache.enabled = false).await;
+    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| {
+        c.cache.enabled = false
+    })
+    .await;
     let r = req("Summarize the onboarding survey");
     e.gw.chat(&ctx(), r.clone(), None).await.unwrap();
     e.gw.chat(&ctx(), r, None).await.unwrap();

@@ -92,12 +92,22 @@ fn unknown_keys_are_errors() {
 #[test]
 fn an_alias_naming_an_unknown_model_or_provider_is_a_clear_error() {
     let mut cfg = parse(EXAMPLE).unwrap();
-    cfg.aliases.insert("smart".into(), vec!["openai/gpt-5".into()]);
+    cfg.aliases
+        .insert("smart".into(), vec!["openai/gpt-5".into()]);
     let err = cfg.validate().unwrap_err();
     assert!(matches!(err, ConfigError::Alias { .. }));
-    assert!(err.to_string().contains("unknown model \"openai/gpt-5\""), "{err}");
-    cfg.aliases.insert("smart".into(), vec!["azure/gpt-4o".into()]);
-    assert!(cfg.validate().unwrap_err().to_string().contains("unknown provider \"azure\""));
+    assert!(
+        err.to_string().contains("unknown model \"openai/gpt-5\""),
+        "{err}"
+    );
+    cfg.aliases
+        .insert("smart".into(), vec!["azure/gpt-4o".into()]);
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown provider \"azure\"")
+    );
 }
 
 #[test]
@@ -106,9 +116,13 @@ fn a_chat_model_without_prices_is_rejected() {
         .unwrap()
         .validate()
         .unwrap_err();
-    assert!(err.to_string().contains("output_usd_per_mtok is required"), "{err}");
-    let err = parse("[providers.p]\nkind = \"openai\"\n[models.\"p/m\"]\noutput_usd_per_mtok = 1\n")
-        .unwrap_err();
+    assert!(
+        err.to_string().contains("output_usd_per_mtok is required"),
+        "{err}"
+    );
+    let err =
+        parse("[providers.p]\nkind = \"openai\"\n[models.\"p/m\"]\noutput_usd_per_mtok = 1\n")
+            .unwrap_err();
     assert!(err.contains("input_usd_per_mtok"), "{err}");
 }
 
@@ -124,5 +138,8 @@ fn the_default_config_is_the_simulated_one_and_valid() {
 async fn a_missing_key_variable_fails_at_startup() {
     let cfg = parse(EXAMPLE).unwrap();
     let err = Gateway::new(cfg).await.err().expect("the env var is unset");
-    assert!(err.to_string().contains("SLUICE_TEST_UNSET_KEY_VAR"), "{err}");
+    assert!(
+        err.to_string().contains("SLUICE_TEST_UNSET_KEY_VAR"),
+        "{err}"
+    );
 }

@@ -10,64 +10,152 @@ use sluice_gateway::{BreakerState, Faults, SimConfig, Wire};
 use sluice_types::model::{ChatRequest, Message, ModelError};
 
 fn req() -> ChatRequest {
-    let mut r = ChatRequest::new("chain", vec![Message::user("Summarize the shipping delays report")]);
+    let mut r = ChatRequest::new(
+        "chain",
+        vec![Message::user("Summarize the shipping delays report")],
+    );
     r.no_cache = true;
     r.max_tokens = Some(40);
     r
 }
 
 fn failing(status: u16) -> SimConfig {
-    SimConfig { faults: Faults { fail_all: Some(status), ..Faults::default() }, ..SimConfig::instant() }
+    SimConfig {
+        faults: Faults {
+            fail_all: Some(status),
+            ..Faults::default()
+        },
+        ..SimConfig::instant()
+    }
 }
 
 #[tokio::test]
 async fn fails_over_when_the_first_provider_returns_500s() {
-    let e = env(&[(Wire::OpenAi, failing(500)), (Wire::Anthropic, SimConfig::instant())], |_| {}).await;
-    let out = e.gw.chat(&ctx(), req(), None).await.expect("second provider answers");
+    let e = env(
+        &[
+            (Wire::OpenAi, failing(500)),
+            (Wire::Anthropic, SimConfig::instant()),
+        ],
+        |_| {},
+    )
+    .await;
+    let out =
+        e.gw.chat(&ctx(), req(), None)
+            .await
+            .expect("second provider answers");
     assert_eq!(out.response.provider, "p1");
     assert_eq!(out.record.fallbacks, 1);
-    let outcomes: Vec<_> = out.record.attempts.iter().map(|a| (a.provider.as_str(), a.outcome.as_str(), a.status)).collect();
-    assert_eq!(outcomes, [
-        ("p0", "server_error", Some(500)),
-        ("p0", "server_error", Some(500)),
-        ("p1", "ok", None)
-    ]);
+    let outcomes: Vec<_> = out
+        .record
+        .attempts
+        .iter()
+        .map(|a| (a.provider.as_str(), a.outcome.as_str(), a.status))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("p0", "server_error", Some(500)),
+            ("p0", "server_error", Some(500)),
+            ("p1", "ok", None)
+        ]
+    );
     assert_eq!(out.record.retries, 1);
-    assert_eq!(e.sim(0).stats().server_errors, 2, "one try plus max_retries = 1");
+    assert_eq!(
+        e.sim(0).stats().server_errors,
+        2,
+        "one try plus max_retries = 1"
+    );
     assert_eq!(e.sim(1).stats().ok, 1);
 }
 
 #[tokio::test]
 async fn fails_over_when_the_first_provider_is_down() {
-    let e = env(&[(Wire::OpenAi, SimConfig::instant()), (Wire::OpenAi, SimConfig::instant())], |_| {}).await;
+    let e = env(
+        &[
+            (Wire::OpenAi, SimConfig::instant()),
+            (Wire::OpenAi, SimConfig::instant()),
+        ],
+        |_| {},
+    )
+    .await;
     let mut sims = e.sims;
     let first = sims.remove(0);
     first.shutdown().await;
-    let out = e.gw.chat(&ctx(), req(), None).await.expect("second provider answers");
+    let out =
+        e.gw.chat(&ctx(), req(), None)
+            .await
+            .expect("second provider answers");
     assert_eq!(out.response.provider, "p1");
     assert_eq!(out.record.attempts[0].outcome, "connection");
 }
 
 #[tokio::test]
+async fn a_scheduled_outage_fails_over_then_ends() {
+    let outage = SimConfig {
+        outages: vec![sluice_gateway::Outage {
+            start_ms: 0,
+            duration_ms: 400,
+            status: 503,
+        }],
+        ..SimConfig::instant()
+    };
+    let e = env(
+        &[(Wire::OpenAi, outage), (Wire::OpenAi, SimConfig::instant())],
+        |_| {},
+    )
+    .await;
+    let out = e.gw.chat(&ctx(), req(), None).await.unwrap();
+    assert_eq!(out.response.provider, "p1");
+    assert_eq!(out.record.attempts[0].status, Some(503));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let out = e.gw.chat(&ctx(), req(), None).await.unwrap();
+    assert_eq!(out.response.provider, "p0");
+}
+
+#[tokio::test]
 async fn every_provider_failing_is_unavailable() {
-    let e = env(&[(Wire::OpenAi, failing(503)), (Wire::Anthropic, failing(529))], |_| {}).await;
+    let e = env(
+        &[
+            (Wire::OpenAi, failing(503)),
+            (Wire::Anthropic, failing(529)),
+        ],
+        |_| {},
+    )
+    .await;
     let err = e.gw.chat(&ctx(), req(), None).await.unwrap_err();
     assert!(matches!(err.error, ModelError::Unavailable { .. }), "{err}");
-    let outcomes: Vec<_> = err.record.attempts.iter().map(|a| a.outcome.as_str()).collect();
-    assert_eq!(outcomes, ["server_error", "server_error", "overloaded", "overloaded"]);
+    let outcomes: Vec<_> = err
+        .record
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["server_error", "server_error", "overloaded", "overloaded"]
+    );
     assert_eq!(err.record.outcome, "unavailable");
-    assert!(err.to_string().contains("p1/m overloaded (HTTP 529) ×2"), "{err}");
+    assert!(
+        err.to_string().contains("p1/m overloaded (HTTP 529) ×2"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn breaker_opens_skips_and_closes_after_a_probe() {
-    let e = env(&[(Wire::OpenAi, failing(500)), (Wire::OpenAi, SimConfig::instant())], |c| {
-        let p = c.providers.get_mut("p0").unwrap();
-        p.max_retries = 0;
-        p.breaker.min_calls = 3;
-        p.breaker.failure_rate = 0.5;
-        p.breaker.cooldown_ms = 300;
-    })
+    let e = env(
+        &[
+            (Wire::OpenAi, failing(500)),
+            (Wire::OpenAi, SimConfig::instant()),
+        ],
+        |c| {
+            let p = c.providers.get_mut("p0").unwrap();
+            p.max_retries = 0;
+            p.breaker.min_calls = 3;
+            p.breaker.failure_rate = 0.5;
+            p.breaker.cooldown_ms = 300;
+        },
+    )
     .await;
     for _ in 0..3 {
         let out = e.gw.chat(&ctx(), req(), None).await.unwrap();
@@ -91,12 +179,18 @@ async fn breaker_opens_skips_and_closes_after_a_probe() {
 
 #[tokio::test]
 async fn a_failed_probe_reopens_the_breaker() {
-    let e = env(&[(Wire::OpenAi, failing(500)), (Wire::OpenAi, SimConfig::instant())], |c| {
-        let p = c.providers.get_mut("p0").unwrap();
-        p.max_retries = 0;
-        p.breaker.min_calls = 2;
-        p.breaker.cooldown_ms = 200;
-    })
+    let e = env(
+        &[
+            (Wire::OpenAi, failing(500)),
+            (Wire::OpenAi, SimConfig::instant()),
+        ],
+        |c| {
+            let p = c.providers.get_mut("p0").unwrap();
+            p.max_retries = 0;
+            p.breaker.min_calls = 2;
+            p.breaker.cooldown_ms = 200;
+        },
+    )
     .await;
     for _ in 0..2 {
         e.gw.chat(&ctx(), req(), None).await.unwrap();
@@ -104,7 +198,10 @@ async fn a_failed_probe_reopens_the_breaker() {
     assert_eq!(e.gw.breaker_state("p0"), Some(BreakerState::Open));
     tokio::time::sleep(Duration::from_millis(250)).await;
     let out = e.gw.chat(&ctx(), req(), None).await.unwrap();
-    assert_eq!(out.record.attempts[0].outcome, "server_error", "the probe was sent");
+    assert_eq!(
+        out.record.attempts[0].outcome, "server_error",
+        "the probe was sent"
+    );
     assert_eq!(e.gw.breaker_state("p0"), Some(BreakerState::Open));
     assert_eq!(e.sim(0).stats().requests, 3);
 }
@@ -112,12 +209,19 @@ async fn a_failed_probe_reopens_the_breaker() {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let sim = SimConfig {
-        faults: Faults { force_429: 1, retry_after_ms: 800, ..Faults::default() },
+        faults: Faults {
+            force_429: 1,
+            retry_after_ms: 800,
+            ..Faults::default()
+        },
         ..SimConfig::instant()
     };
     let e = env(&[(Wire::OpenAi, sim)], |_| {}).await;
     let started = Instant::now();
-    let out = e.gw.chat(&ctx(), req(), None).await.expect("succeeds after the wait");
+    let out =
+        e.gw.chat(&ctx(), req(), None)
+            .await
+            .expect("succeeds after the wait");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(780), "waited only {took:?}");
     assert_eq!(out.record.retries, 1);
@@ -130,24 +234,37 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn anthropic_429_retry_after_is_honoured() {
     let sim = SimConfig {
-        faults: Faults { force_429: 1, retry_after_ms: 500, ..Faults::default() },
+        faults: Faults {
+            force_429: 1,
+            retry_after_ms: 500,
+            ..Faults::default()
+        },
         ..SimConfig::instant()
     };
     let e = env(&[(Wire::Anthropic, sim)], |_| {}).await;
     let started = Instant::now();
-    e.gw.chat(&ctx(), req(), None).await.expect("succeeds after the wait");
+    e.gw.chat(&ctx(), req(), None)
+        .await
+        .expect("succeeds after the wait");
     assert!(started.elapsed() >= Duration::from_millis(480));
 }
 
 #[tokio::test]
 async fn a_retry_after_past_the_deadline_is_rate_limited_not_waited_for() {
     let sim = SimConfig {
-        faults: Faults { force_429: 5, retry_after_ms: 10_000, ..Faults::default() },
+        faults: Faults {
+            force_429: 5,
+            retry_after_ms: 10_000,
+            ..Faults::default()
+        },
         ..SimConfig::instant()
     };
     let e = env(&[(Wire::OpenAi, sim)], |_| {}).await;
     let started = Instant::now();
-    let err = e.gw.chat(&ctx_with_deadline_ms(2_000), req(), None).await.unwrap_err();
+    let err =
+        e.gw.chat(&ctx_with_deadline_ms(2_000), req(), None)
+            .await
+            .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     match err.error {
         ModelError::RateLimited { retry_after_ms, .. } => {
@@ -159,11 +276,21 @@ async fn a_retry_after_past_the_deadline_is_rate_limited_not_waited_for() {
 
 #[tokio::test]
 async fn invalid_requests_are_not_retried_nor_failed_over() {
-    let e = env(&[(Wire::OpenAi, SimConfig::instant()), (Wire::Anthropic, SimConfig::instant())], |_| {}).await;
+    let e = env(
+        &[
+            (Wire::OpenAi, SimConfig::instant()),
+            (Wire::Anthropic, SimConfig::instant()),
+        ],
+        |_| {},
+    )
+    .await;
     let mut bad = req();
     bad.temperature = Some(5.0); // the simulator, like OpenAI, allows 0..=2
     let err = e.gw.chat(&ctx(), bad, None).await.unwrap_err();
-    assert!(matches!(err.error, ModelError::InvalidRequest { .. }), "{err}");
+    assert!(
+        matches!(err.error, ModelError::InvalidRequest { .. }),
+        "{err}"
+    );
     assert_eq!(e.sim(0).stats().requests, 1);
     assert_eq!(e.sim(0).stats().client_errors, 1);
     assert_eq!(e.sim(1).stats().requests, 0);
@@ -171,7 +298,14 @@ async fn invalid_requests_are_not_retried_nor_failed_over() {
 
 #[tokio::test]
 async fn auth_failures_fail_over_without_retry() {
-    let e = env(&[(Wire::OpenAi, failing(401)), (Wire::OpenAi, SimConfig::instant())], |_| {}).await;
+    let e = env(
+        &[
+            (Wire::OpenAi, failing(401)),
+            (Wire::OpenAi, SimConfig::instant()),
+        ],
+        |_| {},
+    )
+    .await;
     let out = e.gw.chat(&ctx(), req(), None).await.unwrap();
     assert_eq!(out.response.provider, "p1");
     assert_eq!(e.sim(0).stats().requests, 1);
@@ -180,9 +314,19 @@ async fn auth_failures_fail_over_without_retry() {
 #[tokio::test]
 async fn unknown_alias_is_an_invalid_request() {
     let e = env(&[(Wire::OpenAi, SimConfig::instant())], |_| {}).await;
-    let err = e.gw.chat(&ctx(), ChatRequest::new("nope", vec![Message::user("x")]), None).await.unwrap_err();
+    let err =
+        e.gw.chat(
+            &ctx(),
+            ChatRequest::new("nope", vec![Message::user("x")]),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err.error, ModelError::InvalidRequest { .. }));
-    assert!(err.to_string().contains("unknown model or alias \"nope\""), "{err}");
+    assert!(
+        err.to_string().contains("unknown model or alias \"nope\""),
+        "{err}"
+    );
     // A configured `provider/model` id works directly.
     let direct = ChatRequest::new("p0/m", vec![Message::user("x")]);
     e.gw.chat(&ctx(), direct, None).await.unwrap();
@@ -190,10 +334,19 @@ async fn unknown_alias_is_an_invalid_request() {
 
 #[tokio::test]
 async fn the_deadline_bounds_a_slow_provider() {
-    let slow = SimConfig { faults: Faults { extra_latency_ms: 5_000, ..Faults::default() }, ..SimConfig::instant() };
+    let slow = SimConfig {
+        faults: Faults {
+            extra_latency_ms: 5_000,
+            ..Faults::default()
+        },
+        ..SimConfig::instant()
+    };
     let e = env(&[(Wire::OpenAi, slow)], |_| {}).await;
     let started = Instant::now();
-    let err = e.gw.chat(&ctx_with_deadline_ms(400), req(), None).await.unwrap_err();
+    let err =
+        e.gw.chat(&ctx_with_deadline_ms(400), req(), None)
+            .await
+            .unwrap_err();
     assert!(matches!(err.error, ModelError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
@@ -210,18 +363,36 @@ async fn the_tpm_limiter_makes_calls_wait_instead_of_failing() {
     let started = Instant::now();
     let mut waited = 0;
     for _ in 0..3 {
-        let out = e.gw.chat(&ctx(), req(), None).await.expect("waits for capacity");
+        let out =
+            e.gw.chat(&ctx(), req(), None)
+                .await
+                .expect("waits for capacity");
         waited += out.record.rate_limit_wait_ms;
     }
-    assert!(waited > 0 && started.elapsed() >= Duration::from_millis(200), "waited {waited} ms");
+    assert!(
+        waited > 0 && started.elapsed() >= Duration::from_millis(200),
+        "waited {waited} ms"
+    );
     assert_eq!(e.sim(0).stats().rate_limited, 0);
 
     // A call whose turn would come after its deadline is refused at once.
     let mut big = req();
     big.max_tokens = Some(90);
     let _ = e.gw.chat(&ctx(), big.clone(), None).await;
-    let err = e.gw.chat(&ctx_with_deadline_ms(100), big, None).await.unwrap_err();
-    assert!(matches!(err.error, ModelError::RateLimited { retry_after_ms: Some(_), .. }), "{err}");
+    let err =
+        e.gw.chat(&ctx_with_deadline_ms(100), big, None)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(
+            err.error,
+            ModelError::RateLimited {
+                retry_after_ms: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.record.attempts[0].outcome, "throttled");
 }
 
@@ -237,12 +408,22 @@ async fn the_rpm_limiter_spaces_requests() {
     for _ in 0..13 {
         e.gw.chat(&ctx(), req(), None).await.unwrap();
     }
-    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn simulator_rate_limits_are_enforced_with_headers() {
-    let sim = sluice_gateway::sim::start(SimConfig { rpm: Some(60), burst_secs: 1.0, ..SimConfig::instant() }).await.unwrap();
+    let sim = sluice_gateway::sim::start(SimConfig {
+        rpm: Some(60),
+        burst_secs: 1.0,
+        ..SimConfig::instant()
+    })
+    .await
+    .unwrap();
     let client = reqwest::Client::new();
     let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let url = format!("{}/chat/completions", sim.base_url());
@@ -251,7 +432,11 @@ async fn simulator_rate_limits_are_enforced_with_headers() {
     assert_eq!(ok.headers()["x-ratelimit-limit-requests"], "60");
     let limited = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(limited.status(), 429);
-    let ra: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let ra: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&ra));
     assert!(limited.headers().contains_key("x-ratelimit-reset-requests"));
     assert_eq!(limited.headers()["x-ratelimit-remaining-requests"], "0");
@@ -260,7 +445,11 @@ async fn simulator_rate_limits_are_enforced_with_headers() {
     let body = serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let limited = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(limited.status(), 429);
-    assert!(limited.headers().contains_key("anthropic-ratelimit-requests-reset"));
+    assert!(
+        limited
+            .headers()
+            .contains_key("anthropic-ratelimit-requests-reset")
+    );
     let v: serde_json::Value = limited.json().await.unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_error");
 }

@@ -19,7 +19,10 @@ use sluice_store::*;
 use sqlx::Connection;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Params {
@@ -39,7 +42,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
     let digest = store.put_component(b"noop").await.unwrap();
-    store.create_plugin_version("bench", "noop", &digest, &PluginSettings::default(), true).await.unwrap();
+    store
+        .create_plugin_version("bench", "noop", &digest, &PluginSettings::default(), true)
+        .await
+        .unwrap();
 
     // Insert.
     let started = Instant::now();
@@ -58,8 +64,9 @@ async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
                 }
                 let from = b as usize * size;
                 let to = (from + size).min(jobs);
-                let batch: Vec<NewJob> =
-                    (from..to).map(|i| NewJob::new("bench", "noop", json!({ "i": i }))).collect();
+                let batch: Vec<NewJob> = (from..to)
+                    .map(|i| NewJob::new("bench", "noop", json!({ "i": i })))
+                    .collect();
                 store.enqueue_batch(batch).await.unwrap();
             }
         }));
@@ -80,6 +87,7 @@ async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
         let req = ClaimRequest::new(format!("bench-{w}"), p.claim, Duration::from_secs(60));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let (mut in_claim, mut in_complete) = (Duration::ZERO, Duration::ZERO);
             let mut signal = store.work_signal();
             while done.load(Ordering::Relaxed) < total {
                 let t0 = Instant::now();
@@ -88,20 +96,32 @@ async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
                     signal.wait(Duration::from_millis(5)).await;
                     continue;
                 }
-                let items: Vec<Completion> =
-                    claimed.iter().map(|c| Completion { lease: c.lease, output: json!(null) }).collect();
+                let t1 = Instant::now();
+                in_claim += t1 - t0;
+                let items: Vec<Completion> = claimed
+                    .iter()
+                    .map(|c| Completion {
+                        lease: c.lease,
+                        output: json!(null),
+                    })
+                    .collect();
                 let out = store.complete_many(&items).await.unwrap();
+                in_complete += t1.elapsed();
                 let lat = t0.elapsed();
                 assert!(out.iter().all(|f| *f == Finalized::Completed));
                 latencies.extend(std::iter::repeat_n(lat, out.len()));
                 done.fetch_add(out.len() as u64, Ordering::Relaxed);
             }
-            latencies
+            (latencies, in_claim, in_complete)
         }));
     }
     let mut latencies = Vec::new();
+    let (mut in_claim, mut in_complete) = (Duration::ZERO, Duration::ZERO);
     for t in tasks {
-        latencies.extend(t.await.unwrap());
+        let (l, a, b) = t.await.unwrap();
+        latencies.extend(l);
+        in_claim += a;
+        in_complete += b;
     }
     let burn_secs = started.elapsed().as_secs_f64();
     latencies.sort();
@@ -110,7 +130,7 @@ async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
     println!(
         "{name:>8}: {jobs} jobs | insert {ins:>8.0} jobs/s ({insert_secs:.2} s) | claim+complete {burn:>8.0} jobs/s ({burn_secs:.2} s) \
          | claim→complete latency p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms, max {max:.1} ms \
-         | workers {w}, claim {c}",
+         | workers {w}, claim {c} | per job: claim {cj:.1} µs, complete {fj:.1} µs (wall, summed over workers)",
         jobs = p.jobs,
         ins = p.jobs as f64 / insert_secs,
         burn = p.jobs as f64 / burn_secs,
@@ -120,6 +140,8 @@ async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
         max = latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         w = p.workers,
         c = p.claim,
+        cj = in_claim.as_secs_f64() * 1e6 / p.jobs as f64,
+        fj = in_complete.as_secs_f64() * 1e6 / p.jobs as f64,
     );
 }
 
@@ -127,18 +149,28 @@ async fn postgres(p: &Params) {
     let admin = std::env::var("SLUICE_BENCH_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let name = format!("sluice_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to Postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await.unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    let url = format!("{base}/{name}");
-    let config = StoreConfig { max_connections: (p.workers + p.inserters + 4) as u32, ..StoreConfig::default() };
-    let store = open(&url, config).await.unwrap();
-    burn("postgres", store.clone(), p).await;
-    store.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to Postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await
         .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    let url = format!("{base}/{name}");
+    let config = StoreConfig {
+        max_connections: (p.workers + p.inserters + 4) as u32,
+        ..StoreConfig::default()
+    };
+    let store = open(&url, config).await.unwrap();
+    burn("postgres", store.clone(), p).await;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
 }
 
 async fn sqlite(p: &Params) {
@@ -159,7 +191,10 @@ fn main() {
         inserters: env("INSERTERS", 4),
     };
     let backends: String = env("BACKENDS", "postgres,sqlite".to_owned());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         for b in backends.split(',') {
             match b.trim() {

@@ -55,7 +55,9 @@ pub(crate) fn decide(
         JobError::Retryable { retry_after_ms, .. } => {
             let delay = backoff.delay(job.attempt, retry_after_ms.map(Duration::from_millis));
             let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-            Decision::Retry { run_at: now.checked_add_signed(delay).unwrap_or(now) }
+            Decision::Retry {
+                run_at: now.checked_add_signed(delay).unwrap_or(now),
+            }
         }
     }
 }
@@ -126,10 +128,22 @@ mod tests {
             decide(&running(1, 3, false), &JobError::retryable("x"), now, &b),
             Decision::Retry { run_at } if run_at >= now && run_at <= now + chrono::Duration::seconds(1)
         ));
-        assert_eq!(decide(&running(3, 3, false), &JobError::retryable("x"), now, &b), Decision::Dead);
-        assert_eq!(decide(&running(1, 3, false), &JobError::permanent("x"), now, &b), Decision::Dead);
-        assert_eq!(decide(&running(1, 3, true), &JobError::retryable("x"), now, &b), Decision::Cancelled);
-        let hinted = JobError::Retryable { message: "x".into(), retry_after_ms: Some(5000) };
+        assert_eq!(
+            decide(&running(3, 3, false), &JobError::retryable("x"), now, &b),
+            Decision::Dead
+        );
+        assert_eq!(
+            decide(&running(1, 3, false), &JobError::permanent("x"), now, &b),
+            Decision::Dead
+        );
+        assert_eq!(
+            decide(&running(1, 3, true), &JobError::retryable("x"), now, &b),
+            Decision::Cancelled
+        );
+        let hinted = JobError::Retryable {
+            message: "x".into(),
+            retry_after_ms: Some(5000),
+        };
         assert!(matches!(
             decide(&running(1, 3, false), &hinted, now, &b),
             Decision::Retry { run_at } if run_at >= now + chrono::Duration::seconds(5)

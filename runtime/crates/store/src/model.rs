@@ -135,11 +135,19 @@ impl JobStatus {
 
     /// Whether the job is finished (in history).
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Dead | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Dead | JobStatus::Cancelled
+        )
     }
 
     /// Derive the status of a row in the hot table.
-    pub(crate) fn of_live(running: bool, attempt: i64, run_at: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+    pub(crate) fn of_live(
+        running: bool,
+        attempt: i64,
+        run_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Self {
         if running {
             JobStatus::Running
         } else if attempt > 0 {
@@ -270,7 +278,8 @@ pub struct ClaimedJob {
 impl ClaimedJob {
     /// When this attempt must end: claim time + timeout.
     pub fn deadline(&self) -> DateTime<Utc> {
-        self.attempted_at + chrono::Duration::milliseconds(self.timeout_ms.min(i64::MAX as u64) as i64)
+        self.attempted_at
+            + chrono::Duration::milliseconds(self.timeout_ms.min(i64::MAX as u64) as i64)
     }
 
     /// What the handler is told about the job.
@@ -321,7 +330,10 @@ pub struct Failure {
 impl Failure {
     /// A failure without detail.
     pub fn new(error: JobError) -> Self {
-        Failure { error, detail: None }
+        Failure {
+            error,
+            detail: None,
+        }
     }
 }
 
@@ -533,7 +545,10 @@ pub struct PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        PageRequest { limit: 100, before: None }
+        PageRequest {
+            limit: 100,
+            before: None,
+        }
     }
 }
 

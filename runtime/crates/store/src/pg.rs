@@ -57,8 +57,7 @@ macro_rules! hist_select_cols_d {
     };
 }
 
-const CLAIM_SQL: &str = concat!(
-    "WITH RECURSIVE
+const CLAIM_SQL: &str = "WITH RECURSIVE
 fwd(tenant, n) AS (
     SELECT (SELECT j.tenant FROM jobs j WHERE j.state = 'available' AND j.tenant > $1
             ORDER BY j.tenant LIMIT 1), 1
@@ -111,7 +110,9 @@ cand AS (
         SELECT j.id, j.tenant, j.plugin, j.priority, j.run_at
         FROM jobs j
         WHERE j.state = 'available' AND j.tenant = q.tenant AND j.run_at <= now()
-          AND j.plugin <> ALL (q.blocked)
+          -- Written so the planner does not guess it filters out almost everything (it
+          -- would then sort the whole tenant instead of walking jobs_ready).
+          AND coalesce(array_position(q.blocked, j.plugin), 0) < 1
         ORDER BY j.priority, j.run_at, j.id
         LIMIT q.q
         FOR UPDATE SKIP LOCKED
@@ -142,8 +143,7 @@ upd AS (
 SELECT m.last_tenant, m.visited, u.*
 FROM (SELECT (SELECT tenant FROM tenants ORDER BY ord DESC LIMIT 1) AS last_tenant,
              (SELECT count(*) FROM tenants) AS visited) m
-LEFT JOIN upd u ON true"
-);
+LEFT JOIN upd u ON true";
 
 const ENQUEUE_SQL: &str = "INSERT INTO jobs (id, tenant, plugin, plugin_version, digest, state, priority, run_at, input,
     tags, timeout_ms, max_attempts, idempotency_key, webhook_url, created_at)
@@ -245,7 +245,11 @@ impl Drop for PgStore {
 impl PgStore {
     /// Connect to `url` (`postgres://…`) and apply migrations.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?.application_name("sluice");
+        // JIT compilation costs far more than it saves on the queue's short statements (the
+        // claim's pessimistic row estimates would otherwise trigger it on every call).
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("sluice")
+            .options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(15))
@@ -271,7 +275,11 @@ impl PgStore {
     pub async fn with_pool(pool: PgPool, config: StoreConfig) -> Result<Self> {
         MIGRATOR.run(&pool).await?;
         let notify = Arc::new(Notify::new());
-        let notifier = tokio::spawn(notify_loop(pool.clone(), notify.clone(), config.notify_debounce));
+        let notifier = tokio::spawn(notify_loop(
+            pool.clone(),
+            notify.clone(),
+            config.notify_debounce,
+        ));
         Ok(PgStore {
             pool,
             config,
@@ -374,11 +382,19 @@ impl PgStore {
             let refs: Vec<&Prepared> = prepared.iter().collect();
             match self.insert_jobs(&self.pool, &refs).await {
                 Ok(_) => {}
-                Err(e) if is_not_null_violation(&e) => return Err(self.missing_plugin(&refs).await?),
+                Err(e) if is_not_null_violation(&e) => {
+                    return Err(self.missing_plugin(&refs).await?);
+                }
                 Err(e) => return Err(e.into()),
             }
             self.wake();
-            return Ok(prepared.iter().map(|p| Enqueued { id: p.id, existing: false }).collect());
+            return Ok(prepared
+                .iter()
+                .map(|p| Enqueued {
+                    id: p.id,
+                    existing: false,
+                })
+                .collect());
         }
 
         // With idempotency keys: claim the keys first (the primary key is the guard), then
@@ -393,7 +409,10 @@ impl PgStore {
                 match first.get(&(p.job.tenant.as_str(), k)) {
                     Some(&j) => {
                         if prepared[j].body_hash != p.body_hash {
-                            return Err(StoreError::Conflict { key: k.to_owned(), job_id: prepared[j].id });
+                            return Err(StoreError::Conflict {
+                                key: k.to_owned(),
+                                job_id: prepared[j].id,
+                            });
                         }
                         alias.push((i, j));
                     }
@@ -412,11 +431,19 @@ impl PgStore {
         });
 
         let mut tx = self.pool.begin().await?;
-        let k_tenants: Vec<&str> = keyed.iter().map(|&i| prepared[i].job.tenant.as_str()).collect();
-        let k_keys: Vec<&str> =
-            keyed.iter().map(|&i| prepared[i].job.idempotency_key.as_deref().unwrap_or("")).collect();
+        let k_tenants: Vec<&str> = keyed
+            .iter()
+            .map(|&i| prepared[i].job.tenant.as_str())
+            .collect();
+        let k_keys: Vec<&str> = keyed
+            .iter()
+            .map(|&i| prepared[i].job.idempotency_key.as_deref().unwrap_or(""))
+            .collect();
         let k_ids: Vec<Uuid> = keyed.iter().map(|&i| prepared[i].id).collect();
-        let k_hashes: Vec<&str> = keyed.iter().map(|&i| prepared[i].body_hash.as_str()).collect();
+        let k_hashes: Vec<&str> = keyed
+            .iter()
+            .map(|&i| prepared[i].body_hash.as_str())
+            .collect();
         let won: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO idempotency_keys (tenant, key, job_id, body_hash, created_at, expires_at)
              SELECT u.tenant, u.key, u.job_id, u.body_hash, now(), now() + $5 * interval '1 millisecond'
@@ -435,12 +462,21 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let won: std::collections::HashSet<Uuid> = won.into_iter().collect();
-        let lost: Vec<usize> = keyed.iter().copied().filter(|&i| !won.contains(&prepared[i].id)).collect();
+        let lost: Vec<usize> = keyed
+            .iter()
+            .copied()
+            .filter(|&i| !won.contains(&prepared[i].id))
+            .collect();
         if !lost.is_empty() {
             // A new statement sees keys committed by concurrent submitters we waited for.
-            let l_tenants: Vec<&str> = lost.iter().map(|&i| prepared[i].job.tenant.as_str()).collect();
-            let l_keys: Vec<&str> =
-                lost.iter().map(|&i| prepared[i].job.idempotency_key.as_deref().unwrap_or("")).collect();
+            let l_tenants: Vec<&str> = lost
+                .iter()
+                .map(|&i| prepared[i].job.tenant.as_str())
+                .collect();
+            let l_keys: Vec<&str> = lost
+                .iter()
+                .map(|&i| prepared[i].job.idempotency_key.as_deref().unwrap_or(""))
+                .collect();
             let rows = sqlx::query(
                 "SELECT k.tenant, k.key, k.job_id, k.body_hash FROM idempotency_keys k
                  JOIN unnest($1::text[], $2::text[]) AS u(tenant, key)
@@ -460,21 +496,30 @@ impl PgStore {
             for &i in &lost {
                 let p = &prepared[i];
                 let key = p.job.idempotency_key.clone().unwrap_or_default();
-                let Some((job_id, hash)) = existing.get(&(p.job.tenant.clone(), key.clone())) else {
+                let Some((job_id, hash)) = existing.get(&(p.job.tenant.clone(), key.clone()))
+                else {
                     return Err(StoreError::Invalid(format!(
                         "idempotency key `{key}` changed concurrently; retry"
                     )));
                 };
                 if *hash != p.body_hash {
-                    return Err(StoreError::Conflict { key, job_id: *job_id });
+                    return Err(StoreError::Conflict {
+                        key,
+                        job_id: *job_id,
+                    });
                 }
-                results[i] = Some(Enqueued { id: *job_id, existing: true });
+                results[i] = Some(Enqueued {
+                    id: *job_id,
+                    existing: true,
+                });
             }
         }
         let to_insert: Vec<&Prepared> = prepared
             .iter()
             .enumerate()
-            .filter(|(i, p)| results[*i].is_none() && (p.job.idempotency_key.is_none() || won.contains(&p.id)))
+            .filter(|(i, p)| {
+                results[*i].is_none() && (p.job.idempotency_key.is_none() || won.contains(&p.id))
+            })
             .map(|(_, p)| p)
             .collect();
         if !to_insert.is_empty() {
@@ -490,10 +535,16 @@ impl PgStore {
         tx.commit().await?;
         for p in &to_insert {
             let i = prepared.iter().position(|q| q.id == p.id).unwrap_or(0);
-            results[i] = Some(Enqueued { id: p.id, existing: false });
+            results[i] = Some(Enqueued {
+                id: p.id,
+                existing: false,
+            });
         }
         for (i, j) in alias {
-            results[i] = results[j].map(|e| Enqueued { id: e.id, existing: true });
+            results[i] = results[j].map(|e| Enqueued {
+                id: e.id,
+                existing: true,
+            });
         }
         if !to_insert.is_empty() {
             self.wake();
@@ -508,7 +559,13 @@ impl PgStore {
         let (cap_t, cap_p, cap_c): (Vec<&str>, Vec<&str>, Vec<i64>) = req
             .plugin_caps
             .iter()
-            .map(|c| (c.tenant.as_str(), c.plugin.as_str(), i64::from(c.max_running)))
+            .map(|c| {
+                (
+                    c.tenant.as_str(),
+                    c.plugin.as_str(),
+                    i64::from(c.max_running),
+                )
+            })
             .fold((vec![], vec![], vec![]), |mut acc, (t, p, c)| {
                 acc.0.push(t);
                 acc.1.push(p);
@@ -516,7 +573,10 @@ impl PgStore {
                 acc
             });
         let over_t: Vec<&str> = req.tenant_caps.keys().map(String::as_str).collect();
-        let over_c: Vec<i64> = over_t.iter().map(|t| i64::from(req.tenant_caps[*t])).collect();
+        let over_c: Vec<i64> = over_t
+            .iter()
+            .map(|t| i64::from(req.tenant_caps[*t]))
+            .collect();
         let token = Uuid::new_v4();
         let query = sqlx::query(CLAIM_SQL)
             .bind(cursor)
@@ -534,14 +594,21 @@ impl PgStore {
         let rows = if req.has_caps() {
             // Serialize capped claims across nodes so two cannot both take the last slot.
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7242031077)").execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7242031077)")
+                .execute(&mut *tx)
+                .await?;
             let rows = query.fetch_all(&mut *tx).await?;
             tx.commit().await?;
             rows
         } else {
             query.fetch_all(&self.pool).await?
         };
-        let mut round = Round { jobs: Vec::with_capacity(rows.len()), last_tenant: None, visited: 0, quota: 0 };
+        let mut round = Round {
+            jobs: Vec::with_capacity(rows.len()),
+            last_tenant: None,
+            visited: 0,
+            quota: 0,
+        };
         for r in &rows {
             round.last_tenant = r.try_get("last_tenant")?;
             round.visited = r.try_get("visited")?;
@@ -590,7 +657,9 @@ impl PgStore {
             qb.push(" AND plugin = ").push_bind(p.clone());
         }
         if !filter.tags.is_empty() {
-            qb.push(" AND tags @> ").push_bind(Json(filter.tags.clone())).push("::jsonb");
+            qb.push(" AND tags @> ")
+                .push_bind(Json(filter.tags.clone()))
+                .push("::jsonb");
         }
         if let Some(b) = before {
             qb.push(" AND id < ").push_bind(b);
@@ -603,7 +672,10 @@ async fn notify_loop(pool: PgPool, notify: Arc<Notify>, debounce: Duration) {
     loop {
         notify.notified().await;
         // A lost notification only delays workers until their next poll.
-        let _ = sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&pool).await;
+        let _ = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&pool)
+            .await;
         tokio::time::sleep(debounce).await;
     }
 }
@@ -641,7 +713,9 @@ fn is_not_null_violation(e: &sqlx::Error) -> bool {
 fn not_found_plugin(tenant: String, plugin: String) -> StoreError {
     StoreError::NotFound {
         what: "plugin",
-        name: format!("`{plugin}` of tenant `{tenant}` (no such plugin, or it has no active version)"),
+        name: format!(
+            "`{plugin}` of tenant `{tenant}` (no such plugin, or it has no active version)"
+        ),
     }
 }
 
@@ -666,7 +740,10 @@ fn claimed_from_row(r: &PgRow) -> Result<ClaimedJob> {
         timeout_ms: r.try_get::<i64, _>("timeout_ms")?.max(0) as u64,
         idempotency_key: r.try_get("idempotency_key")?,
         webhook_url: r.try_get("webhook_url")?,
-        lease: Lease { id, token: r.try_get("lease_token")? },
+        lease: Lease {
+            id,
+            token: r.try_get("lease_token")?,
+        },
         lease_expires_at: r.try_get("lease_expires_at")?,
         attempted_at: r.try_get("attempted_at")?,
         run_at: r.try_get("run_at")?,
@@ -677,9 +754,12 @@ fn claimed_from_row(r: &PgRow) -> Result<ClaimedJob> {
 fn status_of(r: &PgRow, now: DateTime<Utc>) -> Result<JobStatus> {
     let state: String = r.try_get("state")?;
     Ok(match state.as_str() {
-        "available" | "running" => {
-            JobStatus::of_live(state == "running", r.try_get::<i32, _>("attempt")?.into(), r.try_get("run_at")?, now)
-        }
+        "available" | "running" => JobStatus::of_live(
+            state == "running",
+            r.try_get::<i32, _>("attempt")?.into(),
+            r.try_get("run_at")?,
+            now,
+        ),
         other => other.parse()?,
     })
 }
@@ -731,7 +811,9 @@ fn record_from_row(r: &PgRow) -> Result<JobRecord> {
         lease_expires_at: r.try_get("lease_expires_at")?,
         finished_at,
         output: r.try_get("output")?,
-        error: r.try_get::<Option<Json<JobError>>, _>("error")?.map(|j| j.0),
+        error: r
+            .try_get::<Option<Json<JobError>>, _>("error")?
+            .map(|j| j.0),
         attempts,
     })
 }
@@ -751,7 +833,9 @@ fn summary_from_row(r: &PgRow, now: DateTime<Utc>) -> Result<JobSummary> {
         created_at: r.try_get("created_at")?,
         run_at: r.try_get("run_at")?,
         finished_at: r.try_get("finished_at")?,
-        error: r.try_get::<Option<Json<JobError>>, _>("error")?.map(|j| j.0),
+        error: r
+            .try_get::<Option<Json<JobError>>, _>("error")?
+            .map(|j| j.0),
     })
 }
 
@@ -786,7 +870,9 @@ fn api_key_from_row(r: &PgRow) -> Result<ApiKey> {
         scopes: r.try_get::<Json<Vec<String>>, _>("scopes")?.0,
         secret_hash: r.try_get("secret_hash")?,
         created_at: r.try_get("created_at")?,
-        revoked: r.try_get::<Option<DateTime<Utc>>, _>("revoked_at")?.is_some(),
+        revoked: r
+            .try_get::<Option<DateTime<Utc>>, _>("revoked_at")?
+            .is_some(),
     })
 }
 
@@ -842,10 +928,12 @@ impl JobStore for PgStore {
     }
 
     async fn get_component(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT bytes FROM components WHERE digest = $1")
-            .bind(digest)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM components WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn create_plugin_version(
@@ -857,7 +945,9 @@ impl JobStore for PgStore {
         activate: bool,
     ) -> Result<PluginVersion> {
         if tenant.is_empty() || plugin.is_empty() {
-            return Err(StoreError::Invalid("tenant and plugin name must not be empty".into()));
+            return Err(StoreError::Invalid(
+                "tenant and plugin name must not be empty".into(),
+            ));
         }
         let mut tx = self.pool.begin().await?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM components WHERE digest = $1")
@@ -865,7 +955,10 @@ impl JobStore for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
-            return Err(StoreError::NotFound { what: "component", name: digest.to_owned() });
+            return Err(StoreError::NotFound {
+                what: "component",
+                name: digest.to_owned(),
+            });
         }
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO plugins (tenant, name, next_version) VALUES ($1, $2, 2)
@@ -901,7 +994,12 @@ impl JobStore for PgStore {
         version_from_row(&row)
     }
 
-    async fn activate_plugin_version(&self, tenant: &str, plugin: &str, version: i64) -> Result<()> {
+    async fn activate_plugin_version(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        version: i64,
+    ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE plugins p SET active_version = $3, updated_at = now()
              WHERE p.tenant = $1 AND p.name = $2 AND EXISTS (
@@ -921,7 +1019,12 @@ impl JobStore for PgStore {
         Ok(())
     }
 
-    async fn get_plugin_version(&self, tenant: &str, plugin: &str, version: i64) -> Result<Option<PluginVersion>> {
+    async fn get_plugin_version(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        version: i64,
+    ) -> Result<Option<PluginVersion>> {
         let row = sqlx::query(
             "SELECT tenant, name, version, digest, settings, created_at FROM plugin_versions
              WHERE tenant = $1 AND name = $2 AND version = $3",
@@ -975,7 +1078,8 @@ impl JobStore for PgStore {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let prepared = util::prepare(job, self.config.max_input_bytes)?;
         let mut out = self.enqueue_prepared(vec![prepared]).await?;
-        out.pop().ok_or_else(|| StoreError::Invalid("enqueue returned nothing".into()))
+        out.pop()
+            .ok_or_else(|| StoreError::Invalid("enqueue returned nothing".into()))
     }
 
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
@@ -1049,7 +1153,12 @@ impl JobStore for PgStore {
     }
 
     async fn complete(&self, lease: Lease, output: &Value) -> Result<Finalized> {
-        let mut out = self.complete_many(&[Completion { lease, output: output.clone() }]).await?;
+        let mut out = self
+            .complete_many(&[Completion {
+                lease,
+                output: output.clone(),
+            }])
+            .await?;
         Ok(out.pop().unwrap_or(Finalized::LeaseLost))
     }
 
@@ -1069,7 +1178,13 @@ impl JobStore for PgStore {
         let done: std::collections::HashSet<Uuid> = done.into_iter().collect();
         Ok(items
             .iter()
-            .map(|c| if done.contains(&c.lease.id) { Finalized::Completed } else { Finalized::LeaseLost })
+            .map(|c| {
+                if done.contains(&c.lease.id) {
+                    Finalized::Completed
+                } else {
+                    Finalized::LeaseLost
+                }
+            })
             .collect())
     }
 
@@ -1110,7 +1225,10 @@ impl JobStore for PgStore {
                 .bind(&entry)
                 .execute(&mut *tx)
                 .await?;
-                Finalized::Retrying { run_at, attempt: job.attempt }
+                Finalized::Retrying {
+                    run_at,
+                    attempt: job.attempt,
+                }
             }
             Decision::Dead | Decision::Cancelled => {
                 let state = decision.terminal_state().unwrap_or("dead");
@@ -1123,7 +1241,11 @@ impl JobStore for PgStore {
                     Some(lease.token),
                 )
                 .await?;
-                if decision == Decision::Dead { Finalized::Dead } else { Finalized::Cancelled }
+                if decision == Decision::Dead {
+                    Finalized::Dead
+                } else {
+                    Finalized::Cancelled
+                }
             }
         };
         tx.commit().await?;
@@ -1151,17 +1273,20 @@ impl JobStore for PgStore {
             if !moved.is_empty() {
                 return Ok(CancelOutcome::Cancelled);
             }
-            let flagged = sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'running'")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+            let flagged = sqlx::query(
+                "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'running'",
+            )
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
             if flagged.rows_affected() > 0 {
                 return Ok(CancelOutcome::CancelRequested);
             }
-            let state: Option<String> = sqlx::query_scalar("SELECT state FROM job_history WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM job_history WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
             if let Some(s) = state {
                 return Ok(CancelOutcome::AlreadyFinished { status: s.parse()? });
             }
@@ -1174,7 +1299,9 @@ impl JobStore for PgStore {
                 return Ok(CancelOutcome::NotFound);
             }
         }
-        Err(StoreError::Invalid(format!("job {id} kept changing state; retry the cancel")))
+        Err(StoreError::Invalid(format!(
+            "job {id} kept changing state; retry the cancel"
+        )))
     }
 
     async fn rescue_expired_leases(&self) -> Result<RescueReport> {
@@ -1203,7 +1330,13 @@ impl JobStore for PgStore {
                 Decision::Cancelled => AttemptOutcome::Cancelled,
                 _ => AttemptOutcome::LeaseExpired,
             };
-            let entry = util::to_json(&machine::attempt_record(&job, now, outcome, Some(error.clone()), None));
+            let entry = util::to_json(&machine::attempt_record(
+                &job,
+                now,
+                outcome,
+                Some(error.clone()),
+                None,
+            ));
             match decision {
                 Decision::Retry { run_at } => {
                     r_ids.push(id);
@@ -1248,7 +1381,10 @@ impl JobStore for PgStore {
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(GET_JOB_SQL).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(GET_JOB_SQL)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(record_from_row).transpose()
     }
 
@@ -1256,8 +1392,12 @@ impl JobStore for PgStore {
         let limit = page.limit.clamp(1, 1000);
         let live_status = match filter.status {
             None => Some("true"),
-            Some(JobStatus::Scheduled) => Some("state = 'available' AND attempt = 0 AND run_at > now()"),
-            Some(JobStatus::Queued) => Some("state = 'available' AND attempt = 0 AND run_at <= now()"),
+            Some(JobStatus::Scheduled) => {
+                Some("state = 'available' AND attempt = 0 AND run_at > now()")
+            }
+            Some(JobStatus::Queued) => {
+                Some("state = 'available' AND attempt = 0 AND run_at <= now()")
+            }
             Some(JobStatus::Retrying) => Some("state = 'available' AND attempt > 0"),
             Some(JobStatus::Running) => Some("state = 'running'"),
             Some(_) => None,
@@ -1273,7 +1413,9 @@ impl JobStore for PgStore {
         let cols = "id, tenant, plugin, plugin_version, state, priority, tags, attempt, max_attempts, run, created_at, run_at";
         let mut first = true;
         if let Some(st) = live_status {
-            qb.push(format!("(SELECT {cols}, NULL::timestamptz AS finished_at, NULL::jsonb AS error FROM jobs"));
+            qb.push(format!(
+                "(SELECT {cols}, NULL::timestamptz AS finished_at, NULL::jsonb AS error FROM jobs"
+            ));
             Self::push_filter(&mut qb, filter, page.before, st)?;
             qb.push(format!(" ORDER BY id DESC LIMIT {})", limit + 1));
             first = false;
@@ -1282,7 +1424,9 @@ impl JobStore for PgStore {
             if !first {
                 qb.push(" UNION ALL ");
             }
-            qb.push(format!("(SELECT {cols}, finished_at, error FROM job_history"));
+            qb.push(format!(
+                "(SELECT {cols}, finished_at, error FROM job_history"
+            ));
             Self::push_filter(&mut qb, filter, page.before, st)?;
             qb.push(format!(" ORDER BY id DESC LIMIT {})", limit + 1));
         }
@@ -1520,7 +1664,6 @@ impl JobStore for PgStore {
     }
 
     async fn append_event(&self, job: Uuid, event: &JobEvent) -> Result<u64> {
-        let body = Json(event);
         let mut tries = 0;
         loop {
             let res = sqlx::query_scalar::<_, i64>(
@@ -1529,7 +1672,7 @@ impl JobStore for PgStore {
                  RETURNING seq",
             )
             .bind(job)
-            .bind(&body)
+            .bind(Json(event))
             .fetch_one(&self.pool)
             .await;
             match res {
@@ -1607,10 +1750,12 @@ impl JobStore for PgStore {
     }
 
     async fn revoke_api_key(&self, id: Uuid) -> Result<bool> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1640,10 +1785,11 @@ impl JobStore for PgStore {
                 break;
             }
         }
-        report.idempotency_keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= now()")
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        report.idempotency_keys =
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         report.state_entries = sqlx::query("DELETE FROM kv_state WHERE expires_at <= now()")
             .execute(&self.pool)
             .await?
@@ -1653,7 +1799,11 @@ impl JobStore for PgStore {
 }
 
 impl PgStore {
-    async fn list_plugins_where(&self, tenant: &str, plugin: Option<&str>) -> Result<Vec<PluginInfo>> {
+    async fn list_plugins_where(
+        &self,
+        tenant: &str,
+        plugin: Option<&str>,
+    ) -> Result<Vec<PluginInfo>> {
         let rows = sqlx::query(
             "SELECT p.tenant, p.name, p.active_version, v.version, v.digest, v.settings, v.created_at
              FROM plugins p LEFT JOIN plugin_versions v ON v.tenant = p.tenant AND v.name = p.name
@@ -1727,7 +1877,13 @@ impl StateBackend for PgStore {
         .map_err(state_err)
     }
 
-    async fn set(&self, scope: &StateScope, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
+    async fn set(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
         util::check_state_key(key)?;
         util::check_state_value(value, self.config.max_state_value_bytes)?;
         sqlx::query(
@@ -1762,7 +1918,12 @@ impl StateBackend for PgStore {
         Ok(live.unwrap_or(false))
     }
 
-    async fn list_keys(&self, scope: &StateScope, prefix: &str, limit: u32) -> Result<Vec<String>, StateError> {
+    async fn list_keys(
+        &self,
+        scope: &StateScope,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StateError> {
         sqlx::query_scalar(
             "SELECT key FROM kv_state WHERE tenant = $1 AND plugin = $2
                AND key >= $3 AND ($4::text IS NULL OR key < $4) AND starts_with(key, $3)

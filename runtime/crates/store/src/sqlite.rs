@@ -13,10 +13,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sluice_types::model::Usage;
-use sluice_types::{EffectError, EffectsBackend, JobError, JobEvent, StateBackend, StateError, StateScope};
+use sluice_types::{
+    EffectError, EffectsBackend, JobError, JobEvent, StateBackend, StateError, StateScope,
+};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
@@ -46,8 +48,21 @@ macro_rules! hist_insert_cols {
     };
 }
 
-const CLAIMED_COLS: &str = "id, tenant, plugin, plugin_version, digest, input, tags, priority, attempt, max_attempts, \
-     run, timeout_ms, idempotency_key, webhook_url, lease_token, lease_expires_at, attempted_at, run_at, created_at";
+macro_rules! claimed_cols {
+    () => {
+        "id, tenant, plugin, plugin_version, digest, input, tags, priority, attempt, max_attempts, \
+         run, timeout_ms, idempotency_key, webhook_url, lease_token, lease_expires_at, attempted_at, \
+         run_at, created_at"
+    };
+}
+
+macro_rules! hist_insert_cols_j {
+    () => {
+        "j.id, j.tenant, j.plugin, j.plugin_version, j.digest, j.priority, j.run_at, j.input, j.tags, \
+         j.timeout_ms, j.max_attempts, j.attempt, j.run, j.idempotency_key, j.webhook_url, \
+         j.worker_id, j.attempted_at, j.cancel_requested, j.created_at"
+    };
+}
 
 /// Move one job (guarded by the caller) to history: binds state, error, entry (or NULL),
 /// finished_at, id.
@@ -60,13 +75,24 @@ const MOVE_SQL: &str = concat!(
        ?1, NULL, ?2, ?4 FROM jobs WHERE id = ?5"
 );
 
+/// `?1`: JSON array of `[id, token, output-json-text]`; `?2`: now. Returns the ids moved.
 const COMPLETE_SQL: &str = concat!(
     "INSERT INTO job_history (",
     hist_insert_cols!(),
     ", attempt_log, state, output, error, finished_at) SELECT ",
-    hist_insert_cols!(),
-    ", attempt_log, 'completed', ?1, NULL, ?2 FROM jobs
-     WHERE id = ?3 AND lease_token = ?4 AND state = 'running'"
+    hist_insert_cols_j!(),
+    ", j.attempt_log, 'completed', c.value ->> '$[2]', NULL, ?2
+     FROM json_each(?1) AS c JOIN jobs j ON j.id = c.value ->> '$[0]'
+     WHERE j.lease_token = c.value ->> '$[1]' AND j.state = 'running'
+     RETURNING id"
+);
+
+/// `?5`: JSON array of ids to claim.
+const CLAIM_UPDATE_SQL: &str = concat!(
+    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = ?1, worker_id = ?2,
+        lease_expires_at = ?3, attempted_at = ?4
+     WHERE id IN (SELECT value FROM json_each(?5)) AND state = 'available' RETURNING ",
+    claimed_cols!()
 );
 
 const GET_JOB_SQL: &str = concat!(
@@ -135,7 +161,9 @@ impl SqliteStore {
             MIGRATOR.run(&pool).await?;
             (pool.clone(), pool)
         } else {
-            let opts = base.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal);
+            let opts = base
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal);
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(60))
@@ -149,7 +177,13 @@ impl SqliteStore {
                 .await?;
             (writer, reader)
         };
-        Ok(SqliteStore { writer, reader, config, signal: Signal::new(), rr_cursor: Mutex::new(String::new()) })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            config,
+            signal: Signal::new(),
+            rr_cursor: Mutex::new(String::new()),
+        })
     }
 
     fn wake(&self) {
@@ -178,7 +212,11 @@ impl SqliteStore {
             None => Ok(None),
             Some(r) => {
                 let settings: String = r.try_get("settings")?;
-                Ok(Some((r.try_get("version")?, r.try_get("digest")?, util::from_json(&settings)?)))
+                Ok(Some((
+                    r.try_get("version")?,
+                    r.try_get("digest")?,
+                    util::from_json(&settings)?,
+                )))
             }
         }
     }
@@ -192,6 +230,8 @@ impl SqliteStore {
         let mut plugins: HashMap<(String, String), (i64, String, PluginSettings)> = HashMap::new();
         let mut out = Vec::with_capacity(prepared.len());
         let mut inserted = false;
+        // New rows go in with one statement at the end; keys are checked one by one before.
+        let mut rows: Vec<Value> = Vec::new();
         for p in &prepared {
             let j = &p.job;
             let pk = (j.tenant.clone(), j.plugin.clone());
@@ -238,39 +278,61 @@ impl SqliteStore {
                     let job_id = uuid_of(&row.try_get::<String, _>("job_id")?)?;
                     let hash: String = row.try_get("body_hash")?;
                     if hash != p.body_hash {
-                        return Err(StoreError::Conflict { key: key.clone(), job_id });
+                        return Err(StoreError::Conflict {
+                            key: key.clone(),
+                            job_id,
+                        });
                     }
-                    out.push(Enqueued { id: job_id, existing: true });
+                    out.push(Enqueued {
+                        id: job_id,
+                        existing: true,
+                    });
                     continue;
                 }
             }
             let (version, digest, settings) = &plugins[&pk];
-            let timeout = j.timeout_ms.or(settings.timeout_ms).unwrap_or(self.config.default_timeout_ms);
-            let max_attempts =
-                j.max_attempts.or(settings.max_attempts).unwrap_or(self.config.default_max_attempts);
+            let timeout = j
+                .timeout_ms
+                .or(settings.timeout_ms)
+                .unwrap_or(self.config.default_timeout_ms);
+            let max_attempts = j
+                .max_attempts
+                .or(settings.max_attempts)
+                .unwrap_or(self.config.default_max_attempts);
+            rows.push(serde_json::json!([
+                p.id.to_string(),
+                j.tenant,
+                j.plugin,
+                version,
+                digest,
+                j.priority,
+                j.run_at.map(|t| t.timestamp_millis()).unwrap_or(now),
+                p.input,
+                p.tags,
+                timeout.min(i64::MAX as u64) as i64,
+                max_attempts,
+                j.idempotency_key,
+                j.webhook_url,
+            ]));
+            inserted = true;
+            out.push(Enqueued {
+                id: p.id,
+                existing: false,
+            });
+        }
+        if !rows.is_empty() {
             sqlx::query(
                 "INSERT INTO jobs (id, tenant, plugin, plugin_version, digest, state, priority, run_at,
                     input, tags, timeout_ms, max_attempts, idempotency_key, webhook_url, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'available', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
+                    'available', r.value ->> 5, r.value ->> 6, r.value ->> 7, r.value ->> 8,
+                    r.value ->> 9, r.value ->> 10, r.value ->> 11, r.value ->> 12, ?2
+                 FROM json_each(?1) AS r",
             )
-            .bind(p.id.to_string())
-            .bind(&j.tenant)
-            .bind(&j.plugin)
-            .bind(version)
-            .bind(digest)
-            .bind(j.priority)
-            .bind(j.run_at.map(|t| t.timestamp_millis()).unwrap_or(now))
-            .bind(&p.input)
-            .bind(&p.tags)
-            .bind(timeout.min(i64::MAX as u64) as i64)
-            .bind(i64::from(max_attempts))
-            .bind(j.idempotency_key.as_deref())
-            .bind(j.webhook_url.as_deref())
+            .bind(Value::Array(rows).to_string())
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            inserted = true;
-            out.push(Enqueued { id: p.id, existing: false });
         }
         tx.commit().await?;
         if inserted {
@@ -297,7 +359,10 @@ impl SqliteStore {
             .await?
             .rows_affected();
         if n > 0 {
-            sqlx::query("DELETE FROM jobs WHERE id = ?1").bind(id).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM jobs WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
         }
         Ok(n > 0)
     }
@@ -363,7 +428,10 @@ impl SqliteStore {
             .fetch_all(&mut *conn)
             .await?;
             for r in rows {
-                running.insert((r.try_get("tenant")?, r.try_get("plugin")?), r.try_get("n")?);
+                running.insert(
+                    (r.try_get("tenant")?, r.try_get("plugin")?),
+                    r.try_get("n")?,
+                );
             }
         }
         let mut plugin_room: HashMap<(String, String), i64> = HashMap::new();
@@ -380,7 +448,11 @@ impl SqliteStore {
             let q = match cap {
                 None => base_q,
                 Some(cap) => {
-                    let used: i64 = running.iter().filter(|((rt, _), _)| rt == t).map(|(_, n)| *n).sum();
+                    let used: i64 = running
+                        .iter()
+                        .filter(|((rt, _), _)| rt == t)
+                        .map(|(_, n)| *n)
+                        .sum();
                     base_q.min(i64::from(cap) - used).max(0)
                 }
             };
@@ -408,35 +480,50 @@ impl SqliteStore {
             .await?;
             let mut list = Vec::with_capacity(rows.len());
             for r in rows {
-                list.push(Candidate { key: r.try_get::<String, _>("id")?, tenant: t.clone(), plugin: r.try_get("plugin")? });
+                list.push(Candidate {
+                    key: r.try_get::<String, _>("id")?,
+                    tenant: t.clone(),
+                    plugin: r.try_get("plugin")?,
+                });
             }
             per_tenant.push(list);
         }
-        let saturated = per_tenant.iter().zip(&quotas).any(|(l, q)| *q > 0 && l.len() as i64 >= *q);
+        let saturated = per_tenant
+            .iter()
+            .zip(&quotas)
+            .any(|(l, q)| *q > 0 && l.len() as i64 >= *q);
         let picked = util::round_robin_pick(per_tenant, &mut plugin_room, limit as usize);
         let last_tenant = tenants.last().cloned();
-        let mut claimed = Vec::with_capacity(picked.len());
-        for c in &picked {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = ?1, worker_id = ?2,
-                    lease_expires_at = ?3, attempted_at = ?4
-                 WHERE id = ?5 AND state = 'available' RETURNING {CLAIMED_COLS}"
-            )))
+        let ids: Vec<&str> = picked.iter().map(|c| c.key.as_str()).collect();
+        let rows = sqlx::query(CLAIM_UPDATE_SQL)
             .bind(token)
             .bind(&req.worker_id)
             .bind(now.saturating_add(ms_of(req.lease)))
             .bind(now)
-            .bind(&c.key)
-            .fetch_optional(&mut *conn)
+            .bind(util::to_json(&ids))
+            .fetch_all(&mut *conn)
             .await?;
-            if let Some(r) = row {
-                claimed.push(claimed_from_row(&r)?);
+        let mut by_id: HashMap<Uuid, ClaimedJob> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let c = claimed_from_row(r)?;
+            by_id.insert(c.id, c);
+        }
+        // RETURNING order is unspecified: hand jobs out in the round-robin order.
+        let mut claimed = Vec::with_capacity(by_id.len());
+        for c in &picked {
+            if let Some(job) = by_id.remove(&uuid_of(&c.key)?) {
+                claimed.push(job);
             }
         }
         Ok((claimed, saturated, last_tenant, tenants.len() as i64))
     }
 
-    fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &JobFilter, before: Option<Uuid>, status_sql: String) {
+    fn push_filter(
+        qb: &mut QueryBuilder<Sqlite>,
+        filter: &JobFilter,
+        before: Option<Uuid>,
+        status_sql: String,
+    ) {
         qb.push(" WHERE ");
         qb.push(status_sql);
         if let Some(t) = &filter.tenant {
@@ -457,7 +544,11 @@ impl SqliteStore {
         }
     }
 
-    async fn list_plugins_where(&self, tenant: &str, plugin: Option<&str>) -> Result<Vec<PluginInfo>> {
+    async fn list_plugins_where(
+        &self,
+        tenant: &str,
+        plugin: Option<&str>,
+    ) -> Result<Vec<PluginInfo>> {
         let rows = sqlx::query(
             "SELECT p.tenant, p.name, p.active_version, v.version, v.digest, v.settings, v.created_at
              FROM plugins p LEFT JOIN plugin_versions v ON v.tenant = p.tenant AND v.name = p.name
@@ -514,7 +605,10 @@ fn claimed_from_row(r: &SqliteRow) -> Result<ClaimedJob> {
         timeout_ms: r.try_get::<i64, _>("timeout_ms")?.max(0) as u64,
         idempotency_key: r.try_get("idempotency_key")?,
         webhook_url: r.try_get("webhook_url")?,
-        lease: Lease { id, token: uuid_of(&r.try_get::<String, _>("lease_token")?)? },
+        lease: Lease {
+            id,
+            token: uuid_of(&r.try_get::<String, _>("lease_token")?)?,
+        },
         lease_expires_at: ts(r.try_get("lease_expires_at")?),
         attempted_at: ts(r.try_get("attempted_at")?),
         run_at: ts(r.try_get("run_at")?),
@@ -525,9 +619,12 @@ fn claimed_from_row(r: &SqliteRow) -> Result<ClaimedJob> {
 fn status_of(r: &SqliteRow, now: DateTime<Utc>) -> Result<JobStatus> {
     let state: String = r.try_get("state")?;
     Ok(match state.as_str() {
-        "available" | "running" => {
-            JobStatus::of_live(state == "running", r.try_get("attempt")?, ts(r.try_get("run_at")?), now)
-        }
+        "available" | "running" => JobStatus::of_live(
+            state == "running",
+            r.try_get("attempt")?,
+            ts(r.try_get("run_at")?),
+            now,
+        ),
         other => other.parse()?,
     })
 }
@@ -537,7 +634,9 @@ fn opt_ts(r: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
 }
 
 fn opt_json<T: serde::de::DeserializeOwned>(r: &SqliteRow, col: &str) -> Result<Option<T>> {
-    r.try_get::<Option<String>, _>(col)?.map(|s| util::from_json(&s)).transpose()
+    r.try_get::<Option<String>, _>(col)?
+        .map(|s| util::from_json(&s))
+        .transpose()
 }
 
 fn record_from_row(r: &SqliteRow) -> Result<JobRecord> {
@@ -707,10 +806,12 @@ impl JobStore for SqliteStore {
     }
 
     async fn get_component(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT bytes FROM components WHERE digest = ?1")
-            .bind(digest)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM components WHERE digest = ?1")
+                .bind(digest)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 
     async fn create_plugin_version(
@@ -722,7 +823,9 @@ impl JobStore for SqliteStore {
         activate: bool,
     ) -> Result<PluginVersion> {
         if tenant.is_empty() || plugin.is_empty() {
-            return Err(StoreError::Invalid("tenant and plugin name must not be empty".into()));
+            return Err(StoreError::Invalid(
+                "tenant and plugin name must not be empty".into(),
+            ));
         }
         let now = now_ms();
         let mut tx = self.begin().await?;
@@ -731,7 +834,10 @@ impl JobStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
-            return Err(StoreError::NotFound { what: "component", name: digest.to_owned() });
+            return Err(StoreError::NotFound {
+                what: "component",
+                name: digest.to_owned(),
+            });
         }
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO plugins (tenant, name, next_version, created_at, updated_at) VALUES (?1, ?2, 2, ?3, ?3)
@@ -770,7 +876,12 @@ impl JobStore for SqliteStore {
         Ok(out)
     }
 
-    async fn activate_plugin_version(&self, tenant: &str, plugin: &str, version: i64) -> Result<()> {
+    async fn activate_plugin_version(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        version: i64,
+    ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE plugins SET active_version = ?3, updated_at = ?4
              WHERE tenant = ?1 AND name = ?2 AND EXISTS (
@@ -791,7 +902,12 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn get_plugin_version(&self, tenant: &str, plugin: &str, version: i64) -> Result<Option<PluginVersion>> {
+    async fn get_plugin_version(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        version: i64,
+    ) -> Result<Option<PluginVersion>> {
         let row = sqlx::query(
             "SELECT tenant, name, version, digest, settings, created_at FROM plugin_versions
              WHERE tenant = ?1 AND name = ?2 AND version = ?3",
@@ -844,7 +960,8 @@ impl JobStore for SqliteStore {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let prepared = util::prepare(job, self.config.max_input_bytes)?;
         let mut out = self.enqueue_prepared(vec![prepared]).await?;
-        out.pop().ok_or_else(|| StoreError::Invalid("enqueue returned nothing".into()))
+        out.pop()
+            .ok_or_else(|| StoreError::Invalid("enqueue returned nothing".into()))
     }
 
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
@@ -869,8 +986,9 @@ impl JobStore for SqliteStore {
             if want == 0 {
                 break;
             }
-            let (got, saturated, last, visited) =
-                self.claim_round(&mut tx, req, want, &cursor, now, &token).await?;
+            let (got, saturated, last, visited) = self
+                .claim_round(&mut tx, req, want, &cursor, now, &token)
+                .await?;
             let moved = last.as_deref().is_some_and(|t| t != cursor);
             let more = more_rounds(got.len() as u32, want, saturated, visited, moved);
             if let Some(t) = last {
@@ -916,7 +1034,12 @@ impl JobStore for SqliteStore {
     }
 
     async fn complete(&self, lease: Lease, output: &Value) -> Result<Finalized> {
-        let mut out = self.complete_many(&[Completion { lease, output: output.clone() }]).await?;
+        let mut out = self
+            .complete_many(&[Completion {
+                lease,
+                output: output.clone(),
+            }])
+            .await?;
         Ok(out.pop().unwrap_or(Finalized::LeaseLost))
     }
 
@@ -924,28 +1047,40 @@ impl JobStore for SqliteStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_ms();
+        // Two statements for the whole batch: copy the guarded rows to history, then delete
+        // exactly the ones copied.
+        let batch: Vec<(String, String, String)> = items
+            .iter()
+            .map(|c| {
+                (
+                    c.lease.id.to_string(),
+                    c.lease.token.to_string(),
+                    util::to_json(&c.output),
+                )
+            })
+            .collect();
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(items.len());
-        for c in items {
-            let id = c.lease.id.to_string();
-            let n = sqlx::query(COMPLETE_SQL)
-                .bind(util::to_json(&c.output))
-                .bind(now)
-                .bind(&id)
-                .bind(c.lease.token.to_string())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n > 0 {
-                sqlx::query("DELETE FROM jobs WHERE id = ?1").bind(&id).execute(&mut *tx).await?;
-                out.push(Finalized::Completed);
-            } else {
-                out.push(Finalized::LeaseLost);
-            }
-        }
+        let done: Vec<String> = sqlx::query_scalar(COMPLETE_SQL)
+            .bind(util::to_json(&batch))
+            .bind(now_ms())
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(util::to_json(&done))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(out)
+        let done: std::collections::HashSet<String> = done.into_iter().collect();
+        Ok(batch
+            .iter()
+            .map(|(id, _, _)| {
+                if done.contains(id) {
+                    Finalized::Completed
+                } else {
+                    Finalized::LeaseLost
+                }
+            })
+            .collect())
     }
 
     async fn fail(&self, lease: Lease, failure: &Failure) -> Result<Finalized> {
@@ -984,7 +1119,10 @@ impl JobStore for SqliteStore {
                 .bind(&entry)
                 .execute(&mut *tx)
                 .await?;
-                Finalized::Retrying { run_at, attempt: job.attempt }
+                Finalized::Retrying {
+                    run_at,
+                    attempt: job.attempt,
+                }
             }
             Decision::Dead | Decision::Cancelled => {
                 let state = decision.terminal_state().unwrap_or("dead");
@@ -997,7 +1135,11 @@ impl JobStore for SqliteStore {
                     now.timestamp_millis(),
                 )
                 .await?;
-                if decision == Decision::Dead { Finalized::Dead } else { Finalized::Cancelled }
+                if decision == Decision::Dead {
+                    Finalized::Dead
+                } else {
+                    Finalized::Cancelled
+                }
             }
         };
         tx.commit().await?;
@@ -1035,10 +1177,11 @@ impl JobStore for SqliteStore {
                 CancelOutcome::CancelRequested
             }
             None => {
-                let st: Option<String> = sqlx::query_scalar("SELECT state FROM job_history WHERE id = ?1")
-                    .bind(&sid)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let st: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM job_history WHERE id = ?1")
+                        .bind(&sid)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 match st {
                     Some(s) => CancelOutcome::AlreadyFinished { status: s.parse()? },
                     None => CancelOutcome::NotFound,
@@ -1072,7 +1215,13 @@ impl JobStore for SqliteStore {
                 Decision::Cancelled => AttemptOutcome::Cancelled,
                 _ => AttemptOutcome::LeaseExpired,
             };
-            let entry = util::to_json(&machine::attempt_record(&job, now, outcome, Some(error.clone()), None));
+            let entry = util::to_json(&machine::attempt_record(
+                &job,
+                now,
+                outcome,
+                Some(error.clone()),
+                None,
+            ));
             match decision {
                 Decision::Retry { run_at } => {
                     sqlx::query(
@@ -1089,7 +1238,15 @@ impl JobStore for SqliteStore {
                 }
                 Decision::Dead | Decision::Cancelled => {
                     let state = decision.terminal_state().unwrap_or("dead");
-                    Self::move_one(&mut tx, &sid, state, Some(util::to_json(&error)), Some(entry), now_ms).await?;
+                    Self::move_one(
+                        &mut tx,
+                        &sid,
+                        state,
+                        Some(util::to_json(&error)),
+                        Some(entry),
+                        now_ms,
+                    )
+                    .await?;
                     if decision == Decision::Dead {
                         report.dead.push(id);
                     } else {
@@ -1106,7 +1263,10 @@ impl JobStore for SqliteStore {
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(GET_JOB_SQL).bind(id.to_string()).fetch_optional(&self.reader).await?;
+        let row = sqlx::query(GET_JOB_SQL)
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(record_from_row).transpose()
     }
 
@@ -1116,8 +1276,12 @@ impl JobStore for SqliteStore {
         let n = now.timestamp_millis();
         let live_status = match filter.status {
             None => Some("1".to_owned()),
-            Some(JobStatus::Scheduled) => Some(format!("state = 'available' AND attempt = 0 AND run_at > {n}")),
-            Some(JobStatus::Queued) => Some(format!("state = 'available' AND attempt = 0 AND run_at <= {n}")),
+            Some(JobStatus::Scheduled) => Some(format!(
+                "state = 'available' AND attempt = 0 AND run_at > {n}"
+            )),
+            Some(JobStatus::Queued) => Some(format!(
+                "state = 'available' AND attempt = 0 AND run_at <= {n}"
+            )),
             Some(JobStatus::Retrying) => Some("state = 'available' AND attempt > 0".to_owned()),
             Some(JobStatus::Running) => Some("state = 'running'".to_owned()),
             Some(_) => None,
@@ -1133,7 +1297,9 @@ impl JobStore for SqliteStore {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM (");
         let mut first = true;
         if let Some(st) = live_status {
-            qb.push(format!("SELECT * FROM (SELECT {cols}, NULL AS finished_at, NULL AS error FROM jobs"));
+            qb.push(format!(
+                "SELECT * FROM (SELECT {cols}, NULL AS finished_at, NULL AS error FROM jobs"
+            ));
             Self::push_filter(&mut qb, filter, page.before, st);
             qb.push(format!(" ORDER BY id DESC LIMIT {})", limit + 1));
             first = false;
@@ -1142,13 +1308,18 @@ impl JobStore for SqliteStore {
             if !first {
                 qb.push(" UNION ALL ");
             }
-            qb.push(format!("SELECT * FROM (SELECT {cols}, finished_at, error FROM job_history"));
+            qb.push(format!(
+                "SELECT * FROM (SELECT {cols}, finished_at, error FROM job_history"
+            ));
             Self::push_filter(&mut qb, filter, page.before, st);
             qb.push(format!(" ORDER BY id DESC LIMIT {})", limit + 1));
         }
         qb.push(format!(") ORDER BY id DESC LIMIT {}", limit + 1));
         let rows = qb.build().fetch_all(&self.reader).await?;
-        let mut items = rows.iter().map(|r| summary_from_row(r, now)).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(|r| summary_from_row(r, now))
+            .collect::<Result<Vec<_>>>()?;
         let next = if items.len() > limit as usize {
             items.truncate(limit as usize);
             items.last().map(|j| j.id)
@@ -1213,7 +1384,10 @@ impl JobStore for SqliteStore {
             }
             _ => None,
         };
-        let ids_json = filter.ids.as_ref().map(|ids| util::to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>()));
+        let ids_json = filter
+            .ids
+            .as_ref()
+            .map(|ids| util::to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>()));
         let now = now_ms();
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
@@ -1240,7 +1414,9 @@ impl JobStore for SqliteStore {
                 RedriveTarget::Active => {
                     let key = (tenant.clone(), plugin.clone());
                     if !active.contains_key(&key) {
-                        let v = Self::resolve_plugin(&mut tx, &tenant, &plugin).await?.map(|(v, d, _)| (v, d));
+                        let v = Self::resolve_plugin(&mut tx, &tenant, &plugin)
+                            .await?
+                            .map(|(v, d, _)| (v, d));
                         active.insert(key.clone(), v);
                     }
                     active[&key].clone()
@@ -1262,9 +1438,15 @@ impl JobStore for SqliteStore {
             .bind(options.max_attempts.map(i64::from))
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM job_history WHERE id = ?1").bind(&sid).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM job_history WHERE id = ?1")
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await?;
             if options.clear_journal {
-                sqlx::query("DELETE FROM journal WHERE job_id = ?1").bind(&sid).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM journal WHERE job_id = ?1")
+                    .bind(&sid)
+                    .execute(&mut *tx)
+                    .await?;
             }
             out.push(uuid_of(&sid)?);
         }
@@ -1499,11 +1681,12 @@ impl JobStore for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: Uuid) -> Result<bool> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
-            .bind(id.to_string())
-            .bind(now_ms())
-            .execute(&self.writer)
-            .await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+                .bind(id.to_string())
+                .bind(now_ms())
+                .execute(&self.writer)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1524,7 +1707,12 @@ impl JobStore for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
             let list = util::to_json(&ids);
-            for table in ["job_history WHERE id", "journal WHERE job_id", "effects WHERE job_id", "job_events WHERE job_id"] {
+            for table in [
+                "job_history WHERE id",
+                "journal WHERE job_id",
+                "effects WHERE job_id",
+                "job_events WHERE job_id",
+            ] {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {table} IN (SELECT value FROM json_each(?1))"
                 )))
@@ -1538,11 +1726,12 @@ impl JobStore for SqliteStore {
                 break;
             }
         }
-        report.idempotency_keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
-            .bind(now)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
+        report.idempotency_keys =
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
+                .bind(now)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
         report.state_entries = sqlx::query("DELETE FROM kv_state WHERE expires_at <= ?1")
             .bind(now)
             .execute(&self.writer)
@@ -1569,7 +1758,13 @@ impl StateBackend for SqliteStore {
         .map_err(state_err)
     }
 
-    async fn set(&self, scope: &StateScope, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
+    async fn set(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
         util::check_state_key(key)?;
         util::check_state_value(value, self.config.max_state_value_bytes)?;
         let now = now_ms();
@@ -1607,7 +1802,12 @@ impl StateBackend for SqliteStore {
         Ok(live.unwrap_or(false))
     }
 
-    async fn list_keys(&self, scope: &StateScope, prefix: &str, limit: u32) -> Result<Vec<String>, StateError> {
+    async fn list_keys(
+        &self,
+        scope: &StateScope,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StateError> {
         sqlx::query_scalar(
             "SELECT key FROM kv_state WHERE tenant = ?1 AND plugin = ?2
                AND key >= ?3 AND (?4 IS NULL OR key < ?4) AND substr(key, 1, length(?3)) = ?3

@@ -60,7 +60,8 @@ pub trait JobStore: StateBackend + EffectsBackend + Send + Sync + 'static {
     ) -> Result<PluginVersion>;
 
     /// Make `version` the one new jobs run.
-    async fn activate_plugin_version(&self, tenant: &str, plugin: &str, version: i64) -> Result<()>;
+    async fn activate_plugin_version(&self, tenant: &str, plugin: &str, version: i64)
+    -> Result<()>;
 
     /// One version.
     async fn get_plugin_version(
@@ -225,7 +226,9 @@ pub(crate) struct Signal {
 
 impl Signal {
     pub(crate) fn new() -> Self {
-        Signal { tx: std::sync::Arc::new(watch::channel(0).0) }
+        Signal {
+            tx: std::sync::Arc::new(watch::channel(0).0),
+        }
     }
 
     pub(crate) fn bump(&self) {
@@ -233,6 +236,8 @@ impl Signal {
     }
 
     pub(crate) fn subscribe(&self) -> WorkSignal {
-        WorkSignal { rx: self.tx.subscribe() }
+        WorkSignal {
+            rx: self.tx.subscribe(),
+        }
     }
 }

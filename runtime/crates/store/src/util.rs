@@ -50,23 +50,38 @@ pub(crate) fn prepare(job: NewJob, max_input: usize) -> Result<Prepared> {
         )));
     }
     if job.max_attempts == Some(0) {
-        return Err(StoreError::Invalid("max_attempts must be at least 1".into()));
+        return Err(StoreError::Invalid(
+            "max_attempts must be at least 1".into(),
+        ));
     }
     // serde_json's map is a BTreeMap (no `preserve_order`), so this is canonical.
-    let input = serde_json::to_string(&job.input).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let input =
+        serde_json::to_string(&job.input).map_err(|e| StoreError::Invalid(e.to_string()))?;
     if input.len() > max_input {
-        return Err(StoreError::InputTooLarge { size: input.len(), limit: max_input });
+        return Err(StoreError::InputTooLarge {
+            size: input.len(),
+            limit: max_input,
+        });
     }
     let tags = serde_json::to_string(&job.tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let body_hash = body_hash(&job.plugin, &input);
-    Ok(Prepared { id: uuid::Uuid::now_v7(), job, input, tags, body_hash })
+    Ok(Prepared {
+        id: uuid::Uuid::now_v7(),
+        job,
+        input,
+        tags,
+        body_hash,
+    })
 }
 
 pub(crate) fn check_state_key(key: &str) -> Result<(), StateError> {
     if key.is_empty() {
         Err(StateError::InvalidKey("key must not be empty".into()))
     } else if key.len() > MAX_KEY_BYTES {
-        Err(StateError::InvalidKey(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())))
+        Err(StateError::InvalidKey(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )))
     } else {
         Ok(())
     }
@@ -74,7 +89,10 @@ pub(crate) fn check_state_key(key: &str) -> Result<(), StateError> {
 
 pub(crate) fn check_state_value(value: &str, limit: usize) -> Result<(), StateError> {
     if value.len() > limit {
-        Err(StateError::TooLarge(format!("value is {} bytes; the limit is {limit}", value.len())))
+        Err(StateError::TooLarge(format!(
+            "value is {} bytes; the limit is {limit}",
+            value.len()
+        )))
     } else {
         Ok(())
     }
@@ -84,7 +102,10 @@ pub(crate) fn check_effect_key(key: &str) -> Result<(), EffectError> {
     if key.is_empty() {
         Err(EffectError::InvalidKey("key must not be empty".into()))
     } else if key.len() > MAX_KEY_BYTES {
-        Err(EffectError::InvalidKey(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())))
+        Err(EffectError::InvalidKey(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )))
     } else {
         Ok(())
     }
@@ -198,7 +219,10 @@ mod tests {
         assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
         assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
         assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
-        assert_eq!(prefix_upper_bound("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(
+            prefix_upper_bound("a\u{D7FF}").as_deref(),
+            Some("a\u{E000}")
+        );
     }
 
     #[test]
@@ -210,7 +234,11 @@ mod tests {
     }
 
     fn c(t: &str, p: &str, k: u32) -> Candidate<u32> {
-        Candidate { key: k, tenant: t.into(), plugin: p.into() }
+        Candidate {
+            key: k,
+            tenant: t.into(),
+            plugin: p.into(),
+        }
     }
 
     #[test]
@@ -218,8 +246,10 @@ mod tests {
         let a = vec![c("a", "x", 1), c("a", "x", 2), c("a", "y", 3)];
         let b = vec![c("b", "x", 4)];
         let mut room = HashMap::from([(("a".to_string(), "x".to_string()), 1)]);
-        let got: Vec<u32> =
-            round_robin_pick(vec![a, b], &mut room, 10).into_iter().map(|c| c.key).collect();
+        let got: Vec<u32> = round_robin_pick(vec![a, b], &mut room, 10)
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
         assert_eq!(got, vec![1, 4, 3]);
         let a = vec![c("a", "x", 1), c("a", "x", 2)];
         let b = vec![c("b", "x", 4), c("b", "x", 5)];

@@ -70,13 +70,21 @@ impl Ctx {
     }
 
     /// Register a component and an active plugin version.
-    pub async fn plugin(&self, tenant: &str, plugin: &str, settings: PluginSettings) -> PluginVersion {
+    pub async fn plugin(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        settings: PluginSettings,
+    ) -> PluginVersion {
         let digest = self
             .store
             .put_component(format!("component of {tenant}/{plugin}").as_bytes())
             .await
             .unwrap();
-        self.store.create_plugin_version(tenant, plugin, &digest, &settings, true).await.unwrap()
+        self.store
+            .create_plugin_version(tenant, plugin, &digest, &settings, true)
+            .await
+            .unwrap()
     }
 
     /// Postgres: terminate every backend connected to this test's database (what a server
@@ -129,16 +137,24 @@ where
         }
     };
     let store = open(&url, test_config()).await.expect("open store");
-    let ctx = Ctx { store: store.clone(), kind, url, db_name: db_name.clone(), admin_url: admin.clone() };
+    let ctx = Ctx {
+        store: store.clone(),
+        kind,
+        url,
+        db_name: db_name.clone(),
+        admin_url: admin.clone(),
+    };
     let result = tokio::spawn(case(ctx)).await;
     store.close().await;
     drop(store);
     if let (Some(admin), Some(name)) = (admin, db_name) {
         let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
         let _ = conn.close().await;
     }
     if let Err(e) = result {
@@ -241,7 +257,11 @@ mod cases {
 
     pub async fn enqueue_claim_complete(ctx: Ctx) {
         let s = &ctx.store;
-        let settings = PluginSettings { timeout_ms: Some(1234), max_attempts: Some(7), ..Default::default() };
+        let settings = PluginSettings {
+            timeout_ms: Some(1234),
+            max_attempts: Some(7),
+            ..Default::default()
+        };
         let pv = ctx.plugin(T, P, settings).await;
         let job = NewJob::new(T, P, json!({"text": "hello", "n": 1}))
             .tag("user", "u1")
@@ -268,11 +288,23 @@ mod cases {
         let info = c.job_info();
         assert_eq!(info.attempt, 1);
         assert_eq!(info.max_attempts, 7);
-        assert_eq!(info.deadline_unix_ms, (c.attempted_at.timestamp_millis() + 1234) as u64);
-        assert_eq!(s.get_job(e.id).await.unwrap().unwrap().status, JobStatus::Running);
-        assert!(s.claim(&req(10)).await.unwrap().is_empty(), "a running job is not claimed twice");
+        assert_eq!(
+            info.deadline_unix_ms,
+            (c.attempted_at.timestamp_millis() + 1234) as u64
+        );
+        assert_eq!(
+            s.get_job(e.id).await.unwrap().unwrap().status,
+            JobStatus::Running
+        );
+        assert!(
+            s.claim(&req(10)).await.unwrap().is_empty(),
+            "a running job is not claimed twice"
+        );
 
-        let out = s.complete(c.lease, &json!({"summary": "hi"})).await.unwrap();
+        let out = s
+            .complete(c.lease, &json!({"summary": "hi"}))
+            .await
+            .unwrap();
         assert_eq!(out, Finalized::Completed);
         let rec = s.get_job(e.id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Completed);
@@ -281,15 +313,24 @@ mod cases {
         assert_eq!(rec.attempts[0].outcome, AttemptOutcome::Completed);
         assert_eq!(rec.attempts[0].worker_id.as_deref(), Some("w1"));
         assert!(rec.finished_at.is_some());
-        assert_eq!(s.complete(c.lease, &json!(null)).await.unwrap(), Finalized::LeaseLost);
+        assert_eq!(
+            s.complete(c.lease, &json!(null)).await.unwrap(),
+            Finalized::LeaseLost
+        );
         assert!(s.claim(&req(10)).await.unwrap().is_empty());
         assert!(s.get_job(Uuid::now_v7()).await.unwrap().is_none());
     }
 
     pub async fn unknown_plugin_is_not_found(ctx: Ctx) {
         let s = &ctx.store;
-        let err = s.enqueue(NewJob::new(T, "nope", json!({}))).await.unwrap_err();
-        assert!(matches!(err, StoreError::NotFound { what: "plugin", .. }), "{err:?}");
+        let err = s
+            .enqueue(NewJob::new(T, "nope", json!({})))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound { what: "plugin", .. }),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("nope") && msg.contains(T), "{msg}");
         // A plugin that exists for another tenant is still unknown to this one.
@@ -298,20 +339,39 @@ mod cases {
         assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
         // A plugin without an active version cannot take jobs.
         let digest = s.put_component(b"x").await.unwrap();
-        s.create_plugin_version(T, "inactive", &digest, &PluginSettings::default(), false).await.unwrap();
-        let err = s.enqueue(NewJob::new(T, "inactive", json!({}))).await.unwrap_err();
+        s.create_plugin_version(T, "inactive", &digest, &PluginSettings::default(), false)
+            .await
+            .unwrap();
+        let err = s
+            .enqueue(NewJob::new(T, "inactive", json!({})))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
         // Same through the idempotent path.
-        let err = s.enqueue(NewJob::new(T, "nope", json!({})).idempotency_key("k")).await.unwrap_err();
+        let err = s
+            .enqueue(NewJob::new(T, "nope", json!({})).idempotency_key("k"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
-        assert_eq!(s.list_jobs(&JobFilter::default(), PageRequest::default()).await.unwrap().items.len(), 0);
+        assert_eq!(
+            s.list_jobs(&JobFilter::default(), PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            0
+        );
     }
 
     pub async fn oversized_input_is_rejected(ctx: Ctx) {
         ctx.plugin(T, P, PluginSettings::default()).await;
         let limit = ctx.store.config().max_input_bytes;
         let big = "x".repeat(limit + 1);
-        let err = ctx.store.enqueue(NewJob::new(T, P, json!({ "text": big }))).await.unwrap_err();
+        let err = ctx
+            .store
+            .enqueue(NewJob::new(T, P, json!({ "text": big })))
+            .await
+            .unwrap_err();
         match &err {
             StoreError::InputTooLarge { size, limit: l } => {
                 assert!(*size > limit);
@@ -321,27 +381,49 @@ mod cases {
         }
         assert!(err.to_string().contains("limit"));
         let ok = "x".repeat(limit - 20);
-        ctx.store.enqueue(NewJob::new(T, P, json!({ "t": ok }))).await.unwrap();
+        ctx.store
+            .enqueue(NewJob::new(T, P, json!({ "t": ok })))
+            .await
+            .unwrap();
     }
 
     pub async fn enqueue_batch_is_atomic(ctx: Ctx) {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
-        let jobs: Vec<NewJob> = (0..500).map(|i| NewJob::new(T, P, json!({ "i": i }))).collect();
+        let jobs: Vec<NewJob> = (0..500)
+            .map(|i| NewJob::new(T, P, json!({ "i": i })))
+            .collect();
         let out = s.enqueue_batch(jobs).await.unwrap();
         assert_eq!(out.len(), 500);
         assert_eq!(out.iter().map(|e| e.id).collect::<HashSet<_>>().len(), 500);
-        let mut bad: Vec<NewJob> = (0..10).map(|i| NewJob::new(T, P, json!({ "i": i }))).collect();
+        let mut bad: Vec<NewJob> = (0..10)
+            .map(|i| NewJob::new(T, P, json!({ "i": i })))
+            .collect();
         bad.push(NewJob::new(T, "missing", json!({})));
         let err = s.enqueue_batch(bad).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
-        assert_eq!(s.queue_stats().await.unwrap().queued, 500, "a failed batch inserts nothing");
+        assert_eq!(
+            s.queue_stats().await.unwrap().queued,
+            500,
+            "a failed batch inserts nothing"
+        );
         let got = claim_n(s, &req(1000), 500).await;
         assert_eq!(got.len(), 500);
         // Input order is preserved in results and ids are time-ordered.
-        let c: Vec<Completion> =
-            got.iter().map(|c| Completion { lease: c.lease, output: c.input.clone() }).collect();
-        assert!(s.complete_many(&c).await.unwrap().iter().all(|f| *f == Finalized::Completed));
+        let c: Vec<Completion> = got
+            .iter()
+            .map(|c| Completion {
+                lease: c.lease,
+                output: c.input.clone(),
+            })
+            .collect();
+        assert!(
+            s.complete_many(&c)
+                .await
+                .unwrap()
+                .iter()
+                .all(|f| *f == Finalized::Completed)
+        );
         assert!(s.enqueue_batch(vec![]).await.unwrap().is_empty());
     }
 
@@ -351,7 +433,10 @@ mod cases {
         let mut job = NewJob::new(T, P, json!({}));
         job.run_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
         let e = s.enqueue(job).await.unwrap();
-        assert_eq!(s.get_job(e.id).await.unwrap().unwrap().status, JobStatus::Scheduled);
+        assert_eq!(
+            s.get_job(e.id).await.unwrap().unwrap().status,
+            JobStatus::Scheduled
+        );
         assert!(s.claim(&req(10)).await.unwrap().is_empty());
         let mut soon = NewJob::new(T, P, json!({}));
         soon.run_at = Some(chrono::Utc::now() + chrono::Duration::milliseconds(50));
@@ -377,7 +462,10 @@ mod cases {
         }
         let mut expected = ids.clone();
         expected.sort_by_key(|(p, id)| (*p, *id));
-        assert_eq!(claimed, expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
+        assert_eq!(
+            claimed,
+            expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+        );
     }
 
     pub async fn tenants_share_claims_fairly(ctx: Ctx) {
@@ -394,14 +482,38 @@ mod cases {
             })
             .collect();
         s.enqueue_batch(flood).await.unwrap();
-        s.enqueue_batch((0..4).map(|i| NewJob::new("small", P, json!({ "i": i }))).collect()).await.unwrap();
-        s.enqueue_batch((0..1).map(|i| NewJob::new("tiny", P, json!({ "i": i }))).collect()).await.unwrap();
+        s.enqueue_batch(
+            (0..4)
+                .map(|i| NewJob::new("small", P, json!({ "i": i })))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        s.enqueue_batch(
+            (0..1)
+                .map(|i| NewJob::new("tiny", P, json!({ "i": i })))
+                .collect(),
+        )
+        .await
+        .unwrap();
         let got = s.claim(&req(9)).await.unwrap();
         assert_eq!(got.len(), 9);
         let count = |t: &str| got.iter().filter(|c| c.tenant == t).count();
-        assert_eq!(count("tiny"), 1, "every tenant with work is served in the same claim");
-        assert_eq!(count("small"), 4, "leftover slots go to tenants that still have work");
-        assert_eq!(count("big"), 4, "a flood with a better priority does not take the claim");
+        assert_eq!(
+            count("tiny"),
+            1,
+            "every tenant with work is served in the same claim"
+        );
+        assert_eq!(
+            count("small"),
+            4,
+            "leftover slots go to tenants that still have work"
+        );
+        assert_eq!(
+            count("big"),
+            4,
+            "a flood with a better priority does not take the claim"
+        );
         // Many tenants, small claims: the cursor rotates so each is served in turn.
         for i in 0..6 {
             let t = format!("t{i}");
@@ -421,32 +533,59 @@ mod cases {
 
     pub async fn concurrency_caps_hold(ctx: Ctx) {
         let s = &ctx.store;
-        ctx.plugin(T, P, PluginSettings { concurrency: Some(2), ..Default::default() }).await;
+        ctx.plugin(
+            T,
+            P,
+            PluginSettings {
+                concurrency: Some(2),
+                ..Default::default()
+            },
+        )
+        .await;
         ctx.plugin(T, "other", PluginSettings::default()).await;
-        s.enqueue_batch((0..10).map(|_| NewJob::new(T, P, json!({}))).collect()).await.unwrap();
-        s.enqueue_batch((0..3).map(|_| NewJob::new(T, "other", json!({}))).collect()).await.unwrap();
+        s.enqueue_batch((0..10).map(|_| NewJob::new(T, P, json!({}))).collect())
+            .await
+            .unwrap();
+        s.enqueue_batch((0..3).map(|_| NewJob::new(T, "other", json!({}))).collect())
+            .await
+            .unwrap();
         let caps = s.concurrency_caps().await.unwrap();
-        assert_eq!(caps, vec![PluginCap { tenant: T.into(), plugin: P.into(), max_running: 2 }]);
+        assert_eq!(
+            caps,
+            vec![PluginCap {
+                tenant: T.into(),
+                plugin: P.into(),
+                max_running: 2
+            }]
+        );
         let mut r = req(20);
         r.plugin_caps = caps;
         let got = s.claim(&r).await.unwrap();
         assert_eq!(got.iter().filter(|c| c.plugin == P).count(), 2);
         assert_eq!(got.iter().filter(|c| c.plugin == "other").count(), 3);
-        assert!(s.claim(&r).await.unwrap().is_empty(), "capped plugin stays at its cap");
+        assert!(
+            s.claim(&r).await.unwrap().is_empty(),
+            "capped plugin stays at its cap"
+        );
         let one = got.iter().find(|c| c.plugin == P).unwrap();
         s.complete(one.lease, &json!(1)).await.unwrap();
         let more = s.claim(&r).await.unwrap();
         assert_eq!(more.len(), 1, "a freed slot is reused");
         // A tenant cap bounds all of a tenant's plugins together.
         ctx.plugin("t2", P, PluginSettings::default()).await;
-        s.enqueue_batch((0..10).map(|_| NewJob::new("t2", P, json!({}))).collect()).await.unwrap();
+        s.enqueue_batch((0..10).map(|_| NewJob::new("t2", P, json!({}))).collect())
+            .await
+            .unwrap();
         let mut r2 = req(20);
         r2.tenant_cap = Some(100);
         r2.tenant_caps.insert("t2".into(), 4);
         r2.plugin_caps = r.plugin_caps.clone();
         let got = s.claim(&r2).await.unwrap();
         assert_eq!(got.iter().filter(|c| c.tenant == "t2").count(), 4);
-        assert!(got.iter().all(|c| c.tenant == "t2"), "acme's capped plugin is still full");
+        assert!(
+            got.iter().all(|c| c.tenant == "t2"),
+            "acme's capped plugin is still full"
+        );
         assert!(s.claim(&r2).await.unwrap().is_empty());
     }
 
@@ -458,35 +597,62 @@ mod cases {
         let id = s.enqueue(j).await.unwrap().id;
         let c1 = s.claim(&req(1)).await.unwrap().remove(0);
         let before = chrono::Utc::now();
-        let f = Failure { error: JobError::retryable("provider 503"), detail: Some(json!({"trap": false})) };
+        let f = Failure {
+            error: JobError::retryable("provider 503"),
+            detail: Some(json!({"trap": false})),
+        };
         let out = s.fail(c1.lease, &f).await.unwrap();
-        let Finalized::Retrying { run_at, attempt } = out else { panic!("expected retry, got {out:?}") };
+        let Finalized::Retrying { run_at, attempt } = out else {
+            panic!("expected retry, got {out:?}")
+        };
         assert_eq!(attempt, 1);
         // Backoff bounds: within [now, now + window(1)] (window = base = 1 ms in tests).
         let window = ctx.store.config().backoff.window(1);
         assert!(run_at >= before - chrono::Duration::seconds(1));
-        assert!(run_at <= chrono::Utc::now() + chrono::Duration::from_std(window).unwrap() + chrono::Duration::seconds(1));
+        assert!(
+            run_at
+                <= chrono::Utc::now()
+                    + chrono::Duration::from_std(window).unwrap()
+                    + chrono::Duration::seconds(1)
+        );
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Retrying);
-        assert_eq!(s.fail(c1.lease, &f).await.unwrap(), Finalized::LeaseLost, "a second fail is ignored");
+        assert_eq!(
+            s.fail(c1.lease, &f).await.unwrap(),
+            Finalized::LeaseLost,
+            "a second fail is ignored"
+        );
 
         let c2 = claim_n(s, &req(1), 1).await.remove(0);
         assert_eq!(c2.attempt, 2);
         assert_ne!(c2.lease.token, c1.lease.token);
-        let out = s.fail(c2.lease, &Failure::new(JobError::retryable("still 503"))).await.unwrap();
+        let out = s
+            .fail(c2.lease, &Failure::new(JobError::retryable("still 503")))
+            .await
+            .unwrap();
         assert_eq!(out, Finalized::Dead, "out of attempts");
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Dead);
         assert_eq!(rec.error.as_ref().map(|e| e.message()), Some("still 503"));
         assert_eq!(rec.attempts.len(), 2);
         assert_eq!(rec.attempts[0].attempt, 1);
-        assert_eq!(rec.attempts[0].error.as_ref().map(|e| e.message()), Some("provider 503"));
+        assert_eq!(
+            rec.attempts[0].error.as_ref().map(|e| e.message()),
+            Some("provider 503")
+        );
         assert_eq!(rec.attempts[0].detail, Some(json!({"trap": false})));
         assert_eq!(rec.attempts[1].attempt, 2);
-        assert!(rec.attempts.iter().all(|a| a.outcome == AttemptOutcome::Failed));
+        assert!(
+            rec.attempts
+                .iter()
+                .all(|a| a.outcome == AttemptOutcome::Failed)
+        );
         assert_eq!(s.count_dead(Some(T), None).await.unwrap(), 1);
         assert_eq!(s.count_dead(Some("x"), None).await.unwrap(), 0);
-        let dead = s.list_dead(Some(T), Some(P), PageRequest::default()).await.unwrap();
+        let dead = s
+            .list_dead(Some(T), Some(P), PageRequest::default())
+            .await
+            .unwrap();
         assert_eq!(dead.items.len(), 1);
         assert_eq!(dead.items[0].id, id);
         assert_eq!(dead.items[0].status, JobStatus::Dead);
@@ -497,7 +663,12 @@ mod cases {
         ctx.plugin(T, P, PluginSettings::default()).await;
         let id = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
         let c = s.claim(&req(1)).await.unwrap().remove(0);
-        assert_eq!(s.fail(c.lease, &Failure::new(JobError::permanent("bad input"))).await.unwrap(), Finalized::Dead);
+        assert_eq!(
+            s.fail(c.lease, &Failure::new(JobError::permanent("bad input")))
+                .await
+                .unwrap(),
+            Finalized::Dead
+        );
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Dead);
         assert_eq!(rec.error, Some(JobError::permanent("bad input")));
@@ -509,32 +680,70 @@ mod cases {
         ctx.plugin(T, P, PluginSettings::default()).await;
         let id = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
         let c = s.claim(&req(1)).await.unwrap().remove(0);
-        let err = JobError::Retryable { message: "429".into(), retry_after_ms: Some(60_000) };
+        let err = JobError::Retryable {
+            message: "429".into(),
+            retry_after_ms: Some(60_000),
+        };
         let before = chrono::Utc::now();
-        let Finalized::Retrying { run_at, .. } = s.fail(c.lease, &Failure::new(err)).await.unwrap() else {
+        let Finalized::Retrying { run_at, .. } = s.fail(c.lease, &Failure::new(err)).await.unwrap()
+        else {
             panic!("expected retry")
         };
         assert!(run_at >= before + chrono::Duration::seconds(59));
         assert!(s.claim(&req(1)).await.unwrap().is_empty());
-        assert_eq!(s.get_job(id).await.unwrap().unwrap().status, JobStatus::Retrying);
+        assert_eq!(
+            s.get_job(id).await.unwrap().unwrap().status,
+            JobStatus::Retrying
+        );
         assert_eq!(s.queue_stats().await.unwrap().retrying, 1);
     }
 
     pub async fn heartbeat_extends_and_reports(ctx: Ctx) {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
-        s.enqueue_batch((0..2).map(|_| NewJob::new(T, P, json!({}))).collect()).await.unwrap();
+        s.enqueue_batch((0..2).map(|_| NewJob::new(T, P, json!({}))).collect())
+            .await
+            .unwrap();
         let got = s.claim(&req(2)).await.unwrap();
-        let before = s.get_job(got[0].id).await.unwrap().unwrap().lease_expires_at.unwrap();
-        let fake = Lease { id: got[1].id, token: Uuid::new_v4() };
-        let st = s.heartbeat(&[got[0].lease, fake], Duration::from_secs(600)).await.unwrap();
+        let before = s
+            .get_job(got[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_expires_at
+            .unwrap();
+        let fake = Lease {
+            id: got[1].id,
+            token: Uuid::new_v4(),
+        };
+        let st = s
+            .heartbeat(&[got[0].lease, fake], Duration::from_secs(600))
+            .await
+            .unwrap();
         assert_eq!(st, vec![LeaseStatus::Held, LeaseStatus::Lost]);
-        let after = s.get_job(got[0].id).await.unwrap().unwrap().lease_expires_at.unwrap();
+        let after = s
+            .get_job(got[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_expires_at
+            .unwrap();
         assert!(after > before);
-        assert_eq!(s.cancel(got[1].id).await.unwrap(), CancelOutcome::CancelRequested);
-        let st = s.heartbeat(&[got[0].lease, got[1].lease], Duration::from_secs(30)).await.unwrap();
+        assert_eq!(
+            s.cancel(got[1].id).await.unwrap(),
+            CancelOutcome::CancelRequested
+        );
+        let st = s
+            .heartbeat(&[got[0].lease, got[1].lease], Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(st, vec![LeaseStatus::Held, LeaseStatus::CancelRequested]);
-        assert!(s.heartbeat(&[], Duration::from_secs(1)).await.unwrap().is_empty());
+        assert!(
+            s.heartbeat(&[], Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     pub async fn cancel_transitions(ctx: Ctx) {
@@ -542,31 +751,53 @@ mod cases {
         ctx.plugin(T, P, PluginSettings::default()).await;
         let queued = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
         assert_eq!(s.cancel(queued).await.unwrap(), CancelOutcome::Cancelled);
-        assert_eq!(s.get_job(queued).await.unwrap().unwrap().status, JobStatus::Cancelled);
+        assert_eq!(
+            s.get_job(queued).await.unwrap().unwrap().status,
+            JobStatus::Cancelled
+        );
         assert_eq!(
             s.cancel(queued).await.unwrap(),
-            CancelOutcome::AlreadyFinished { status: JobStatus::Cancelled }
+            CancelOutcome::AlreadyFinished {
+                status: JobStatus::Cancelled
+            }
         );
         assert!(s.claim(&req(5)).await.unwrap().is_empty());
 
         let running = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
         let c = s.claim(&req(5)).await.unwrap().remove(0);
-        assert_eq!(s.cancel(running).await.unwrap(), CancelOutcome::CancelRequested);
+        assert_eq!(
+            s.cancel(running).await.unwrap(),
+            CancelOutcome::CancelRequested
+        );
         assert!(s.get_job(running).await.unwrap().unwrap().cancel_requested);
         // The worker stops the handler and reports; the job ends cancelled, not retried.
-        let out = s.fail(c.lease, &Failure::new(JobError::retryable("stopped: cancelled"))).await.unwrap();
+        let out = s
+            .fail(
+                c.lease,
+                &Failure::new(JobError::retryable("stopped: cancelled")),
+            )
+            .await
+            .unwrap();
         assert_eq!(out, Finalized::Cancelled);
         let rec = s.get_job(running).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Cancelled);
-        assert_eq!(rec.attempts.last().map(|a| a.outcome), Some(AttemptOutcome::Cancelled));
-        assert_eq!(s.cancel(Uuid::now_v7()).await.unwrap(), CancelOutcome::NotFound);
+        assert_eq!(
+            rec.attempts.last().map(|a| a.outcome),
+            Some(AttemptOutcome::Cancelled)
+        );
+        assert_eq!(
+            s.cancel(Uuid::now_v7()).await.unwrap(),
+            CancelOutcome::NotFound
+        );
 
         let done = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
         let c = s.claim(&req(5)).await.unwrap().remove(0);
         s.complete(c.lease, &json!(1)).await.unwrap();
         assert_eq!(
             s.cancel(done).await.unwrap(),
-            CancelOutcome::AlreadyFinished { status: JobStatus::Completed }
+            CancelOutcome::AlreadyFinished {
+                status: JobStatus::Completed
+            }
         );
     }
 
@@ -576,7 +807,10 @@ mod cases {
         let id = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
         let c = s.claim(&req(1)).await.unwrap().remove(0);
         s.cancel(id).await.unwrap();
-        assert_eq!(s.complete(c.lease, &json!("done")).await.unwrap(), Finalized::Completed);
+        assert_eq!(
+            s.complete(c.lease, &json!("done")).await.unwrap(),
+            Finalized::Completed
+        );
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Completed);
         assert!(rec.cancel_requested);
@@ -590,13 +824,19 @@ mod cases {
         // Attempt 1 commits an effect and a journal entry, then its worker dies: no heartbeat.
         let short = ClaimRequest::new("doomed", 1, Duration::from_millis(50));
         let c1 = s.claim(&short).await.unwrap().remove(0);
-        s.commit(id, "send-email", "{\"message_id\":\"m1\"}").await.unwrap();
+        s.commit(id, "send-email", "{\"message_id\":\"m1\"}")
+            .await
+            .unwrap();
         let entry = JournalEntry {
             job_id: id,
             seq: 0,
             fingerprint: "fp0".into(),
             response: json!({"content": "hi"}),
-            usage: Usage { input_tokens: 3, output_tokens: 1, cached_input_tokens: 0 },
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 1,
+                cached_input_tokens: 0,
+            },
         };
         s.journal_put(&entry).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -612,11 +852,22 @@ mod cases {
         let c2 = claim_n(s, &req(1), 1).await.remove(0);
         assert_eq!(c2.id, id);
         assert_eq!(c2.attempt, 2);
-        assert_eq!(s.lookup(id, "send-email").await.unwrap().as_deref(), Some("{\"message_id\":\"m1\"}"));
+        assert_eq!(
+            s.lookup(id, "send-email").await.unwrap().as_deref(),
+            Some("{\"message_id\":\"m1\"}")
+        );
         assert_eq!(s.lookup(id, "other").await.unwrap(), None);
         assert_eq!(s.journal_get(id, 0).await.unwrap(), Some(entry));
-        assert_eq!(s.heartbeat(&[c1.lease], Duration::from_secs(1)).await.unwrap(), vec![LeaseStatus::Lost]);
-        assert_eq!(s.complete(c2.lease, &json!("ok")).await.unwrap(), Finalized::Completed);
+        assert_eq!(
+            s.heartbeat(&[c1.lease], Duration::from_secs(1))
+                .await
+                .unwrap(),
+            vec![LeaseStatus::Lost]
+        );
+        assert_eq!(
+            s.complete(c2.lease, &json!("ok")).await.unwrap(),
+            Finalized::Completed
+        );
     }
 
     pub async fn rescue_out_of_attempts_is_dead(ctx: Ctx) {
@@ -636,34 +887,68 @@ mod cases {
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Dead);
         assert!(rec.error.unwrap().message().contains("lease expired"));
-        assert_eq!(s.get_job(cancelled).await.unwrap().unwrap().status, JobStatus::Cancelled);
+        assert_eq!(
+            s.get_job(cancelled).await.unwrap().unwrap().status,
+            JobStatus::Cancelled
+        );
     }
 
     pub async fn late_finalize_after_rescue_is_ignored(ctx: Ctx) {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
         let id = s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap().id;
-        let zombie = s.claim(&ClaimRequest::new("zombie", 1, Duration::from_millis(30))).await.unwrap().remove(0);
+        let zombie = s
+            .claim(&ClaimRequest::new("zombie", 1, Duration::from_millis(30)))
+            .await
+            .unwrap()
+            .remove(0);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(s.rescue_expired_leases().await.unwrap().retried.len(), 1);
         // Before the re-claim: every finalize from the zombie is a no-op.
-        assert_eq!(s.complete(zombie.lease, &json!("zombie")).await.unwrap(), Finalized::LeaseLost);
-        let fresh = claim_n(s, &ClaimRequest::new("fresh", 1, Duration::from_secs(30)), 1).await.remove(0);
-        // After it too, and the new owner is untouched.
-        assert_eq!(s.complete(zombie.lease, &json!("zombie")).await.unwrap(), Finalized::LeaseLost);
         assert_eq!(
-            s.fail(zombie.lease, &Failure::new(JobError::permanent("zombie"))).await.unwrap(),
+            s.complete(zombie.lease, &json!("zombie")).await.unwrap(),
+            Finalized::LeaseLost
+        );
+        let fresh = claim_n(
+            s,
+            &ClaimRequest::new("fresh", 1, Duration::from_secs(30)),
+            1,
+        )
+        .await
+        .remove(0);
+        // After it too, and the new owner is untouched.
+        assert_eq!(
+            s.complete(zombie.lease, &json!("zombie")).await.unwrap(),
             Finalized::LeaseLost
         );
         assert_eq!(
-            s.complete_many(&[Completion { lease: zombie.lease, output: json!(1) }]).await.unwrap(),
+            s.fail(zombie.lease, &Failure::new(JobError::permanent("zombie")))
+                .await
+                .unwrap(),
+            Finalized::LeaseLost
+        );
+        assert_eq!(
+            s.complete_many(&[Completion {
+                lease: zombie.lease,
+                output: json!(1)
+            }])
+            .await
+            .unwrap(),
             vec![Finalized::LeaseLost]
         );
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Running);
         assert_eq!(rec.worker_id.as_deref(), Some("fresh"));
-        assert_eq!(s.heartbeat(&[fresh.lease], Duration::from_secs(30)).await.unwrap(), vec![LeaseStatus::Held]);
-        assert_eq!(s.complete(fresh.lease, &json!("fresh")).await.unwrap(), Finalized::Completed);
+        assert_eq!(
+            s.heartbeat(&[fresh.lease], Duration::from_secs(30))
+                .await
+                .unwrap(),
+            vec![LeaseStatus::Held]
+        );
+        assert_eq!(
+            s.complete(fresh.lease, &json!("fresh")).await.unwrap(),
+            Finalized::Completed
+        );
         let rec = s.get_job(id).await.unwrap().unwrap();
         assert_eq!(rec.output, Some(json!("fresh")));
         assert_eq!(rec.attempts.len(), 2);
@@ -672,15 +957,28 @@ mod cases {
     pub async fn complete_many_mixes_outcomes(ctx: Ctx) {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
-        s.enqueue_batch((0..5).map(|i| NewJob::new(T, P, json!(i))).collect()).await.unwrap();
+        s.enqueue_batch((0..5).map(|i| NewJob::new(T, P, json!(i))).collect())
+            .await
+            .unwrap();
         let got = s.claim(&req(5)).await.unwrap();
-        let mut items: Vec<Completion> =
-            got.iter().map(|c| Completion { lease: c.lease, output: json!({"in": c.input}) }).collect();
+        let mut items: Vec<Completion> = got
+            .iter()
+            .map(|c| Completion {
+                lease: c.lease,
+                output: json!({"in": c.input}),
+            })
+            .collect();
         items[2].lease.token = Uuid::new_v4();
         let out = s.complete_many(&items).await.unwrap();
-        assert_eq!(out.iter().filter(|f| **f == Finalized::Completed).count(), 4);
+        assert_eq!(
+            out.iter().filter(|f| **f == Finalized::Completed).count(),
+            4
+        );
         assert_eq!(out[2], Finalized::LeaseLost);
-        assert_eq!(s.get_job(got[2].id).await.unwrap().unwrap().status, JobStatus::Running);
+        assert_eq!(
+            s.get_job(got[2].id).await.unwrap().unwrap().status,
+            JobStatus::Running
+        );
         let rec = s.get_job(got[0].id).await.unwrap().unwrap();
         assert_eq!(rec.output, Some(json!({"in": got[0].input})));
     }
@@ -689,13 +987,28 @@ mod cases {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
         ctx.plugin("other", P, PluginSettings::default()).await;
-        let a = s.enqueue(NewJob::new(T, P, json!({"a": 1, "b": 2})).idempotency_key("k1")).await.unwrap();
+        let a = s
+            .enqueue(NewJob::new(T, P, json!({"a": 1, "b": 2})).idempotency_key("k1"))
+            .await
+            .unwrap();
         assert!(!a.existing);
         // Same body (key order does not matter) → the same job.
-        let b = s.enqueue(NewJob::new(T, P, json!({"b": 2, "a": 1})).idempotency_key("k1")).await.unwrap();
-        assert_eq!(b, Enqueued { id: a.id, existing: true });
+        let b = s
+            .enqueue(NewJob::new(T, P, json!({"b": 2, "a": 1})).idempotency_key("k1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            b,
+            Enqueued {
+                id: a.id,
+                existing: true
+            }
+        );
         // Different body → conflict naming the key.
-        let err = s.enqueue(NewJob::new(T, P, json!({"a": 2})).idempotency_key("k1")).await.unwrap_err();
+        let err = s
+            .enqueue(NewJob::new(T, P, json!({"a": 2})).idempotency_key("k1"))
+            .await
+            .unwrap_err();
         match &err {
             StoreError::Conflict { key, job_id } => {
                 assert_eq!(key, "k1");
@@ -705,15 +1018,27 @@ mod cases {
         }
         assert!(err.to_string().contains("k1"));
         // Keys are per tenant.
-        let c = s.enqueue(NewJob::new("other", P, json!({"a": 1, "b": 2})).idempotency_key("k1")).await.unwrap();
+        let c = s
+            .enqueue(NewJob::new("other", P, json!({"a": 1, "b": 2})).idempotency_key("k1"))
+            .await
+            .unwrap();
         assert!(!c.existing);
         // Still the same job after it finished.
         let got = s.claim(&req(10)).await.unwrap();
         for g in &got {
             s.complete(g.lease, &json!(null)).await.unwrap();
         }
-        let d = s.enqueue(NewJob::new(T, P, json!({"a": 1, "b": 2})).idempotency_key("k1")).await.unwrap();
-        assert_eq!(d, Enqueued { id: a.id, existing: true });
+        let d = s
+            .enqueue(NewJob::new(T, P, json!({"a": 1, "b": 2})).idempotency_key("k1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            d,
+            Enqueued {
+                id: a.id,
+                existing: true
+            }
+        );
         // In a batch: duplicates resolve to one job, a conflict fails the whole batch.
         let batch = vec![
             NewJob::new(T, P, json!(1)).idempotency_key("b1"),
@@ -723,17 +1048,35 @@ mod cases {
         ];
         let out = s.enqueue_batch(batch).await.unwrap();
         assert!(!out[0].existing);
-        assert_eq!(out[1], Enqueued { id: out[0].id, existing: true });
-        assert_eq!(out[2], Enqueued { id: a.id, existing: true });
+        assert_eq!(
+            out[1],
+            Enqueued {
+                id: out[0].id,
+                existing: true
+            }
+        );
+        assert_eq!(
+            out[2],
+            Enqueued {
+                id: a.id,
+                existing: true
+            }
+        );
         assert!(!out[3].existing);
         let before = s.queue_stats().await.unwrap().queued;
         let bad = vec![
             NewJob::new(T, P, json!(3)).idempotency_key("b2"),
             NewJob::new(T, P, json!("different")).idempotency_key("k1"),
         ];
-        assert!(matches!(s.enqueue_batch(bad).await.unwrap_err(), StoreError::Conflict { .. }));
+        assert!(matches!(
+            s.enqueue_batch(bad).await.unwrap_err(),
+            StoreError::Conflict { .. }
+        ));
         assert_eq!(s.queue_stats().await.unwrap().queued, before);
-        let e = s.enqueue(NewJob::new(T, P, json!(3)).idempotency_key("b2")).await.unwrap();
+        let e = s
+            .enqueue(NewJob::new(T, P, json!(3)).idempotency_key("b2"))
+            .await
+            .unwrap();
         assert!(!e.existing, "the failed batch did not keep its keys");
     }
 
@@ -743,7 +1086,8 @@ mod cases {
         for _ in 0..32 {
             let s = ctx.store.clone();
             tasks.push(tokio::spawn(async move {
-                s.enqueue(NewJob::new(T, P, json!({"same": true})).idempotency_key("race")).await
+                s.enqueue(NewJob::new(T, P, json!({"same": true})).idempotency_key("race"))
+                    .await
             }));
         }
         let mut results = Vec::new();
@@ -753,23 +1097,39 @@ mod cases {
         let ids: HashSet<Uuid> = results.iter().map(|e| e.id).collect();
         assert_eq!(ids.len(), 1);
         assert_eq!(results.iter().filter(|e| !e.existing).count(), 1);
-        let page = ctx.store.list_jobs(&JobFilter::default(), PageRequest::default()).await.unwrap();
+        let page = ctx
+            .store
+            .list_jobs(&JobFilter::default(), PageRequest::default())
+            .await
+            .unwrap();
         assert_eq!(page.items.len(), 1);
     }
 
     pub async fn idempotency_key_expires(ctx: Ctx) {
-        let cfg = StoreConfig { idempotency_ttl: Duration::from_millis(50), ..test_config() };
+        let cfg = StoreConfig {
+            idempotency_ttl: Duration::from_millis(1000),
+            ..test_config()
+        };
         let s = ctx.reopen(cfg).await;
         ctx.plugin(T, P, PluginSettings::default()).await;
-        let a = s.enqueue(NewJob::new(T, P, json!(1)).idempotency_key("k")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        let a = s
+            .enqueue(NewJob::new(T, P, json!(1)).idempotency_key("k"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         // After the window the key may be reused, even with another body.
-        let b = s.enqueue(NewJob::new(T, P, json!(2)).idempotency_key("k")).await.unwrap();
+        let b = s
+            .enqueue(NewJob::new(T, P, json!(2)).idempotency_key("k"))
+            .await
+            .unwrap();
         assert!(!b.existing);
         assert_ne!(a.id, b.id);
-        let c = s.enqueue(NewJob::new(T, P, json!(2)).idempotency_key("k")).await.unwrap();
+        let c = s
+            .enqueue(NewJob::new(T, P, json!(2)).idempotency_key("k"))
+            .await
+            .unwrap();
         assert_eq!(c.id, b.id);
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(s.purge().await.unwrap().idempotency_keys, 1);
         s.close().await;
     }
@@ -791,13 +1151,21 @@ mod cases {
         .await
         .unwrap();
         for c in s.claim(&req(3)).await.unwrap() {
-            s.fail(c.lease, &Failure::new(JobError::permanent("boom"))).await.unwrap();
+            s.fail(c.lease, &Failure::new(JobError::permanent("boom")))
+                .await
+                .unwrap();
         }
         assert_eq!(s.count_dead(None, None).await.unwrap(), 3);
 
         // One job, same code.
-        let filter = DeadFilter { ids: Some(vec![ids[0]]), ..Default::default() };
-        let back = s.redrive(&filter, &RedriveOptions::default()).await.unwrap();
+        let filter = DeadFilter {
+            ids: Some(vec![ids[0]]),
+            ..Default::default()
+        };
+        let back = s
+            .redrive(&filter, &RedriveOptions::default())
+            .await
+            .unwrap();
         assert_eq!(back, vec![ids[0]]);
         let rec = s.get_job(ids[0]).await.unwrap().unwrap();
         assert_eq!(rec.status, JobStatus::Queued);
@@ -805,10 +1173,15 @@ mod cases {
         assert_eq!(rec.digest, v1.digest);
         assert_eq!(rec.attempts.len(), 1, "history survives the redrive");
         assert_eq!(rec.attempts[0].run, 0);
-        assert!(s.journal_get(ids[0], 0).await.unwrap().is_some(), "journal kept by default");
+        assert!(
+            s.journal_get(ids[0], 0).await.unwrap().is_some(),
+            "journal kept by default"
+        );
         let c = s.claim(&req(1)).await.unwrap().remove(0);
         assert_eq!((c.attempt, c.run), (1, 1));
-        s.complete(c.lease, &json!("second time lucky")).await.unwrap();
+        s.complete(c.lease, &json!("second time lucky"))
+            .await
+            .unwrap();
         let rec = s.get_job(ids[0]).await.unwrap().unwrap();
         assert_eq!(rec.attempts.len(), 2);
         assert_eq!(rec.attempts[1].outcome, AttemptOutcome::Completed);
@@ -816,13 +1189,26 @@ mod cases {
 
         // The rest, onto a newer version.
         let digest2 = s.put_component(b"v2 bytes").await.unwrap();
-        let v2 = s.create_plugin_version(T, P, &digest2, &PluginSettings::default(), false).await.unwrap();
+        let v2 = s
+            .create_plugin_version(T, P, &digest2, &PluginSettings::default(), false)
+            .await
+            .unwrap();
         let err = s
-            .redrive(&DeadFilter::default(), &RedriveOptions { target: RedriveTarget::Version(v2.version), ..Default::default() })
+            .redrive(
+                &DeadFilter::default(),
+                &RedriveOptions {
+                    target: RedriveTarget::Version(v2.version),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)));
-        let filter = DeadFilter { tenant: Some(T.into()), plugin: Some(P.into()), ..Default::default() };
+        let filter = DeadFilter {
+            tenant: Some(T.into()),
+            plugin: Some(P.into()),
+            ..Default::default()
+        };
         let opts = RedriveOptions {
             target: RedriveTarget::Version(v2.version),
             max_attempts: Some(9),
@@ -837,16 +1223,36 @@ mod cases {
             assert_eq!(rec.plugin_version, v2.version);
             assert_eq!(rec.max_attempts, 9);
         }
-        let missing = RedriveOptions { target: RedriveTarget::Version(99), ..Default::default() };
-        assert!(matches!(s.redrive(&filter, &missing).await.unwrap_err(), StoreError::NotFound { .. }));
+        let missing = RedriveOptions {
+            target: RedriveTarget::Version(99),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.redrive(&filter, &missing).await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
 
         // Active target follows the active version.
         for c in s.claim(&req(5)).await.unwrap() {
-            s.fail(c.lease, &Failure::new(JobError::permanent("boom"))).await.unwrap();
+            s.fail(c.lease, &Failure::new(JobError::permanent("boom")))
+                .await
+                .unwrap();
         }
         s.activate_plugin_version(T, P, v1.version).await.unwrap();
-        let opts = RedriveOptions { target: RedriveTarget::Active, ..Default::default() };
-        let back = s.redrive(&DeadFilter { limit: Some(1), ..Default::default() }, &opts).await.unwrap();
+        let opts = RedriveOptions {
+            target: RedriveTarget::Active,
+            ..Default::default()
+        };
+        let back = s
+            .redrive(
+                &DeadFilter {
+                    limit: Some(1),
+                    ..Default::default()
+                },
+                &opts,
+            )
+            .await
+            .unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(s.get_job(back[0]).await.unwrap().unwrap().digest, v1.digest);
         assert_eq!(s.count_dead(None, None).await.unwrap(), 1);
@@ -862,7 +1268,11 @@ mod cases {
                 seq,
                 fingerprint: format!("fp{seq}"),
                 response: json!({"content": seq}),
-                usage: Usage { input_tokens: seq, output_tokens: 1, cached_input_tokens: 0 },
+                usage: Usage {
+                    input_tokens: seq,
+                    output_tokens: 1,
+                    cached_input_tokens: 0,
+                },
             })
             .await
             .unwrap();
@@ -888,17 +1298,32 @@ mod cases {
         assert_eq!(s.lookup(job, "charge").await.unwrap(), None);
         s.commit(job, "charge", "first").await.unwrap();
         s.commit(job, "charge", "second").await.unwrap();
-        assert_eq!(s.lookup(job, "charge").await.unwrap().as_deref(), Some("first"));
+        assert_eq!(
+            s.lookup(job, "charge").await.unwrap().as_deref(),
+            Some("first")
+        );
         assert_eq!(s.lookup(Uuid::now_v7(), "charge").await.unwrap(), None);
-        assert!(matches!(s.commit(job, "", "x").await, Err(sluice_types::EffectError::InvalidKey(_))));
+        assert!(matches!(
+            s.commit(job, "", "x").await,
+            Err(sluice_types::EffectError::InvalidKey(_))
+        ));
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert!(matches!(s.lookup(job, &long).await, Err(sluice_types::EffectError::InvalidKey(_))));
+        assert!(matches!(
+            s.lookup(job, &long).await,
+            Err(sluice_types::EffectError::InvalidKey(_))
+        ));
     }
 
     pub async fn state_backend_semantics(ctx: Ctx) {
         let s = &ctx.store;
-        let sc = StateScope { tenant: T.into(), plugin: P.into() };
-        let other = StateScope { tenant: T.into(), plugin: "other".into() };
+        let sc = StateScope {
+            tenant: T.into(),
+            plugin: P.into(),
+        };
+        let other = StateScope {
+            tenant: T.into(),
+            plugin: "other".into(),
+        };
         assert_eq!(s.get(&sc, "a").await.unwrap(), None);
         s.set(&sc, "a", "1", None).await.unwrap();
         assert_eq!(s.get(&sc, "a").await.unwrap().as_deref(), Some("1"));
@@ -907,32 +1332,63 @@ mod cases {
         assert_eq!(s.get(&sc, "a").await.unwrap().as_deref(), Some("2"));
 
         // TTL.
-        s.set(&sc, "tmp", "x", Some(Duration::from_millis(40))).await.unwrap();
+        s.set(&sc, "tmp", "x", Some(Duration::from_millis(800)))
+            .await
+            .unwrap();
         assert_eq!(s.get(&sc, "tmp").await.unwrap().as_deref(), Some("x"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(s.get(&sc, "tmp").await.unwrap(), None);
-        assert!(!s.delete(&sc, "tmp").await.unwrap(), "an expired key counts as absent");
+        assert!(
+            !s.delete(&sc, "tmp").await.unwrap(),
+            "an expired key counts as absent"
+        );
 
         // Prefix listing, in order, bounded.
-        for k in ["user:2", "user:1", "user:10", "users", "u", "user:\u{10FFFF}x"] {
+        for k in [
+            "user:2",
+            "user:1",
+            "user:10",
+            "users",
+            "u",
+            "user:\u{10FFFF}x",
+        ] {
             s.set(&sc, k, "v", None).await.unwrap();
         }
         let keys = s.list_keys(&sc, "user:", 10).await.unwrap();
-        assert_eq!(keys, vec!["user:1", "user:10", "user:2", "user:\u{10FFFF}x"]);
-        assert_eq!(s.list_keys(&sc, "user:", 2).await.unwrap(), vec!["user:1", "user:10"]);
+        assert_eq!(
+            keys,
+            vec!["user:1", "user:10", "user:2", "user:\u{10FFFF}x"]
+        );
+        assert_eq!(
+            s.list_keys(&sc, "user:", 2).await.unwrap(),
+            vec!["user:1", "user:10"]
+        );
         assert_eq!(s.list_keys(&sc, "", 100).await.unwrap().len(), 7);
         assert!(s.list_keys(&other, "", 100).await.unwrap().is_empty());
 
         // Compare-and-swap.
-        assert!(!s.compare_and_swap(&sc, "a", None, "x").await.unwrap(), "exists");
-        assert!(!s.compare_and_swap(&sc, "a", Some("1"), "x").await.unwrap(), "wrong value");
+        assert!(
+            !s.compare_and_swap(&sc, "a", None, "x").await.unwrap(),
+            "exists"
+        );
+        assert!(
+            !s.compare_and_swap(&sc, "a", Some("1"), "x").await.unwrap(),
+            "wrong value"
+        );
         assert!(s.compare_and_swap(&sc, "a", Some("2"), "3").await.unwrap());
         assert_eq!(s.get(&sc, "a").await.unwrap().as_deref(), Some("3"));
         assert!(s.compare_and_swap(&sc, "new", None, "n").await.unwrap());
         assert!(!s.compare_and_swap(&sc, "new", None, "n2").await.unwrap());
-        s.set(&sc, "exp", "old", Some(Duration::from_millis(20))).await.unwrap();
+        s.set(&sc, "exp", "old", Some(Duration::from_millis(20)))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(!s.compare_and_swap(&sc, "exp", Some("old"), "x").await.unwrap(), "expired is absent");
+        assert!(
+            !s.compare_and_swap(&sc, "exp", Some("old"), "x")
+                .await
+                .unwrap(),
+            "expired is absent"
+        );
         assert!(s.compare_and_swap(&sc, "exp", None, "fresh").await.unwrap());
         assert_eq!(s.get(&sc, "exp").await.unwrap().as_deref(), Some("fresh"));
 
@@ -942,40 +1398,61 @@ mod cases {
 
         // Limits.
         use sluice_types::StateError;
-        assert!(matches!(s.get(&sc, "").await, Err(StateError::InvalidKey(_))));
+        assert!(matches!(
+            s.get(&sc, "").await,
+            Err(StateError::InvalidKey(_))
+        ));
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert!(matches!(s.set(&sc, &long, "v", None).await, Err(StateError::InvalidKey(_))));
+        assert!(matches!(
+            s.set(&sc, &long, "v", None).await,
+            Err(StateError::InvalidKey(_))
+        ));
         let ok = "k".repeat(MAX_KEY_BYTES);
         s.set(&sc, &ok, "v", None).await.unwrap();
         let big = "v".repeat(s.config().max_state_value_bytes + 1);
-        assert!(matches!(s.set(&sc, "big", &big, None).await, Err(StateError::TooLarge(_))));
-        assert!(matches!(s.compare_and_swap(&sc, "big", None, &big).await, Err(StateError::TooLarge(_))));
+        assert!(matches!(
+            s.set(&sc, "big", &big, None).await,
+            Err(StateError::TooLarge(_))
+        ));
+        assert!(matches!(
+            s.compare_and_swap(&sc, "big", None, &big).await,
+            Err(StateError::TooLarge(_))
+        ));
     }
 
     pub async fn usage_aggregates(ctx: Ctx) {
         let s = &ctx.store;
         let now = chrono::Utc::now();
-        let rec = |plugin: &str, user: Option<&str>, model: &str, latency: u32, cost: i64| UsageRecord {
-            job_id: Some(Uuid::now_v7()),
-            attempt: 1,
-            plugin: plugin.into(),
-            tenant: T.into(),
-            tags: user.map(|u| [("user".to_string(), u.to_string())].into_iter().collect()).unwrap_or_default(),
-            provider: "sim".into(),
-            model: model.into(),
-            input_tokens: 100,
-            output_tokens: 10,
-            cached_input_tokens: 5,
-            cost_micros: cost,
-            latency_ms: latency,
-            ttft_ms: Some(7),
-            source: ResponseSource::Provider,
-            outcome: "ok".into(),
-            created_at: now,
-        };
+        let rec =
+            |plugin: &str, user: Option<&str>, model: &str, latency: u32, cost: i64| UsageRecord {
+                job_id: Some(Uuid::now_v7()),
+                attempt: 1,
+                plugin: plugin.into(),
+                tenant: T.into(),
+                tags: user
+                    .map(|u| [("user".to_string(), u.to_string())].into_iter().collect())
+                    .unwrap_or_default(),
+                provider: "sim".into(),
+                model: model.into(),
+                input_tokens: 100,
+                output_tokens: 10,
+                cached_input_tokens: 5,
+                cost_micros: cost,
+                latency_ms: latency,
+                ttft_ms: Some(7),
+                source: ResponseSource::Provider,
+                outcome: "ok".into(),
+                created_at: now,
+            };
         let mut records = Vec::new();
         for (i, lat) in [10, 20, 30, 40, 50].into_iter().enumerate() {
-            records.push(rec("a", Some(if i % 2 == 0 { "u1" } else { "u2" }), "m1", lat, 3));
+            records.push(rec(
+                "a",
+                Some(if i % 2 == 0 { "u1" } else { "u2" }),
+                "m1",
+                lat,
+                3,
+            ));
         }
         records.push(rec("b", None, "m2", 100, 1000));
         let mut old = rec("a", Some("u1"), "m1", 1, 1);
@@ -996,18 +1473,36 @@ mod cases {
         let a = &by_plugin[0];
         assert_eq!(a.key.as_deref(), Some("a"));
         assert_eq!(a.calls, 5);
-        assert_eq!((a.input_tokens, a.output_tokens, a.cached_input_tokens, a.cost_micros), (500, 50, 25, 15));
+        assert_eq!(
+            (
+                a.input_tokens,
+                a.output_tokens,
+                a.cached_input_tokens,
+                a.cost_micros
+            ),
+            (500, 50, 25, 15)
+        );
         assert_eq!(a.latency_p50_ms, 30.0);
-        assert!((a.latency_p95_ms - 48.0).abs() < 1e-9, "{}", a.latency_p95_ms);
+        assert!(
+            (a.latency_p95_ms - 48.0).abs() < 1e-9,
+            "{}",
+            a.latency_p95_ms
+        );
         assert_eq!(by_plugin[1].cost_micros, 1000);
-        let by_user = s.usage_summary(&q(UsageGroupBy::Tag("user".into()))).await.unwrap();
+        let by_user = s
+            .usage_summary(&q(UsageGroupBy::Tag("user".into())))
+            .await
+            .unwrap();
         let keys: Vec<Option<&str>> = by_user.iter().map(|u| u.key.as_deref()).collect();
         assert_eq!(keys, vec![Some("u1"), Some("u2"), None]);
         assert_eq!(by_user[0].calls, 3);
         assert_eq!(by_user[1].latency_p50_ms, 30.0);
         let by_model = s.usage_summary(&q(UsageGroupBy::Model)).await.unwrap();
         assert_eq!(by_model.iter().map(|m| m.calls).sum::<u64>(), 6);
-        let all = UsageQuery { tenant: None, ..q(UsageGroupBy::Provider) };
+        let all = UsageQuery {
+            tenant: None,
+            ..q(UsageGroupBy::Provider)
+        };
         assert_eq!(s.usage_summary(&all).await.unwrap()[0].calls, 7);
     }
 
@@ -1016,13 +1511,25 @@ mod cases {
         let job = Uuid::now_v7();
         let mut seqs = Vec::new();
         for i in 0..5 {
-            let ev = JobEvent::Progress { message: format!("step {i}"), fraction: Some(i as f32 / 4.0) };
+            let ev = JobEvent::Progress {
+                message: format!("step {i}"),
+                fraction: Some(i as f32 / 4.0),
+            };
             seqs.push(s.append_event(job, &ev).await.unwrap());
         }
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
         let after = s.events_after(job, 2, 100).await.unwrap();
-        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert_eq!(after[0].event, JobEvent::Progress { message: "step 2".into(), fraction: Some(0.5) });
+        assert_eq!(
+            after.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            after[0].event,
+            JobEvent::Progress {
+                message: "step 2".into(),
+                fraction: Some(0.5)
+            }
+        );
         assert_eq!(s.events_after(job, 0, 2).await.unwrap().len(), 2);
         assert!(s.events_after(job, 5, 10).await.unwrap().is_empty());
         // Concurrent appenders still get distinct, gapless sequence numbers.
@@ -1030,7 +1537,16 @@ mod cases {
         for _ in 0..8 {
             let s = ctx.store.clone();
             tasks.push(tokio::spawn(async move {
-                s.append_event(job, &JobEvent::Status { status: "x".into(), attempt: 1, reason: None }).await.unwrap()
+                s.append_event(
+                    job,
+                    &JobEvent::Status {
+                        status: "x".into(),
+                        attempt: 1,
+                        reason: None,
+                    },
+                )
+                .await
+                .unwrap()
             }));
         }
         let mut got = Vec::new();
@@ -1071,7 +1587,8 @@ mod cases {
         ctx.plugin("t2", P, PluginSettings::default()).await;
         let mut all = Vec::new();
         for i in 0..12 {
-            let j = NewJob::new(T, P, json!(i)).tag("user", if i % 2 == 0 { "even" } else { "odd" });
+            let j =
+                NewJob::new(T, P, json!(i)).tag("user", if i % 2 == 0 { "even" } else { "odd" });
             all.push(s.enqueue(j).await.unwrap().id);
         }
         s.enqueue(NewJob::new(T, "other", json!(0))).await.unwrap();
@@ -1081,9 +1598,16 @@ mod cases {
         for c in s.claim(&r).await.unwrap() {
             s.complete(c.lease, &json!(null)).await.unwrap();
         }
-        let f = JobFilter { tenant: Some(T.into()), plugin: Some(P.into()), ..Default::default() };
+        let f = JobFilter {
+            tenant: Some(T.into()),
+            plugin: Some(P.into()),
+            ..Default::default()
+        };
         let mut pages = Vec::new();
-        let mut page = PageRequest { limit: 5, before: None };
+        let mut page = PageRequest {
+            limit: 5,
+            before: None,
+        };
         loop {
             let p = s.list_jobs(&f, page).await.unwrap();
             pages.push(p.items.iter().map(|j| j.id).collect::<Vec<_>>());
@@ -1092,41 +1616,110 @@ mod cases {
                 None => break,
             }
         }
-        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5, 2]);
+        assert_eq!(
+            pages.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![5, 5, 2]
+        );
         let flat: Vec<Uuid> = pages.concat();
         let mut newest_first = all.clone();
         newest_first.reverse();
-        assert_eq!(flat, newest_first, "newest first, across live and finished jobs");
-        let done = JobFilter { status: Some(JobStatus::Completed), ..f.clone() };
-        assert_eq!(s.list_jobs(&done, PageRequest::default()).await.unwrap().items.len(), 3);
-        let queued = JobFilter { status: Some(JobStatus::Queued), ..f.clone() };
-        assert_eq!(s.list_jobs(&queued, PageRequest::default()).await.unwrap().items.len(), 9);
+        assert_eq!(
+            flat, newest_first,
+            "newest first, across live and finished jobs"
+        );
+        let done = JobFilter {
+            status: Some(JobStatus::Completed),
+            ..f.clone()
+        };
+        assert_eq!(
+            s.list_jobs(&done, PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
+        let queued = JobFilter {
+            status: Some(JobStatus::Queued),
+            ..f.clone()
+        };
+        assert_eq!(
+            s.list_jobs(&queued, PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            9
+        );
         let mut odd = f.clone();
         odd.tags.insert("user".into(), "odd".into());
-        let odd_jobs = s.list_jobs(&odd, PageRequest::default()).await.unwrap().items;
+        let odd_jobs = s
+            .list_jobs(&odd, PageRequest::default())
+            .await
+            .unwrap()
+            .items;
         assert_eq!(odd_jobs.len(), 6);
         assert!(odd_jobs.iter().all(|j| j.tags["user"] == "odd"));
-        let t2 = JobFilter { tenant: Some("t2".into()), ..Default::default() };
-        assert_eq!(s.list_jobs(&t2, PageRequest::default()).await.unwrap().items.len(), 1);
-        let running = JobFilter { status: Some(JobStatus::Running), ..Default::default() };
-        assert!(s.list_jobs(&running, PageRequest::default()).await.unwrap().items.is_empty());
+        let t2 = JobFilter {
+            tenant: Some("t2".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.list_jobs(&t2, PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        let running = JobFilter {
+            status: Some(JobStatus::Running),
+            ..Default::default()
+        };
+        assert!(
+            s.list_jobs(&running, PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
     }
 
     pub async fn purge_respects_retention(ctx: Ctx) {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
-        let ids: Vec<Uuid> =
-            s.enqueue_batch((0..3).map(|i| NewJob::new(T, P, json!(i))).collect()).await.unwrap().iter().map(|e| e.id).collect();
+        let ids: Vec<Uuid> = s
+            .enqueue_batch((0..3).map(|i| NewJob::new(T, P, json!(i))).collect())
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
         let got = s.claim(&req(3)).await.unwrap();
         let (first, rest) = got.split_first().unwrap();
         s.complete(first.lease, &json!(1)).await.unwrap();
         for c in rest {
-            s.fail(c.lease, &Failure::new(JobError::permanent("x"))).await.unwrap();
+            s.fail(c.lease, &Failure::new(JobError::permanent("x")))
+                .await
+                .unwrap();
         }
         s.commit(first.id, "e", "r").await.unwrap();
-        s.append_event(first.id, &JobEvent::Progress { message: "m".into(), fraction: None }).await.unwrap();
-        let sc = StateScope { tenant: T.into(), plugin: P.into() };
-        s.set(&sc, "gone", "v", Some(Duration::from_millis(1))).await.unwrap();
+        s.append_event(
+            first.id,
+            &JobEvent::Progress {
+                message: "m".into(),
+                fraction: None,
+            },
+        )
+        .await
+        .unwrap();
+        let sc = StateScope {
+            tenant: T.into(),
+            plugin: P.into(),
+        };
+        s.set(&sc, "gone", "v", Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
         s.set(&sc, "kept", "v", None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         // Default retention: nothing finished is old enough.
@@ -1134,16 +1727,31 @@ mod cases {
         assert_eq!(r.jobs, 0);
         assert_eq!(r.state_entries, 1);
         // Zero retention for finished work, long for dead letters.
-        let cfg = StoreConfig { history_retention: Duration::ZERO, ..test_config() };
+        let cfg = StoreConfig {
+            history_retention: Duration::ZERO,
+            ..test_config()
+        };
         let short = ctx.reopen(cfg).await;
         assert_eq!(short.purge().await.unwrap().jobs, 1);
         assert!(short.get_job(first.id).await.unwrap().is_none());
         assert_eq!(short.lookup(first.id, "e").await.unwrap(), None);
-        assert!(short.events_after(first.id, 0, 10).await.unwrap().is_empty());
+        assert!(
+            short
+                .events_after(first.id, 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(short.count_dead(None, None).await.unwrap(), 2);
-        assert!(short.get_job(ids[1]).await.unwrap().is_some() || short.get_job(ids[2]).await.unwrap().is_some());
+        assert!(
+            short.get_job(ids[1]).await.unwrap().is_some()
+                || short.get_job(ids[2]).await.unwrap().is_some()
+        );
         short.close().await;
-        let cfg = StoreConfig { dead_retention: Duration::ZERO, ..test_config() };
+        let cfg = StoreConfig {
+            dead_retention: Duration::ZERO,
+            ..test_config()
+        };
         let short = ctx.reopen(cfg).await;
         assert_eq!(short.purge().await.unwrap().jobs, 2);
         assert_eq!(short.count_dead(None, None).await.unwrap(), 0);
@@ -1154,13 +1762,29 @@ mod cases {
     pub async fn plugins_and_components(ctx: Ctx) {
         let s = &ctx.store;
         let d1 = s.put_component(b"one").await.unwrap();
-        assert_eq!(s.put_component(b"one").await.unwrap(), d1, "content-addressed, idempotent");
+        assert_eq!(
+            s.put_component(b"one").await.unwrap(),
+            d1,
+            "content-addressed, idempotent"
+        );
         assert_eq!(d1, component_digest(b"one"));
         assert!(d1.starts_with("sha256:"));
-        assert_eq!(s.get_component(&d1).await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            s.get_component(&d1).await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
         assert_eq!(s.get_component("sha256:none").await.unwrap(), None);
-        let err = s.create_plugin_version(T, P, "sha256:none", &PluginSettings::default(), true).await.unwrap_err();
-        assert!(matches!(err, StoreError::NotFound { what: "component", .. }));
+        let err = s
+            .create_plugin_version(T, P, "sha256:none", &PluginSettings::default(), true)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::NotFound {
+                what: "component",
+                ..
+            }
+        ));
 
         let settings = PluginSettings {
             timeout_ms: Some(10),
@@ -1170,22 +1794,55 @@ mod cases {
             allowed_models: Some(vec!["fast".into()]),
             extra: [("x".to_string(), json!(1))].into_iter().collect(),
         };
-        let v1 = s.create_plugin_version(T, P, &d1, &settings, true).await.unwrap();
+        let v1 = s
+            .create_plugin_version(T, P, &d1, &settings, true)
+            .await
+            .unwrap();
         assert_eq!(v1.version, 1);
         assert_eq!(v1.settings, settings);
         let d2 = s.put_component(b"two").await.unwrap();
-        let v2 = s.create_plugin_version(T, P, &d2, &PluginSettings::default(), false).await.unwrap();
+        let v2 = s
+            .create_plugin_version(T, P, &d2, &PluginSettings::default(), false)
+            .await
+            .unwrap();
         assert_eq!(v2.version, 2);
         let info = s.get_plugin(T, P).await.unwrap().unwrap();
         assert_eq!(info.active_version, Some(1));
         assert_eq!(info.versions.len(), 2);
         assert_eq!(info.active().unwrap().digest, d1);
         s.activate_plugin_version(T, P, 2).await.unwrap();
-        assert_eq!(s.get_plugin(T, P).await.unwrap().unwrap().active().unwrap().digest, d2);
-        assert!(matches!(s.activate_plugin_version(T, P, 9).await.unwrap_err(), StoreError::NotFound { .. }));
-        assert_eq!(s.get_plugin_version(T, P, 1).await.unwrap().unwrap().settings, settings);
-        s.create_plugin_version(T, "b", &d1, &PluginSettings::default(), true).await.unwrap();
-        let names: Vec<String> = s.list_plugins(T).await.unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            s.get_plugin(T, P)
+                .await
+                .unwrap()
+                .unwrap()
+                .active()
+                .unwrap()
+                .digest,
+            d2
+        );
+        assert!(matches!(
+            s.activate_plugin_version(T, P, 9).await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+        assert_eq!(
+            s.get_plugin_version(T, P, 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .settings,
+            settings
+        );
+        s.create_plugin_version(T, "b", &d1, &PluginSettings::default(), true)
+            .await
+            .unwrap();
+        let names: Vec<String> = s
+            .list_plugins(T)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(names, vec!["b", P]);
         assert!(s.list_plugins("nobody").await.unwrap().is_empty());
         // Jobs keep the digest they were enqueued with.
@@ -1196,9 +1853,15 @@ mod cases {
         let c = s.claim(&req(1)).await.unwrap().remove(0);
         assert_eq!((c.id, c.digest.as_str()), (id, d2.as_str()));
         assert!(s.get_component(&d2).await.unwrap().is_some());
-        assert!(matches!(s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap_err(), StoreError::NotFound { .. }));
+        assert!(matches!(
+            s.enqueue(NewJob::new(T, P, json!({}))).await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
         // Version numbers restart only when the plugin is recreated.
-        let v = s.create_plugin_version(T, P, &d1, &PluginSettings::default(), true).await.unwrap();
+        let v = s
+            .create_plugin_version(T, P, &d1, &PluginSettings::default(), true)
+            .await
+            .unwrap();
         assert_eq!(v.version, 1);
     }
 
@@ -1224,7 +1887,10 @@ mod cases {
             sig.wait(Duration::from_secs(5)).await;
             let waiter = tokio::spawn(async move { sig.wait(Duration::from_secs(30)).await });
             tokio::time::sleep(Duration::from_millis(50)).await;
-            ctx.store.enqueue(NewJob::new(T, P, json!({}))).await.unwrap();
+            ctx.store
+                .enqueue(NewJob::new(T, P, json!({})))
+                .await
+                .unwrap();
             assert!(waiter.await.unwrap(), "NOTIFY reaches another node");
             other.close().await;
         }
@@ -1233,17 +1899,33 @@ mod cases {
     pub async fn queue_stats_count(ctx: Ctx) {
         let s = &ctx.store;
         ctx.plugin(T, P, PluginSettings::default()).await;
-        s.enqueue_batch((0..4).map(|_| NewJob::new(T, P, json!({}))).collect()).await.unwrap();
+        s.enqueue_batch((0..4).map(|_| NewJob::new(T, P, json!({}))).collect())
+            .await
+            .unwrap();
         let mut later = NewJob::new(T, P, json!({}));
         later.run_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
         s.enqueue(later).await.unwrap();
         let got = s.claim(&req(2)).await.unwrap();
-        s.fail(got[0].lease, &Failure::new(JobError::permanent("x"))).await.unwrap();
-        let err = JobError::Retryable { message: "later".into(), retry_after_ms: Some(3_600_000) };
+        s.fail(got[0].lease, &Failure::new(JobError::permanent("x")))
+            .await
+            .unwrap();
+        let err = JobError::Retryable {
+            message: "later".into(),
+            retry_after_ms: Some(3_600_000),
+        };
         let mut j = s.claim(&req(1)).await.unwrap();
         s.fail(j.remove(0).lease, &Failure::new(err)).await.unwrap();
         let st = s.queue_stats().await.unwrap();
-        assert_eq!(st, QueueStats { scheduled: 1, queued: 1, retrying: 1, running: 1, dead: 1 });
+        assert_eq!(
+            st,
+            QueueStats {
+                scheduled: 1,
+                queued: 1,
+                retrying: 1,
+                running: 1,
+                dead: 1
+            }
+        );
     }
 
     /// Postgres: terminate the database's connections repeatedly while workers claim and
@@ -1299,8 +1981,13 @@ mod cases {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
-                    let items: Vec<Completion> =
-                        claimed.iter().map(|c| Completion { lease: c.lease, output: c.input.clone() }).collect();
+                    let items: Vec<Completion> = claimed
+                        .iter()
+                        .map(|c| Completion {
+                            lease: c.lease,
+                            output: c.input.clone(),
+                        })
+                        .collect();
                     // Retry a completion until it is known to have landed (or the lease is gone).
                     for _ in 0..50 {
                         match s.complete_many(&items).await {

@@ -40,7 +40,10 @@ impl AnthropicProvider {
             auth.push(("x-api-key", k.expose().to_string()));
         }
         let client = super::http_client(cfg, &auth)?;
-        let base = cfg.base_url.as_deref().unwrap_or("https://api.anthropic.com/v1");
+        let base = cfg
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.anthropic.com/v1");
         Ok(Self::with_client(client, base))
     }
 
@@ -87,14 +90,20 @@ fn build(req: &ProviderChatRequest) -> (WireRequest<'_>, &'static str) {
                 last.content.push_str("\n\n");
                 last.content.push_str(&m.content);
             }
-            _ => messages.push(WireMessage { role: m.role, content: m.content.clone() }),
+            _ => messages.push(WireMessage {
+                role: m.role,
+                content: m.content.clone(),
+            }),
         }
     }
     let mut prefill = "";
     if req.json {
         system.push(JSON_INSTRUCTION);
         if messages.last().is_some_and(|m| m.role == Role::User) {
-            messages.push(WireMessage { role: Role::Assistant, content: "{".into() });
+            messages.push(WireMessage {
+                role: Role::Assistant,
+                content: "{".into(),
+            });
             prefill = "{";
         }
     }
@@ -127,10 +136,12 @@ impl WireUsage {
     fn merge(&mut self, later: WireUsage) {
         self.input_tokens = later.input_tokens.or(self.input_tokens);
         self.output_tokens = later.output_tokens.or(self.output_tokens);
-        self.cache_creation_input_tokens =
-            later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
-        self.cache_read_input_tokens =
-            later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+        self.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
     }
 
     fn normalized(self) -> Usage {
@@ -165,14 +176,24 @@ struct ContentBlock {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum StreamEvent {
-    MessageStart { message: StartMessage },
+    MessageStart {
+        message: StartMessage,
+    },
     ContentBlockStart {},
-    ContentBlockDelta { delta: BlockDelta },
+    ContentBlockDelta {
+        delta: BlockDelta,
+    },
     ContentBlockStop {},
-    MessageDelta { delta: MessageDeltaBody, #[serde(default)] usage: Option<WireUsage> },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    },
     MessageStop {},
     Ping {},
-    Error { error: StreamErrorBody },
+    Error {
+        error: StreamErrorBody,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -209,7 +230,10 @@ struct StreamErrorBody {
 
 fn filtered_or(content: String, finish: &str) -> Result<String, ProviderError> {
     if finish == "content_filter" && content.is_empty() {
-        Err(ProviderError::new(FailureKind::ContentFiltered, "the provider refused the reply"))
+        Err(ProviderError::new(
+            FailureKind::ContentFiltered,
+            "the provider refused the reply",
+        ))
     } else {
         Ok(content)
     }
@@ -224,7 +248,13 @@ impl Provider for AnthropicProvider {
     ) -> Result<ProviderChatReply, ProviderError> {
         let started = Instant::now();
         let (body, prefill) = build(req);
-        let resp = self.client.post(&self.url).json(&body).send().await.map_err(transport_error)?;
+        let resp = self
+            .client
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport_error)?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
@@ -281,7 +311,9 @@ impl Provider for AnthropicProvider {
                     if delta.kind != "text_delta" {
                         continue;
                     }
-                    let Some(text) = delta.text.filter(|t| !t.is_empty()) else { continue };
+                    let Some(text) = delta.text.filter(|t| !t.is_empty()) else {
+                        continue;
+                    };
                     if ttft.is_none() {
                         ttft = Some(started.elapsed());
                         if !prefill.is_empty() {
@@ -336,7 +368,13 @@ impl Provider for AnthropicProvider {
         }
         let finish = normalize_finish(finish.as_deref().unwrap_or(""));
         let content = filtered_or(content, &finish)?;
-        Ok(ProviderChatReply { content, model, usage: usage.normalized(), finish_reason: finish, ttft })
+        Ok(ProviderChatReply {
+            content,
+            model,
+            usage: usage.normalized(),
+            finish_reason: finish,
+            ttft,
+        })
     }
 
     async fn embed(
@@ -372,7 +410,10 @@ mod tests {
         };
         let (body, prefill) = build(&req);
         assert_eq!(prefill, "{");
-        assert_eq!(body.system.as_deref(), Some("be brief\n\nReply with one JSON object."));
+        assert_eq!(
+            body.system.as_deref(),
+            Some("be brief\n\nReply with one JSON object.")
+        );
         assert_eq!(body.messages.len(), 2);
         assert_eq!(body.messages[0].content, "a\n\nb");
         assert_eq!(body.messages[1].content, "{");
@@ -386,10 +427,13 @@ mod tests {
             cache_creation_input_tokens: Some(20),
             cache_read_input_tokens: Some(100),
         };
-        assert_eq!(u.normalized(), Usage {
-            input_tokens: 130,
-            output_tokens: 5,
-            cached_input_tokens: 100
-        });
+        assert_eq!(
+            u.normalized(),
+            Usage {
+                input_tokens: 130,
+                output_tokens: 5,
+                cached_input_tokens: 100
+            }
+        );
     }
 }

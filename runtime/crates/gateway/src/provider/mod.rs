@@ -106,7 +106,10 @@ impl FailureKind {
 
     /// Whether the next provider in the chain should be tried after this failure.
     pub fn fails_over(self) -> bool {
-        !matches!(self, FailureKind::InvalidRequest | FailureKind::ContentFiltered)
+        !matches!(
+            self,
+            FailureKind::InvalidRequest | FailureKind::ContentFiltered
+        )
     }
 
     /// Whether this counts against the provider's health (circuit breaker).
@@ -157,11 +160,19 @@ pub struct ProviderError {
 impl ProviderError {
     /// A failure without status or retry hint.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        ProviderError { kind, status: None, message: message.into(), retry_after: None }
+        ProviderError {
+            kind,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub(crate) fn malformed(what: impl std::fmt::Display) -> Self {
-        ProviderError::new(FailureKind::Malformed, format!("malformed provider response: {what}"))
+        ProviderError::new(
+            FailureKind::Malformed,
+            format!("malformed provider response: {what}"),
+        )
     }
 }
 
@@ -176,8 +187,11 @@ pub trait Provider: Send + Sync {
     ) -> Result<ProviderChatReply, ProviderError>;
 
     /// One embeddings attempt.
-    async fn embed(&self, model: &str, inputs: &[String])
-    -> Result<ProviderEmbedReply, ProviderError>;
+    async fn embed(
+        &self,
+        model: &str,
+        inputs: &[String],
+    ) -> Result<ProviderEmbedReply, ProviderError>;
 }
 
 /// Build the HTTP client for a provider: its timeouts and extra headers.
@@ -192,7 +206,8 @@ pub(crate) fn http_client(
         headers.insert(name, value);
     }
     for (k, v) in auth {
-        let mut value = HeaderValue::from_str(v).map_err(|_| format!("{k} is not a valid header"))?;
+        let mut value =
+            HeaderValue::from_str(v).map_err(|_| format!("{k} is not a valid header"))?;
         value.set_sensitive(true);
         headers.insert(*k, value);
     }
@@ -214,7 +229,9 @@ pub(crate) fn api_key(cfg: &ProviderConfig) -> Result<Option<Secret>, String> {
     match &cfg.api_key_env {
         Some(var) => match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
-            _ => Err(format!("environment variable {var} (api_key_env) is not set")),
+            _ => Err(format!(
+                "environment variable {var} (api_key_env) is not set"
+            )),
         },
         None => Ok(None),
     }
@@ -222,7 +239,11 @@ pub(crate) fn api_key(cfg: &ProviderConfig) -> Result<Option<Secret>, String> {
 
 /// A transport error from reqwest as an attempt failure.
 pub(crate) fn transport_error(e: reqwest::Error) -> ProviderError {
-    let kind = if e.is_timeout() { FailureKind::Timeout } else { FailureKind::Connection };
+    let kind = if e.is_timeout() {
+        FailureKind::Timeout
+    } else {
+        FailureKind::Connection
+    };
     // reqwest's Display includes the URL, never headers, so no key leaks here.
     ProviderError::new(kind, format!("{e}"))
 }
@@ -253,7 +274,9 @@ pub(crate) fn error_details(body: &str) -> (String, String, String) {
                 _ => String::new(),
             },
         ),
-        Ok(ErrorEnvelope { message: Some(m), .. }) => (m, String::new(), String::new()),
+        Ok(ErrorEnvelope {
+            message: Some(m), ..
+        }) => (m, String::new(), String::new()),
         _ => {
             let snippet: String = body.chars().take(200).collect();
             (snippet, String::new(), String::new())
@@ -304,15 +327,34 @@ pub(crate) fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> P
         other => other,
     };
     // Rate-limit reset headers come with every answer; only a 429 means "wait for them".
-    let retry_after = retry_after(headers)
-        .or_else(|| if status == 429 { rate_limit_reset(headers) } else { None });
-    let message = if message.is_empty() { format!("HTTP {status}") } else { message };
-    ProviderError { kind, status: Some(status), message, retry_after }
+    let retry_after = retry_after(headers).or_else(|| {
+        if status == 429 {
+            rate_limit_reset(headers)
+        } else {
+            None
+        }
+    });
+    let message = if message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        message
+    };
+    ProviderError {
+        kind,
+        status: Some(status),
+        message,
+        retry_after,
+    }
 }
 
 /// The wait a provider asks for: `retry-after-ms`, or `retry-after` (seconds or an HTTP date).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
@@ -325,7 +367,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
                 return Some(Duration::from_secs_f64(secs));
             }
         } else if let Ok(at) = httpdate::parse_http_date(v) {
-            return Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
+            return Some(
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            );
         }
     }
     None
@@ -336,7 +381,12 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 pub fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .iter()
-        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).and_then(parse_go_duration))
+        .filter_map(|h| {
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_go_duration)
+        })
         .max()
 }
 
@@ -351,7 +401,9 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
         let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let value: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_end] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -393,15 +445,27 @@ mod tests {
         let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("6m0s"));
-        h.insert("x-ratelimit-reset-requests", HeaderValue::from_static("20ms"));
+        h.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::from_static("20ms"),
+        );
         assert_eq!(retry_after(&h), None);
         assert_eq!(rate_limit_reset(&h), Some(Duration::from_secs(360)));
-        assert_eq!(classify_status(429, &h, "").retry_after, Some(Duration::from_secs(360)));
+        assert_eq!(
+            classify_status(429, &h, "").retry_after,
+            Some(Duration::from_secs(360))
+        );
         assert_eq!(classify_status(500, &h, "").retry_after, None);
-        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_secs_f64(3723.5)));
+        assert_eq!(
+            parse_go_duration("1h2m3.5s"),
+            Some(Duration::from_secs_f64(3723.5))
+        );
         assert_eq!(parse_go_duration("abc"), None);
     }
 
@@ -409,10 +473,19 @@ mod tests {
     fn status_mapping() {
         let h = HeaderMap::new();
         let quota = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-        assert_eq!(classify_status(429, &h, quota).kind, FailureKind::QuotaExhausted);
+        assert_eq!(
+            classify_status(429, &h, quota).kind,
+            FailureKind::QuotaExhausted
+        );
         assert_eq!(classify_status(429, &h, "").kind, FailureKind::RateLimited);
-        assert_eq!(classify_status(400, &h, "{}").kind, FailureKind::InvalidRequest);
-        assert_eq!(classify_status(422, &h, "x").kind, FailureKind::InvalidRequest);
+        assert_eq!(
+            classify_status(400, &h, "{}").kind,
+            FailureKind::InvalidRequest
+        );
+        assert_eq!(
+            classify_status(422, &h, "x").kind,
+            FailureKind::InvalidRequest
+        );
         assert_eq!(classify_status(401, &h, "x").kind, FailureKind::Auth);
         assert_eq!(classify_status(529, &h, "x").kind, FailureKind::Overloaded);
         assert_eq!(classify_status(503, &h, "x").kind, FailureKind::Server);

@@ -32,7 +32,10 @@ impl OpenAiProvider {
             .map(|k| vec![("authorization", format!("Bearer {}", k.expose()))])
             .unwrap_or_default();
         let client = super::http_client(cfg, &auth)?;
-        let base = cfg.base_url.as_deref().unwrap_or("https://api.openai.com/v1");
+        let base = cfg
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1");
         Ok(Self::with_client(client, base))
     }
 
@@ -93,7 +96,10 @@ struct PromptDetails {
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
         // OpenAI's prompt_tokens already includes cached tokens.
-        let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        let cached = u
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0);
         Usage {
             input_tokens: u.prompt_tokens,
             output_tokens: u.completion_tokens,
@@ -195,7 +201,10 @@ fn estimated_usage(req: &ProviderChatRequest, content: &str) -> Usage {
 
 fn filtered_or(content: String, finish: &str) -> Result<String, ProviderError> {
     if finish == "content_filter" && content.is_empty() {
-        Err(ProviderError::new(FailureKind::ContentFiltered, "the provider filtered the reply"))
+        Err(ProviderError::new(
+            FailureKind::ContentFiltered,
+            "the provider filtered the reply",
+        ))
     } else {
         Ok(content)
     }
@@ -214,12 +223,21 @@ impl Provider for OpenAiProvider {
             messages: &req.messages,
             max_tokens: req.max_tokens,
             temperature: req.temperature,
-            response_format: req.json.then_some(FormatObj { kind: "json_object" }),
+            response_format: req.json.then_some(FormatObj {
+                kind: "json_object",
+            }),
             stream: req.stream,
-            stream_options: req.stream.then_some(StreamOptions { include_usage: true }),
+            stream_options: req.stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
         };
-        let resp =
-            self.client.post(&self.chat_url).json(&body).send().await.map_err(transport_error)?;
+        let resp = self
+            .client
+            .post(&self.chat_url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport_error)?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
@@ -287,7 +305,9 @@ impl Provider for OpenAiProvider {
                     &code,
                     FailureKind::Server,
                 );
-                let message = err.message.unwrap_or_else(|| "error event in stream".into());
+                let message = err
+                    .message
+                    .unwrap_or_else(|| "error event in stream".into());
                 return Err(ProviderError::new(kind, format!("stream error: {message}")));
             }
             if let Some(m) = chunk.model
@@ -329,7 +349,13 @@ impl Provider for OpenAiProvider {
             Some(u) => u,
             None => estimated_usage(req, &content),
         };
-        Ok(ProviderChatReply { content, model, usage, finish_reason: finish, ttft })
+        Ok(ProviderChatReply {
+            content,
+            model,
+            usage,
+            finish_reason: finish,
+            ttft,
+        })
     }
 
     async fn embed(
@@ -340,7 +366,10 @@ impl Provider for OpenAiProvider {
         let resp = self
             .client
             .post(&self.embed_url)
-            .json(&EmbedWire { model, input: inputs })
+            .json(&EmbedWire {
+                model,
+                input: inputs,
+            })
             .send()
             .await
             .map_err(transport_error)?;

@@ -87,7 +87,11 @@ impl Default for SimConfig {
 impl SimConfig {
     /// No latency at all: for tests and overhead benchmarks.
     pub fn instant() -> Self {
-        SimConfig { ttft_ms: 0, tokens_per_sec: 0, ..SimConfig::default() }
+        SimConfig {
+            ttft_ms: 0,
+            tokens_per_sec: 0,
+            ..SimConfig::default()
+        }
     }
 }
 
@@ -237,7 +241,11 @@ impl SimControl {
 
     /// The faults in force.
     pub fn faults(&self) -> Faults {
-        self.state.faults.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state
+            .faults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replace the faults.
@@ -298,7 +306,10 @@ impl SimState {
     }
 
     fn faults(&self) -> Faults {
-        self.faults.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.faults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn bump(&self, a: &AtomicU64, n: u64) {
@@ -378,7 +389,12 @@ pub async fn start_on(addr: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHa
             tracing::warn!(error = %e, "simulator stopped");
         }
     });
-    Ok(SimHandle { addr, control, stop: Some(stop), task: Some(task) })
+    Ok(SimHandle {
+        addr,
+        control,
+        stop: Some(stop),
+        task: Some(task),
+    })
 }
 
 /// Serve a simulator on `addr` until the returned future is dropped (for `sluice sim-provider`).
@@ -439,14 +455,23 @@ fn parse_chat(wire: Wire, body: &[u8]) -> Result<SimChat, String> {
     if wire == Wire::Anthropic
         && let Some(sys) = v.get("system")
     {
-        contents.push(("system".into(), text_of(sys).ok_or("system: expected text")?));
+        contents.push((
+            "system".into(),
+            text_of(sys).ok_or("system: expected text")?,
+        ));
     }
-    let messages = v.get("messages").and_then(Value::as_array).ok_or("messages: field required")?;
+    let messages = v
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("messages: field required")?;
     if messages.is_empty() {
         return Err("messages: at least one message is required".into());
     }
     for m in messages {
-        let role = m.get("role").and_then(Value::as_str).ok_or("messages: role required")?;
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or("messages: role required")?;
         let ok_roles: &[&str] = match wire {
             Wire::OpenAi => &["system", "developer", "user", "assistant", "tool"],
             Wire::Anthropic => &["user", "assistant"],
@@ -455,9 +480,15 @@ fn parse_chat(wire: Wire, body: &[u8]) -> Result<SimChat, String> {
             return Err(format!("messages: invalid role {role:?}"));
         }
         let content = m.get("content").ok_or("messages: content required")?;
-        contents.push((role.to_string(), text_of(content).ok_or("messages: bad content")?));
+        contents.push((
+            role.to_string(),
+            text_of(content).ok_or("messages: bad content")?,
+        ));
     }
-    let max_tokens = match v.get("max_completion_tokens").or_else(|| v.get("max_tokens")) {
+    let max_tokens = match v
+        .get("max_completion_tokens")
+        .or_else(|| v.get("max_tokens"))
+    {
         None | Some(Value::Null) => None,
         Some(x) => Some(
             x.as_u64()
@@ -493,7 +524,15 @@ fn parse_chat(wire: Wire, body: &[u8]) -> Result<SimChat, String> {
             (prefilled, prefilled)
         }
     };
-    Ok(SimChat { model, contents, max_tokens, json, prefilled, stream, include_usage })
+    Ok(SimChat {
+        model,
+        contents,
+        max_tokens,
+        json,
+        prefilled,
+        stream,
+        include_usage,
+    })
 }
 
 /// A generated reply.
@@ -511,7 +550,10 @@ fn generate(cfg: &SimConfig, chat: &SimChat) -> Reply {
         parts.push(role.as_bytes());
         parts.push(content.as_bytes());
     }
-    let max = chat.max_tokens.map(|m| m.to_le_bytes()).unwrap_or([0xff; 4]);
+    let max = chat
+        .max_tokens
+        .map(|m| m.to_le_bytes())
+        .unwrap_or([0xff; 4]);
     parts.push(&max);
     parts.push(if chat.json { b"json" } else { b"text" });
     let mut rng = Rng::new(text::hash(cfg.seed, &parts));
@@ -544,8 +586,15 @@ fn generate(cfg: &SimConfig, chat: &SimChat) -> Reply {
         (t, cut)
     };
     let output_tokens = tokens::text_tokens(&text);
-    let cached_tokens = (f64::from(input_tokens) * cfg.cached_input_fraction.clamp(0.0, 1.0)) as u32;
-    Reply { text, truncated, input_tokens, output_tokens, cached_tokens }
+    let cached_tokens =
+        (f64::from(input_tokens) * cfg.cached_input_fraction.clamp(0.0, 1.0)) as u32;
+    Reply {
+        text,
+        truncated,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,11 +602,18 @@ fn generate(cfg: &SimConfig, chat: &SimChat) -> Reply {
 
 fn error_response(wire: Wire, status: u16, kind: &str, message: &str) -> Response {
     let body = match wire {
-        Wire::OpenAi => json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
+        Wire::OpenAi => {
+            json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+        }
         Wire::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn server_error(state: &SimState, wire: Wire, status: u16) -> Response {
@@ -565,8 +621,14 @@ fn server_error(state: &SimState, wire: Wire, status: u16) -> Response {
     let (kind, msg) = match (wire, status) {
         (Wire::Anthropic, 529) => ("overloaded_error", "Overloaded"),
         (Wire::Anthropic, _) => ("api_error", "Internal server error"),
-        (Wire::OpenAi, 503) => ("server_error", "The engine is currently overloaded, please try again later"),
-        (Wire::OpenAi, _) => ("server_error", "The server had an error while processing your request"),
+        (Wire::OpenAi, 503) => (
+            "server_error",
+            "The engine is currently overloaded, please try again later",
+        ),
+        (Wire::OpenAi, _) => (
+            "server_error",
+            "The server had an error while processing your request",
+        ),
     };
     error_response(wire, status, kind, msg)
 }
@@ -589,7 +651,11 @@ fn hv(v: impl ToString) -> HeaderValue {
 
 fn go_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 { format!("{ms}ms") } else { format!("{:.3}s", d.as_secs_f64()) }
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
 }
 
 fn rfc3339_after(d: Duration) -> String {
@@ -599,9 +665,14 @@ fn rfc3339_after(d: Duration) -> String {
 
 /// The rate-limit headers of `wire` for the current bucket levels.
 fn rate_headers(state: &SimState, wire: Wire, headers: &mut HeaderMap) {
-    let buckets = [("requests", &state.rpm, state.cfg.rpm), ("tokens", &state.tpm, state.cfg.tpm)];
+    let buckets = [
+        ("requests", &state.rpm, state.cfg.rpm),
+        ("tokens", &state.tpm, state.cfg.tpm),
+    ];
     for (what, bucket, limit) in buckets {
-        let (Some(b), Some(limit)) = (bucket, limit) else { continue };
+        let (Some(b), Some(limit)) = (bucket, limit) else {
+            continue;
+        };
         let remaining = b.level().max(0.0).floor() as u64;
         let reset = b.time_to_full();
         let (names, reset) = match wire {
@@ -742,7 +813,10 @@ fn malformed(state: &SimState) -> Response {
 // Handlers
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn reply_id(prefix: &str, state: &SimState, reply: &Reply) -> String {
@@ -789,7 +863,10 @@ fn sse_response(frames: Vec<Frame>, mut headers: HeaderMap) -> Response {
         tokio::time::sleep_until(start + at).await;
         Some((Ok::<Bytes, Infallible>(bytes), it))
     });
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.headers_mut() = headers;
@@ -807,7 +884,10 @@ fn event_frame(name: &str, v: &Value) -> Bytes {
 fn count_ok(state: &SimState, reply: &Reply) {
     state.bump(&state.counters.ok, 1);
     state.bump(&state.counters.input_tokens, u64::from(reply.input_tokens));
-    state.bump(&state.counters.output_tokens, u64::from(reply.output_tokens));
+    state.bump(
+        &state.counters.output_tokens,
+        u64::from(reply.output_tokens),
+    );
 }
 
 async fn openai_chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
@@ -847,7 +927,10 @@ async fn chat(state: Arc<SimState>, wire: Wire, body: Bytes) -> Response {
             Wire::OpenAi => openai_body(&state, &req, &reply),
             Wire::Anthropic => anthropic_body(&state, &req, &reply),
         };
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         return (StatusCode::OK, headers, body.to_string()).into_response();
     }
     let frames = match wire {
@@ -913,7 +996,10 @@ fn openai_frames(
     };
     let mut frames = vec![(
         Duration::ZERO,
-        data_frame(&chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]), None)),
+        data_frame(&chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+            None,
+        )),
     )];
     let pieces = chunks(&reply.text, per_chunk);
     let finish = if reply.truncated { "length" } else { "stop" };
@@ -940,7 +1026,13 @@ fn openai_frames(
         return frames;
     }
     if !faults.usage_in_last_content_chunk || n == 0 {
-        frames.push((at, data_frame(&chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}]), None))));
+        frames.push((
+            at,
+            data_frame(&chunk(
+                json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
+                None,
+            )),
+        ));
         if req.include_usage {
             frames.push((at, data_frame(&chunk(json!([]), Some(openai_usage(reply))))));
         }
@@ -982,15 +1074,30 @@ fn anthropic_frames(
     let mut start_usage = anthropic_usage(reply);
     start_usage["output_tokens"] = json!(1);
     let mut frames = vec![
-        (Duration::ZERO, event_frame("message_start", &json!({
-            "type": "message_start",
-            "message": {"id": id, "type": "message", "role": "assistant", "model": req.model,
-                "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage},
-        }))),
-        (Duration::ZERO, event_frame("content_block_start", &json!({
-            "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""},
-        }))),
-        (Duration::ZERO, event_frame("ping", &json!({"type": "ping"}))),
+        (
+            Duration::ZERO,
+            event_frame(
+                "message_start",
+                &json!({
+                    "type": "message_start",
+                    "message": {"id": id, "type": "message", "role": "assistant", "model": req.model,
+                        "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage},
+                }),
+            ),
+        ),
+        (
+            Duration::ZERO,
+            event_frame(
+                "content_block_start",
+                &json!({
+                    "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""},
+                }),
+            ),
+        ),
+        (
+            Duration::ZERO,
+            event_frame("ping", &json!({"type": "ping"})),
+        ),
     ];
     let per_chunk = tokens_per_chunk(&state.cfg);
     let token_time = match state.cfg.tokens_per_sec {
@@ -1008,18 +1115,33 @@ fn anthropic_frames(
         at += token_time * per_chunk as u32;
     }
     if faults.stream_error_after.is_some() {
-        frames.push((at, event_frame("error", &json!({
-            "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
-        }))));
+        frames.push((
+            at,
+            event_frame(
+                "error",
+                &json!({
+                    "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
+                }),
+            ),
+        ));
         return frames;
     }
-    frames.push((at, event_frame("content_block_stop", &json!({"type": "content_block_stop", "index": 0}))));
+    frames.push((
+        at,
+        event_frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ),
+    ));
     frames.push((at, event_frame("message_delta", &json!({
         "type": "message_delta",
         "delta": {"stop_reason": if reply.truncated { "max_tokens" } else { "end_turn" }, "stop_sequence": null},
         "usage": {"output_tokens": reply.output_tokens},
     }))));
-    frames.push((at, event_frame("message_stop", &json!({"type": "message_stop"}))));
+    frames.push((
+        at,
+        event_frame("message_stop", &json!({"type": "message_stop"})),
+    ));
     frames
 }
 
@@ -1031,13 +1153,25 @@ async fn openai_embed(State(state): State<Arc<SimState>>, body: Bytes) -> Respon
         Ok(v) => v,
         Err(e) => return client_error(&state, wire, 400, &format!("invalid JSON body: {e}")),
     };
-    let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = v
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let inputs: Vec<String> = match v.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => {
-            a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return client_error(
+                &state,
+                wire,
+                400,
+                "input: a string or a non-empty array of strings",
+            );
         }
-        _ => return client_error(&state, wire, 400, "input: a string or a non-empty array of strings"),
     };
     if model.is_empty() {
         return client_error(&state, wire, 400, "model: field required");
@@ -1052,7 +1186,10 @@ async fn openai_embed(State(state): State<Arc<SimState>>, body: Bytes) -> Respon
     }
     let mut headers = HeaderMap::new();
     rate_headers(&state, wire, &mut headers);
-    sleep(Duration::from_millis(state.cfg.ttft_ms + faults.extra_latency_ms)).await;
+    sleep(Duration::from_millis(
+        state.cfg.ttft_ms + faults.extra_latency_ms,
+    ))
+    .await;
     if faults.malformed {
         return malformed(&state);
     }
@@ -1070,7 +1207,10 @@ async fn openai_embed(State(state): State<Arc<SimState>>, body: Bytes) -> Respon
         "object": "list", "data": data, "model": model,
         "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
     });
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     (StatusCode::OK, headers, body.to_string()).into_response()
 }
 
@@ -1115,7 +1255,10 @@ mod tests {
         assert_eq!(a.output_tokens, 7);
         assert!(a.truncated);
         assert_eq!(a.text.len(), 28);
-        let other = SimConfig { seed: 9, ..SimConfig::default() };
+        let other = SimConfig {
+            seed: 9,
+            ..SimConfig::default()
+        };
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "Summarize the annual financial statement of the company"}]});
         let c = generate(&other, &chat_req(body, Wire::OpenAi));
         assert!(!c.truncated);
@@ -1127,7 +1270,19 @@ mod tests {
     fn rejects_bad_requests() {
         assert!(parse_chat(Wire::OpenAi, b"{").is_err());
         assert!(parse_chat(Wire::OpenAi, br#"{"model":"m","messages":[]}"#).is_err());
-        assert!(parse_chat(Wire::Anthropic, br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).is_err());
-        assert!(parse_chat(Wire::OpenAi, br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":5}"#).is_err());
+        assert!(
+            parse_chat(
+                Wire::Anthropic,
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#
+            )
+            .is_err()
+        );
+        assert!(
+            parse_chat(
+                Wire::OpenAi,
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":5}"#
+            )
+            .is_err()
+        );
     }
 }

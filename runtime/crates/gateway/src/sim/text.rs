@@ -56,11 +56,51 @@ pub(crate) fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
 }
 
 const STOP: &[&str] = &[
-    "about", "above", "after", "again", "against", "being", "below", "between", "could",
-    "doing", "during", "every", "having", "other", "should", "their", "there", "these", "those",
-    "through", "under", "until", "where", "which", "while", "would", "your", "yours", "please",
-    "summarize", "summary", "following", "classify", "reply", "answer", "respond", "sentence",
-    "sentences", "words", "object", "labels", "label", "category", "categories", "given",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "being",
+    "below",
+    "between",
+    "could",
+    "doing",
+    "during",
+    "every",
+    "having",
+    "other",
+    "should",
+    "their",
+    "there",
+    "these",
+    "those",
+    "through",
+    "under",
+    "until",
+    "where",
+    "which",
+    "while",
+    "would",
+    "your",
+    "yours",
+    "please",
+    "summarize",
+    "summary",
+    "following",
+    "classify",
+    "reply",
+    "answer",
+    "respond",
+    "sentence",
+    "sentences",
+    "words",
+    "object",
+    "labels",
+    "label",
+    "category",
+    "categories",
+    "given",
 ];
 const NOUNS: &[&str] = &[
     "report", "system", "team", "result", "change", "process", "plan", "market", "model",
@@ -68,18 +108,58 @@ const NOUNS: &[&str] = &[
     "approach", "signal", "record", "design", "request", "estimate", "effect", "goal",
 ];
 const VERBS: &[&str] = &[
-    "shows", "suggests", "describes", "highlights", "explains", "covers", "links", "weighs",
-    "reviews", "notes", "outlines", "compares", "traces", "frames", "stresses", "tracks",
+    "shows",
+    "suggests",
+    "describes",
+    "highlights",
+    "explains",
+    "covers",
+    "links",
+    "weighs",
+    "reviews",
+    "notes",
+    "outlines",
+    "compares",
+    "traces",
+    "frames",
+    "stresses",
+    "tracks",
 ];
 const ADJS: &[&str] = &[
-    "clear", "steady", "broad", "recent", "modest", "key", "early", "strong", "mixed", "main",
-    "careful", "practical", "useful", "notable", "long", "short", "local", "central",
+    "clear",
+    "steady",
+    "broad",
+    "recent",
+    "modest",
+    "key",
+    "early",
+    "strong",
+    "mixed",
+    "main",
+    "careful",
+    "practical",
+    "useful",
+    "notable",
+    "long",
+    "short",
+    "local",
+    "central",
 ];
 const OPENERS: &[&str] = &[
-    "In short", "Overall", "In brief", "Taken together", "On balance", "Put simply", "At its core",
-    "Above all", "In summary", "Notably",
+    "In short",
+    "Overall",
+    "In brief",
+    "Taken together",
+    "On balance",
+    "Put simply",
+    "At its core",
+    "Above all",
+    "In summary",
+    "Notably",
 ];
-const PREPS: &[&str] = &["across", "within", "around", "beyond", "through", "against", "toward"];
+const PREPS: &[&str] = &[
+    "across", "within", "around", "beyond", "through", "against", "toward",
+];
 
 /// Distinctive words of a prompt (5+ letters, not stop words), in order of first appearance.
 pub(crate) fn topics(prompt: &str) -> Vec<String> {
@@ -184,11 +264,20 @@ pub(crate) fn truncate(text: &mut String, max_chars: usize) -> bool {
 pub(crate) fn labels(prompt: &str) -> Vec<String> {
     let lower = prompt.to_lowercase();
     const MARKERS: &[&str] = &[
-        "one of", "labels:", "label:", "categories:", "category:", "classes:", "options:",
-        "choose from", "pick from",
+        "one of",
+        "labels:",
+        "label:",
+        "categories:",
+        "category:",
+        "classes:",
+        "options:",
+        "choose from",
+        "pick from",
     ];
     for marker in MARKERS {
-        let Some(at) = lower.find(marker) else { continue };
+        let Some(at) = lower.find(marker) else {
+            continue;
+        };
         let start = at + marker.len();
         // Work on the original text so labels keep their case; `lower` has the same byte
         // offsets only for ASCII, so bail out on anything else.
@@ -248,7 +337,10 @@ pub(crate) fn embedding(seed: u64, text: &str, dims: usize) -> Vec<f32> {
     let dims = dims.max(1);
     let mut v = vec![0f32; dims];
     let mut any = false;
-    for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for w in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         let w = w.to_lowercase();
         let h = hash(seed, &[w.as_bytes()]);
         let sign = if h & 1 == 0 { 1.0 } else { -1.0 };
@@ -281,9 +373,10 @@ mod tests {
         let p = "Classify the sentiment as one of: positive, negative, neutral.\nText: great";
         assert_eq!(labels(p), vec!["positive", "negative", "neutral"]);
         assert_eq!(labels("Labels: \"spam\" | \"ham\""), vec!["spam", "ham"]);
-        assert_eq!(labels("pick from billing or support or sales"), vec![
-            "billing", "support", "sales"
-        ]);
+        assert_eq!(
+            labels("pick from billing or support or sales"),
+            vec!["billing", "support", "sales"]
+        );
         assert!(labels("Summarize this text").is_empty());
     }
 

@@ -25,10 +25,7 @@ impl Env {
 
 /// Provider `p{i}` speaks `wire` to its own simulator; model `p{i}/m` costs $1/$2 per Mtok
 /// (cached input $0.5); alias `chain` tries them in order.
-pub async fn env(
-    specs: &[(Wire, SimConfig)],
-    tweak: impl FnOnce(&mut GatewayConfig),
-) -> Env {
+pub async fn env(specs: &[(Wire, SimConfig)], tweak: impl FnOnce(&mut GatewayConfig)) -> Env {
     env_with(specs, tweak, |b| b).await
 }
 
@@ -53,12 +50,16 @@ pub async fn env_with(
         p.timeout_ms = 10_000;
         let name = format!("p{i}");
         cfg.providers.insert(name.clone(), p);
-        cfg.models.insert(format!("{name}/m"), ModelConfig {
-            cached_input_usd_per_mtok: Some(0.5),
-            ..ModelConfig::chat(1.0, 2.0)
-        });
+        cfg.models.insert(
+            format!("{name}/m"),
+            ModelConfig {
+                cached_input_usd_per_mtok: Some(0.5),
+                ..ModelConfig::chat(1.0, 2.0)
+            },
+        );
         if *wire == Wire::OpenAi {
-            cfg.models.insert(format!("{name}/e"), ModelConfig::embedding(0.1));
+            cfg.models
+                .insert(format!("{name}/e"), ModelConfig::embedding(0.1));
         }
         chain.push(format!("{name}/m"));
         sims.push(handle);

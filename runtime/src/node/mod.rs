@@ -1,0 +1,124 @@
+//! A running Sluice node: the store, the engine, the gateway and the backends that connect
+//! them, shared by the worker and the HTTP API.
+
+mod events;
+mod models;
+mod plugins;
+mod usage;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sluice_engine::Engine;
+use sluice_gateway::Gateway;
+use sluice_store::{JobStore, StoreConfig};
+use sluice_types::HostServices;
+
+pub use events::{EventHub, LiveEvent};
+pub use models::GatewayModels;
+pub use plugins::PluginCache;
+pub use usage::SpendTracker;
+
+use crate::config::Config;
+
+/// Everything a node runs on. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    /// The configuration it started with.
+    pub config: Arc<Config>,
+    /// The durable store.
+    pub store: Arc<dyn JobStore>,
+    /// The wasm engine.
+    pub engine: Engine,
+    /// Compiled plugins by digest, loaded from the store on demand.
+    pub plugins: PluginCache,
+    /// The model gateway.
+    pub gateway: Gateway,
+    /// Job events: persisted, and broadcast to live subscribers.
+    pub events: EventHub,
+    /// Spend of the jobs running here.
+    pub spend: SpendTracker,
+    /// The backends the engine's host imports call.
+    pub services: HostServices,
+}
+
+impl Node {
+    /// Open the store (applying migrations), build the engine and gateway, and wire them.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let url = config.database.effective_url();
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&config.database.data_dir).with_context(|| {
+                format!(
+                    "creating data directory {}",
+                    config.database.data_dir.display()
+                )
+            })?;
+        }
+        let store_config = StoreConfig {
+            max_input_bytes: config.server.max_input_bytes,
+            default_max_attempts: config.worker.default_max_attempts,
+            default_timeout_ms: config.engine.default_timeout_secs * 1000,
+            max_connections: config.database.max_connections,
+            ..StoreConfig::default()
+        };
+        let store = sluice_store::open(&url, store_config)
+            .await
+            .with_context(|| format!("opening the store at {}", crate::config::redact_url(&url)))?;
+
+        let engine_config = config
+            .engine
+            .to_engine_config(Some(&config.database.data_dir));
+        let engine = tokio::task::spawn_blocking(move || Engine::new(engine_config))
+            .await?
+            .context("starting the wasm engine")?;
+
+        let gateway = Gateway::new(config.gateway.clone().or_simulated())
+            .await
+            .context("starting the model gateway")?;
+        Ok(Node::assemble(config, store, engine, gateway))
+    }
+
+    /// Wire already-built parts together (tests build their own).
+    pub fn assemble(
+        config: Config,
+        store: Arc<dyn JobStore>,
+        engine: Engine,
+        gateway: Gateway,
+    ) -> Node {
+        let events = EventHub::new(store.clone());
+        let spend = SpendTracker::default();
+        let models = GatewayModels::new(
+            gateway.clone(),
+            store.clone(),
+            events.clone(),
+            spend.clone(),
+        );
+        let services = HostServices {
+            models: Arc::new(models),
+            state: as_state(store.clone()),
+            effects: as_effects(store.clone()),
+            usage: Arc::new(usage::NodeUsage::new(gateway.clone(), spend.clone())),
+            events: Arc::new(events.clone()),
+        };
+        Node {
+            config: Arc::new(config),
+            plugins: PluginCache::new(engine.clone(), store.clone()),
+            store,
+            engine,
+            gateway,
+            events,
+            spend,
+            services,
+        }
+    }
+}
+
+/// `JobStore` is both a `StateBackend` and an `EffectsBackend`; these adapters hand it out
+/// as each (trait upcasting of `Arc<dyn JobStore>`).
+fn as_state(store: Arc<dyn JobStore>) -> Arc<dyn sluice_types::StateBackend> {
+    store
+}
+
+fn as_effects(store: Arc<dyn JobStore>) -> Arc<dyn sluice_types::EffectsBackend> {
+    store
+}

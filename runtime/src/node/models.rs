@@ -1,0 +1,240 @@
+//! The `models` backend of a node: journal replay in front of the gateway, and a usage
+//! record for every call (including replays and failures).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sluice_gateway::{CallRecord, Gateway};
+use sluice_store::{JobStore, JournalEntry, UsageRecord};
+use sluice_types::model::{
+    ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource,
+};
+use sluice_types::{CallContext, EventSink, JobEvent, ModelBackend};
+use tokio::sync::mpsc;
+
+use super::{EventHub, SpendTracker};
+
+/// Journal → gateway → journal + usage + events.
+pub struct GatewayModels {
+    gateway: Gateway,
+    store: Arc<dyn JobStore>,
+    events: EventHub,
+    spend: SpendTracker,
+    usage_tx: mpsc::UnboundedSender<UsageRecord>,
+}
+
+impl GatewayModels {
+    pub(crate) fn new(
+        gateway: Gateway,
+        store: Arc<dyn JobStore>,
+        events: EventHub,
+        spend: SpendTracker,
+    ) -> Self {
+        let usage_tx = spawn_usage_writer(store.clone());
+        GatewayModels {
+            gateway,
+            store,
+            events,
+            spend,
+            usage_tx,
+        }
+    }
+
+    fn record(&self, ctx: &CallContext, record: &CallRecord, seq: u32) {
+        let job = &ctx.job;
+        let usage = UsageRecord {
+            job_id: Some(job.id),
+            attempt: job.attempt,
+            plugin: job.plugin.clone(),
+            tenant: job.tenant.clone(),
+            tags: job.tags.clone(),
+            provider: record.provider.clone().unwrap_or_default(),
+            model: record
+                .model
+                .clone()
+                .unwrap_or_else(|| record.requested_model.clone()),
+            input_tokens: u64::from(record.usage.input_tokens),
+            output_tokens: u64::from(record.usage.output_tokens),
+            cached_input_tokens: u64::from(record.usage.cached_input_tokens),
+            cost_micros: record.cost_micros as i64,
+            latency_ms: record.latency_ms,
+            ttft_ms: record.ttft_ms,
+            source: record.source,
+            outcome: record.outcome.clone(),
+            created_at: Utc::now(),
+        };
+        let _ = self.usage_tx.send(usage);
+        if record.outcome == "ok" {
+            self.spend.add(job.id, record.usage, record.cost_micros);
+        }
+        let outcome = if record.outcome == "ok" {
+            match record.source {
+                ResponseSource::Provider => "provider".to_string(),
+                ResponseSource::Cache => "cache".to_string(),
+                ResponseSource::Journal => "journal".to_string(),
+            }
+        } else {
+            record.outcome.clone()
+        };
+        self.events.emit(
+            job.id,
+            JobEvent::ModelCall {
+                call: seq,
+                model: record
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| record.requested_model.clone()),
+                provider: record.provider.clone().unwrap_or_default(),
+                input_tokens: record.usage.input_tokens,
+                output_tokens: record.usage.output_tokens,
+                cost_micros: record.cost_micros,
+                outcome,
+            },
+        );
+    }
+
+    /// The journaled response for this call position, if the request matches it.
+    async fn replay(
+        &self,
+        ctx: &CallContext,
+        seq: u32,
+        fingerprint: &str,
+    ) -> Option<serde_json::Value> {
+        if ctx.job.attempt <= 1 {
+            return None;
+        }
+        match self.store.journal_get(ctx.job.id, seq).await {
+            Ok(Some(entry)) if entry.fingerprint == fingerprint => Some(entry.response),
+            Ok(_) => None,
+            Err(e) => {
+                // Without the journal the call is made again (and charged again): degrade,
+                // don't fail the handler.
+                tracing::warn!(job = %ctx.job.id, seq, error = %e, "journal lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn journal(
+        &self,
+        ctx: &CallContext,
+        seq: u32,
+        fingerprint: String,
+        response: serde_json::Value,
+        usage: sluice_types::model::Usage,
+    ) {
+        let entry = JournalEntry {
+            job_id: ctx.job.id,
+            seq,
+            fingerprint,
+            response,
+            usage,
+        };
+        if let Err(e) = self.store.journal_put(&entry).await {
+            tracing::warn!(job = %ctx.job.id, seq, error = %e, "could not journal a model call");
+        }
+    }
+}
+
+#[async_trait]
+impl ModelBackend for GatewayModels {
+    async fn chat(
+        &self,
+        ctx: &CallContext,
+        seq: u32,
+        request: ChatRequest,
+    ) -> Result<ChatResponse, ModelError> {
+        let fingerprint = request.fingerprint();
+        if let Some(recorded) = self.replay(ctx, seq, &fingerprint).await
+            && let Ok(mut response) = serde_json::from_value::<ChatResponse>(recorded)
+        {
+            response.source = ResponseSource::Journal;
+            response.cost_micros = 0;
+            let record = CallRecord::replayed(&request, &response);
+            self.record(ctx, &record, seq);
+            return Ok(response);
+        }
+
+        let job = ctx.job.id;
+        let events = self.events.clone();
+        let on_delta = move |delta: &str| {
+            events.emit(
+                job,
+                JobEvent::TokenDelta {
+                    call: seq,
+                    delta: delta.to_string(),
+                },
+            );
+        };
+        let streaming = request.stream_events;
+        let result = self
+            .gateway
+            .chat(ctx, request, if streaming { Some(&on_delta) } else { None })
+            .await;
+        match result {
+            Ok(outcome) => {
+                self.record(ctx, &outcome.record, seq);
+                let value = serde_json::to_value(&outcome.response).unwrap_or_default();
+                self.journal(ctx, seq, fingerprint, value, outcome.response.usage)
+                    .await;
+                Ok(outcome.response)
+            }
+            Err(e) => {
+                self.record(ctx, &e.record, seq);
+                Err(e.error)
+            }
+        }
+    }
+
+    async fn embed(
+        &self,
+        ctx: &CallContext,
+        seq: u32,
+        request: EmbedRequest,
+    ) -> Result<EmbedResponse, ModelError> {
+        let fingerprint = request.fingerprint();
+        if let Some(recorded) = self.replay(ctx, seq, &fingerprint).await
+            && let Ok(mut response) = serde_json::from_value::<EmbedResponse>(recorded)
+        {
+            response.source = ResponseSource::Journal;
+            response.cost_micros = 0;
+            return Ok(response);
+        }
+        match self.gateway.embed(ctx, request).await {
+            Ok(outcome) => {
+                self.record(ctx, &outcome.record, seq);
+                let value = serde_json::to_value(&outcome.response).unwrap_or_default();
+                self.journal(ctx, seq, fingerprint, value, outcome.response.usage)
+                    .await;
+                Ok(outcome.response)
+            }
+            Err(e) => {
+                self.record(ctx, &e.record, seq);
+                Err(e.error)
+            }
+        }
+    }
+}
+
+/// Usage rows are written in batches by one task: a burst of calls costs one insert.
+fn spawn_usage_writer(store: Arc<dyn JobStore>) -> mpsc::UnboundedSender<UsageRecord> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            let mut tries = 0;
+            while let Err(e) = store.record_usage(&batch).await {
+                tries += 1;
+                if tries >= 5 {
+                    tracing::error!(error = %e, rows = batch.len(), "dropping usage records after 5 tries");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            batch.clear();
+        }
+    });
+    tx
+}

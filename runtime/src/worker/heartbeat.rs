@@ -1,0 +1,82 @@
+//! Lease upkeep: extending the leases of running jobs, and rescuing expired ones.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice_store::{Lease, LeaseStatus};
+use tokio_util::sync::CancellationToken;
+
+use super::RunningMap;
+use crate::node::Node;
+
+/// Every lease/3, extend every running job's lease; flag jobs that were cancelled or lost.
+pub(crate) async fn heartbeat(node: Node, running: RunningMap, stop: CancellationToken) {
+    let lease = Duration::from_secs(node.config.worker.lease_secs);
+    let every = (lease / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let leases: Vec<Lease> = running
+            .lock()
+            .expect("running map poisoned")
+            .keys()
+            .copied()
+            .collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match node.store.heartbeat(&leases, lease).await {
+            Ok(statuses) => {
+                let map = running.lock().expect("running map poisoned");
+                for (lease, status) in leases.iter().zip(statuses) {
+                    let Some(r) = map.get(lease) else { continue };
+                    match status {
+                        LeaseStatus::Held => {}
+                        LeaseStatus::CancelRequested => r.cancelled.store(true, Ordering::Relaxed),
+                        LeaseStatus::Lost => {
+                            r.lost.store(true, Ordering::Relaxed);
+                            r.cancelled.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = leases.len(), "heartbeat failed; will retry")
+            }
+        }
+    }
+}
+
+/// Return jobs whose lease expired (their worker died) to the queue, and purge history.
+pub(crate) async fn rescuer(node: Node, stop: CancellationToken) {
+    let every = Duration::from_secs(node.config.worker.lease_secs)
+        .div_f32(2.0)
+        .max(Duration::from_millis(500));
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match node.store.rescue_expired_leases().await {
+            Ok(report) if report.total() > 0 => {
+                tracing::warn!(
+                    retried = report.retried.len(),
+                    dead = report.dead.len(),
+                    cancelled = report.cancelled.len(),
+                    "rescued jobs with expired leases"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rescue pass failed"),
+        }
+        if last_purge.elapsed() > Duration::from_secs(3600) {
+            last_purge = tokio::time::Instant::now();
+            if let Err(e) = node.store.purge().await {
+                tracing::warn!(error = %e, "purge failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The worker: claims jobs from the store, runs each on a fresh wasm instance, and
+//! finalizes it under its lease.
+//!
+//! Four loops share one node:
+//! - the **dispatcher** claims up to the number of free slots whenever it is woken (a store
+//!   notification, a finished job) or the polling backstop fires;
+//! - each **job task** runs one attempt and hands its outcome to the finalizer;
+//! - the **heartbeat** extends the leases of running jobs and tells them when they were
+//!   cancelled or lost;
+//! - the **rescuer** returns jobs whose lease expired (a dead worker's) to the queue.
+//!
+//! Successful completions are batched into one statement; failures are finalized one by
+//! one (they are rare and each needs its backoff computed).
+
+mod finalize;
+mod heartbeat;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_engine::JobLimits;
+use sluice_store::{ClaimRequest, ClaimedJob, Lease};
+use sluice_types::{CallContext, JobEvent};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use finalize::{Finalizer, Outcome};
+
+/// A running worker. Dropping the handle does not stop it; call [`WorkerHandle::shutdown`].
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    /// This worker's id, as recorded on the jobs it claims.
+    pub worker_id: String,
+}
+
+impl WorkerHandle {
+    /// Stop claiming, let running jobs finish (up to `grace`), then stop.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}
+
+/// What the worker tracks about one running attempt.
+pub(crate) struct Running {
+    pub(crate) cancelled: Arc<AtomicBool>,
+    /// Set when the heartbeat learns the lease is gone: the outcome must be dropped.
+    pub(crate) lost: Arc<AtomicBool>,
+}
+
+pub(crate) type RunningMap = Arc<Mutex<HashMap<Lease, Running>>>;
+
+/// Start the worker on `node`.
+pub fn spawn(node: Node) -> WorkerHandle {
+    let worker_id = format!(
+        "{}-{}",
+        hostname(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let stop = CancellationToken::new();
+    let running: RunningMap = Arc::default();
+    let slots = Arc::new(Semaphore::new(node.config.worker.slots as usize));
+    let finished = Arc::new(Notify::new());
+    let finalizer = Finalizer::spawn(node.clone(), finished.clone());
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(dispatch(
+        node.clone(),
+        worker_id.clone(),
+        stop.clone(),
+        running.clone(),
+        slots,
+        finished,
+        finalizer,
+    ));
+    tasks.spawn(heartbeat::heartbeat(
+        node.clone(),
+        running.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(heartbeat::rescuer(node, stop.clone()));
+    WorkerHandle {
+        stop,
+        tasks,
+        worker_id,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+async fn dispatch(
+    node: Node,
+    worker_id: String,
+    stop: CancellationToken,
+    running: RunningMap,
+    slots: Arc<Semaphore>,
+    finished: Arc<Notify>,
+    finalizer: Finalizer,
+) {
+    let lease = Duration::from_secs(node.config.worker.lease_secs);
+    let poll = Duration::from_millis(node.config.worker.poll_ms);
+    let mut signal = node.store.work_signal();
+    let mut caps = Vec::new();
+    let mut caps_refreshed = tokio::time::Instant::now() - Duration::from_secs(3600);
+    let mut jobs = JoinSet::new();
+    let mut backoff = Duration::from_millis(50);
+
+    while !stop.is_cancelled() {
+        // Reap finished job tasks so the set does not grow.
+        while jobs.try_join_next().is_some() {}
+
+        let free = slots.available_permits() as u32;
+        if free == 0 {
+            tokio::select! {
+                _ = finished.notified() => {}
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        }
+        if caps_refreshed.elapsed() > Duration::from_secs(5) {
+            match node.store.concurrency_caps().await {
+                Ok(c) => caps = c,
+                Err(e) => tracing::warn!(error = %e, "could not read plugin concurrency caps"),
+            }
+            caps_refreshed = tokio::time::Instant::now();
+        }
+        let mut request = ClaimRequest::new(worker_id.clone(), free, lease);
+        request.plugin_caps = caps.clone();
+        let claimed = match node.store.claim(&request).await {
+            Ok(c) => {
+                backoff = Duration::from_millis(50);
+                c
+            }
+            Err(e) => {
+                // The database may be restarting: back off and try again; nothing is lost,
+                // jobs stay queued.
+                tracing::warn!(error = %e, retry_in = ?backoff, "claim failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let got = claimed.len() as u32;
+        for job in claimed {
+            let permit = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("claimed no more than the free slots");
+            let node = node.clone();
+            let running = running.clone();
+            let finalizer = finalizer.clone();
+            jobs.spawn(async move {
+                run_one(node, job, running, finalizer).await;
+                drop(permit);
+            });
+        }
+        if got < free {
+            // The queue is drained for now: sleep until woken or the backstop fires.
+            tokio::select! {
+                _ = signal.wait(poll) => {}
+                _ = finished.notified() => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+    // Let jobs already running finish (the shutdown grace bounds this).
+    while jobs.join_next().await.is_some() {}
+}
+
+/// Run one claimed attempt and hand its outcome to the finalizer.
+async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Finalizer) {
+    let lease = job.lease;
+    let ctx = CallContext::new(job.job_info(), job.digest.clone());
+    let lost = Arc::new(AtomicBool::new(false));
+    running.lock().expect("running map poisoned").insert(
+        lease,
+        Running {
+            cancelled: ctx.cancelled.clone(),
+            lost: lost.clone(),
+        },
+    );
+
+    node.events.publish_live(
+        job.id,
+        JobEvent::Status {
+            status: "running".into(),
+            attempt: job.attempt,
+            reason: None,
+        },
+    );
+    let outcome = match node.plugins.get(&job.digest).await {
+        Err(e) => Outcome::Failed(
+            sluice_types::JobError::retryable(format!("could not load the plugin: {e}")),
+            "load",
+        ),
+        Ok(plugin) => {
+            let limits = limits_for(&node, &job).await;
+            let input = job.input.to_string();
+            match node
+                .engine
+                .run(&plugin, ctx.clone(), &input, limits, node.services.clone())
+                .await
+            {
+                Ok(output) => Outcome::Completed(output),
+                Err(e) => {
+                    tracing::info!(job = %job.id, attempt = job.attempt, kind = e.kind(), error = %e, "attempt failed");
+                    Outcome::Failed(e.to_job_error(), e.kind())
+                }
+            }
+        }
+    };
+    running.lock().expect("running map poisoned").remove(&lease);
+    node.spend.take(job.id);
+    if lost.load(Ordering::Relaxed) {
+        // Another worker owns the job now; our outcome must not land (it would not: the
+        // finalize is lease-guarded, but skip the round trip).
+        tracing::info!(job = %job.id, "lease lost while running; dropping the outcome");
+        return;
+    }
+    finalizer.submit(job, outcome).await;
+}
+
+/// The plugin version's memory and time limits for this job.
+async fn limits_for(node: &Node, job: &ClaimedJob) -> JobLimits {
+    let defaults = node.engine.config().default_limits;
+    let memory = node
+        .plugins
+        .settings(&job.tenant, &job.plugin, job.plugin_version)
+        .await
+        .and_then(|s| s.memory_limit_bytes)
+        .map(|b| b as usize)
+        .unwrap_or(defaults.memory_bytes);
+    JobLimits {
+        memory_bytes: memory,
+        timeout: Duration::from_millis(job.timeout_ms),
+    }
+}
