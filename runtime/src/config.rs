@@ -23,6 +23,51 @@ pub struct Config {
     /// Model providers, models, aliases, limits and budgets. Empty: the built-in simulated
     /// providers (no keys needed).
     pub gateway: sluice_gateway::GatewayConfig,
+    /// Outcome webhooks.
+    pub webhooks: WebhookConfig,
+}
+
+/// `[webhooks]`
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// The node secret each tenant's signing secret is derived from
+    /// (`hex(HMAC-SHA256(secret, "webhook:" + tenant))`). Unset: a random secret is created
+    /// once in `<data_dir>/webhook.secret` and reused. Nodes sharing a database must share it.
+    pub secret: Option<String>,
+    /// If non-empty, webhook hosts must be one of these or a subdomain of one. Listed hosts
+    /// may resolve to private addresses.
+    pub allow_hosts: Vec<String>,
+    /// Allow private, loopback and link-local targets (always allowed in dev mode).
+    pub allow_private: bool,
+    /// Delivery attempts before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// Per-attempt timeout, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secret: None,
+            allow_hosts: Vec::new(),
+            allow_private: false,
+            max_attempts: 8,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("allow_hosts", &self.allow_hosts)
+            .field("allow_private", &self.allow_private)
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
 }
 
 /// `[server]`
@@ -287,6 +332,15 @@ mod tests {
         let c = Config::load(Some(&p)).unwrap();
         assert_eq!(c.worker.slots, 7);
         assert_eq!(c.worker.lease_secs, WorkerConfig::default().lease_secs);
+    }
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sluice.toml");
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.worker.slots, 64);
+        assert!(c.gateway.aliases.contains_key("fast"));
+        c.gateway.validate().unwrap();
     }
 
     #[test]

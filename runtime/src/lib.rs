@@ -4,8 +4,10 @@
 //! API and telemetry. The engine (`sluice-engine`), the store (`sluice-store`) and the model
 //! gateway (`sluice-gateway`) are separate crates with narrow surfaces.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod node;
 pub mod plugin_build;
+pub mod webhooks;
 pub mod worker;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use sluice_engine::{Engine, EngineConfig, JobLimits, memory};
-use sluice_types::{CallContext, EventSink, JobEvent, JobInfo};
+use sluice_types::{CallContext, EventSink, JobEvent, JobInfo, UsageBackend};
 
 use super::exit;
 
@@ -28,9 +28,6 @@ pub struct RunArgs {
     /// Memory limit for the job, in MiB.
     #[arg(long, default_value_t = 64)]
     pub memory_mb: usize,
-    /// Simulated model latency per call, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub sim_latency_ms: u64,
     /// Print one JSON object (output, error, usage, events) instead of human-readable text.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +49,39 @@ impl EventSink for ConsoleEvents {
             }
         }
         self.kept.emit(job, event);
+    }
+}
+
+/// The gateway, counting each job's spend.
+struct RunModels {
+    gateway: sluice_gateway::Gateway,
+    usage: Arc<memory::MemoryUsage>,
+}
+
+#[async_trait::async_trait]
+impl sluice_types::ModelBackend for RunModels {
+    async fn chat(
+        &self,
+        ctx: &CallContext,
+        _seq: u32,
+        request: sluice_types::model::ChatRequest,
+    ) -> Result<sluice_types::model::ChatResponse, sluice_types::model::ModelError> {
+        let out = self.gateway.chat(ctx, request, None).await?;
+        self.usage
+            .record(ctx.job.id, out.response.usage, out.response.cost_micros);
+        Ok(out.response)
+    }
+
+    async fn embed(
+        &self,
+        ctx: &CallContext,
+        _seq: u32,
+        request: sluice_types::model::EmbedRequest,
+    ) -> Result<sluice_types::model::EmbedResponse, sluice_types::model::ModelError> {
+        let out = self.gateway.embed(ctx, request).await?;
+        self.usage
+            .record(ctx.job.id, out.response.usage, out.response.cost_micros);
+        Ok(out.response)
     }
 }
 
@@ -114,9 +144,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         quiet: args.json,
         kept: Default::default(),
     });
-    let services =
-        memory::services_with(events.clone(), Duration::from_millis(args.sim_latency_ms));
-    let usage = services.usage.clone();
+    // The real gateway over real HTTP to the in-process simulated providers (OpenAI and
+    // Anthropic wire formats), with in-memory state, effects and spend.
+    let gateway = sluice_gateway::Gateway::new(sluice_gateway::GatewayConfig::simulated()).await?;
+    let usage = Arc::new(memory::MemoryUsage::default());
+    let mut services = memory::services_with(events.clone(), Duration::ZERO);
+    services.models = Arc::new(RunModels {
+        gateway,
+        usage: usage.clone(),
+    });
+    services.usage = usage.clone();
     let ctx = CallContext::new(job, plugin.digest());
     let spend_ctx = ctx.clone();
 
@@ -165,7 +202,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let mut err = std::io::stderr().lock();
         writeln!(
             err,
-            "usage: {} model calls, {} input + {} output tokens, cost ${:.6} (simulated provider), {} ms",
+            "usage: {} model calls, {} input + {} output tokens, cost ${:.6} (simulated providers), {} ms",
             spend.calls,
             spend.input_tokens,
             spend.output_tokens,

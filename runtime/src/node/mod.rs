@@ -16,7 +16,7 @@ use sluice_types::HostServices;
 
 pub use events::{EventHub, LiveEvent};
 pub use models::GatewayModels;
-pub use plugins::PluginCache;
+pub use plugins::{PluginCache, PluginLoadError};
 pub use usage::SpendTracker;
 
 use crate::config::Config;

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The repository's `plugins/` workspace, found by walking up from the including crate.
 pub fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../plugins")
-        .canonicalize()
-        .unwrap()
+        .ancestors()
+        .map(|d| d.join("plugins"))
+        .find(|p| p.join("Cargo.toml").is_file())
+        .expect("no plugins/ workspace above this crate")
 }
 
 /// The compiled component of plugin crate `name` (e.g. `summarize`, `fixture-trap`).

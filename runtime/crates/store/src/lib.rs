@@ -66,3 +66,30 @@ fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_scheme_is_a_clear_error_without_the_password() {
+        let err = open("mysql://user:secret@db/x", StoreConfig::default())
+            .await
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mysql://***@db/x") && !msg.contains("secret"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_sqlite_opens() {
+        let store = open("sqlite::memory:", StoreConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(store.backend(), Backend::Sqlite);
+        assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+    }
+}

@@ -1,0 +1,177 @@
+//! The one error type of the HTTP API: every failure is rendered as
+//! `application/problem+json` (RFC 9457) and logged once, here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use sluice_store::StoreError;
+
+/// The media type of error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An API failure: a status, a stable problem type and a human-readable detail.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The last path segment of the problem type URI (`not-found`, `invalid-component`, …).
+    pub kind: &'static str,
+    /// Short summary of the problem type.
+    pub title: &'static str,
+    /// What happened in this occurrence.
+    pub detail: String,
+    /// Extra members of the problem object.
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// A problem with no extension members.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// Add an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    }
+
+    /// 404: the thing does not exist (or belongs to another tenant).
+    pub fn not_found(what: &str, name: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("{what} `{name}` not found"),
+        )
+    }
+
+    /// 401: no usable credentials.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
+    }
+
+    /// 403: the key lacks a scope.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, kind, "Conflict", detail)
+    }
+
+    /// 500: a bug or an unexpected failure (details are logged, not returned).
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "the server failed to handle the request; see its logs",
+        )
+    }
+
+    /// The problem document.
+    pub fn body(&self) -> Value {
+        let mut doc = json!({
+            "type": format!("https://sluice.dev/problems/{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Value::Object(map) = &mut doc {
+            for (k, v) in &self.extra {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        doc
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Logged once, here: server errors loudly, client errors for debugging.
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), kind = self.kind, detail = %self.detail, "request failed");
+        } else {
+            tracing::debug!(status = self.status.as_u16(), kind = self.kind, detail = %self.detail, "request rejected");
+        }
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut res = (self.status, body).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice\""),
+            );
+        }
+        res
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, name } => ApiError::not_found(what, name),
+            StoreError::Conflict { ref key, job_id } => {
+                ApiError::conflict("idempotency-conflict", e.to_string())
+                    .with("idempotency_key", key.clone())
+                    .with("job_id", job_id.to_string())
+            }
+            StoreError::InputTooLarge { size, limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "input-too-large",
+                "Job input too large",
+                format!("job input is {size} bytes; the limit is {limit} bytes"),
+            ),
+            StoreError::Invalid(msg) => ApiError::bad_request(msg),
+            e if e.is_transient() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the database is unavailable; retry later",
+            )
+            .with("cause", e.to_string()),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

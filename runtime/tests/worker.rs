@@ -1,0 +1,119 @@
+//! The worker end to end on a real store (SQLite file, and Postgres when reachable) with
+//! real components: jobs complete, failures retry with their effects and model calls
+//! replayed from the journal, and bad handlers end up dead with a reason.
+
+#[path = "../crates/engine/tests/plugins.rs"]
+mod plugins;
+
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::node::Node;
+use sluice_store::{JobStatus, NewJob, PluginSettings};
+
+async fn node(dir: &std::path::Path) -> Node {
+    let mut config = Config::default();
+    config.database.url = Some(format!("sqlite://{}", dir.join("sluice.db").display()));
+    config.database.data_dir = dir.to_path_buf();
+    config.worker.lease_secs = 5;
+    config.worker.poll_ms = 100;
+    config.engine.max_instances = 64;
+    Node::start(config).await.unwrap()
+}
+
+async fn deploy(node: &Node, name: &str, component: &str, settings: PluginSettings) {
+    let bytes = plugins::component(component);
+    node.plugins.load(bytes.clone()).await.unwrap();
+    let digest = node.store.put_component(&bytes).await.unwrap();
+    node.store
+        .create_plugin_version("acme", name, &digest, &settings, true)
+        .await
+        .unwrap();
+}
+
+async fn wait_terminal(node: &Node, id: uuid::Uuid) -> sluice_store::JobRecord {
+    for _ in 0..400 {
+        let job = node.store.get_job(id).await.unwrap().unwrap();
+        if matches!(
+            job.status,
+            JobStatus::Completed | JobStatus::Dead | JobStatus::Cancelled
+        ) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_and_failures_retry_with_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    deploy(&node, "noop", "noop", PluginSettings::default()).await;
+    deploy(
+        &node,
+        "state-effects",
+        "state-effects",
+        PluginSettings::default(),
+    )
+    .await;
+    let bad = PluginSettings {
+        max_attempts: Some(2),
+        ..PluginSettings::default()
+    };
+    deploy(&node, "trap", "trap", bad).await;
+    let worker = sluice::worker::spawn(node.clone());
+
+    // A burst of trivial jobs all complete with their own output.
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let job = NewJob::new("acme", "noop", serde_json::json!({ "i": i }));
+        ids.push(node.store.enqueue(job).await.unwrap().id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let job = wait_terminal(&node, *id).await;
+        assert_eq!(job.status, JobStatus::Completed);
+        assert_eq!(job.output.as_ref().unwrap()["i"], i);
+    }
+
+    // Fails retryably on attempt 1, completes on attempt 2: the effect ran once and the model
+    // call was replayed from the journal at no cost.
+    let input = serde_json::json!({ "fail_attempts": 1, "chat_model": "fast", "prefix": "t1/" });
+    let id = node
+        .store
+        .enqueue(NewJob::new("acme", "state-effects", input))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_terminal(&node, id).await;
+    assert_eq!(job.status, JobStatus::Completed, "{job:?}");
+    let out = job.output.unwrap();
+    assert_eq!(out["attempt"], 2, "{out}");
+    assert_eq!(out["effect"]["ran_on_attempt"], 1, "{out}");
+    assert_eq!(out["effect_runs"], 1, "{out}");
+    assert_eq!(out["chat"]["source"], "journal", "{out}");
+    assert_eq!(out["chat"]["cost_micros"], 0, "{out}");
+
+    // A handler that always traps ends dead after its attempts, with the reason kept.
+    let id = node
+        .store
+        .enqueue(NewJob::new("acme", "trap", serde_json::json!({})))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_terminal(&node, id).await;
+    assert_eq!(job.status, JobStatus::Dead);
+    assert_eq!(job.attempts.len(), 2, "{:?}", job.attempts);
+    let reason = job
+        .attempts
+        .last()
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .message()
+        .to_string();
+    assert!(reason.contains("trap"), "{reason}");
+
+    worker.shutdown(Duration::from_secs(5)).await;
+}
