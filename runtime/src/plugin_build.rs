@@ -27,6 +27,9 @@ pub fn build_plugin_dir(dir: &Path) -> Result<PathBuf, BuildError> {
     if !manifest.is_file() {
         return Err(BuildError::NotACrate(dir.to_path_buf()));
     }
+    // cargo runs from the plugin's directory, so relative paths would resolve twice.
+    let dir = &dir.canonicalize()?;
+    let manifest = dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .args([
