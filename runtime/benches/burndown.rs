@@ -45,7 +45,7 @@ async fn main() {
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .expect("connecting to Postgres");
-        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&mut conn)
             .await
             .unwrap();
@@ -138,9 +138,11 @@ async fn main() {
         drop(conn);
         node.store.close().await;
         let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {db_name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db_name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }

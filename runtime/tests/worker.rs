@@ -117,3 +117,99 @@ async fn jobs_complete_and_failures_retry_with_replay() {
 
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A fresh Postgres database for one test, dropped when the guard goes.
+struct PgDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    async fn create() -> PgDb {
+        use sqlx::Connection;
+        let admin = std::env::var("SLUICE_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("Postgres for tests");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin.clone());
+        let url = format!("{base}/{name}");
+        PgDb { admin, name, url }
+    }
+
+    async fn drop_db(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_postgres_share_the_work_exactly_once() {
+    let db = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut config = Config::default();
+        config.database.url = Some(db.url.clone());
+        config.database.data_dir = dir.path().join(format!("n{i}"));
+        config.worker.poll_ms = 50;
+        config.worker.slots = 16;
+        config.engine.max_instances = 32;
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    deploy(&nodes[0], "noop", "noop", PluginSettings::default()).await;
+    let workers: Vec<_> = nodes
+        .iter()
+        .map(|n| sluice::worker::spawn(n.clone()))
+        .collect();
+    let jobs: Vec<NewJob> = (0..300)
+        .map(|i| NewJob::new("acme", "noop", serde_json::json!({ "i": i })))
+        .collect();
+    let ids: Vec<_> = nodes[1]
+        .store
+        .enqueue_batch(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let mut by_worker = std::collections::HashMap::<String, usize>::new();
+    for (i, id) in ids.iter().enumerate() {
+        let job = wait_terminal(&nodes[0], *id).await;
+        assert_eq!(job.status, JobStatus::Completed);
+        assert_eq!(job.output.as_ref().unwrap()["i"], i);
+        assert_eq!(
+            job.attempts.len(),
+            1,
+            "each job ran exactly once: {:?}",
+            job.attempts
+        );
+        *by_worker
+            .entry(job.attempts[0].worker_id.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(by_worker.values().sum::<usize>(), 300);
+    for w in workers {
+        w.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+    for n in nodes {
+        n.store.close().await;
+    }
+    db.drop_db().await;
+}

@@ -9,7 +9,12 @@ use super::exit;
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The server's base URL.
-    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// API key (not needed against `sluice up --dev` on loopback).
     #[arg(long, env = "SLUICE_API_KEY", hide_env_values = true, global = true)]

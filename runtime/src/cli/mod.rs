@@ -1,6 +1,14 @@
 //! The `sluice` command line.
 
+mod client;
+mod deploy;
+mod dlq;
+mod jobs;
+mod keys;
 mod run;
+mod submit;
+mod up;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -33,6 +41,20 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validate the configuration and print it (secrets redacted), then exit.
     CheckConfig,
+    /// Run a node: the HTTP API, the worker and webhook delivery. `--dev` needs nothing else.
+    Up(up::UpArgs),
+    /// Upload a component (or build and upload a plugin directory) to a server.
+    Deploy(deploy::DeployArgs),
+    /// Submit a job; `--wait` prints its result, `--follow` streams its events.
+    Submit(submit::SubmitArgs),
+    /// Inspect, list and cancel jobs.
+    Jobs(jobs::JobsArgs),
+    /// The dead-letter queue: list and redrive dead jobs.
+    Dlq(dlq::DlqArgs),
+    /// Tokens, cost and latency, grouped.
+    Usage(usage::UsageArgs),
+    /// API keys and webhook secrets (works directly against the configured store).
+    Keys(keys::KeysArgs),
 }
 
 /// Process exit codes, as documented in `--help`.
@@ -49,6 +71,17 @@ pub mod exit {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
+        Command::Up(args) => {
+            up::run(args, crate::config::Config::load(cli.config.as_deref())?).await
+        }
+        Command::Deploy(args) => deploy::run(args).await,
+        Command::Submit(args) => submit::run(args).await,
+        Command::Jobs(args) => jobs::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
+        Command::Usage(args) => usage::run(args).await,
+        Command::Keys(args) => {
+            keys::run(args, crate::config::Config::load(cli.config.as_deref())?).await
+        }
         Command::CheckConfig => {
             let config = crate::config::Config::load(cli.config.as_deref())?;
             println!("{config:#?}");

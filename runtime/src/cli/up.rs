@@ -69,7 +69,8 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
         deploy_dev_plugins(&node, &args.plugins).await?;
     }
 
-    let worker = matches!(args.role, Role::All | Role::Worker).then(|| crate::worker::spawn(node.clone()));
+    let worker =
+        matches!(args.role, Role::All | Role::Worker).then(|| crate::worker::spawn(node.clone()));
     let webhooks = matches!(args.role, Role::All | Role::Worker)
         .then(|| crate::webhooks::spawn_webhooks(node.clone()));
 
@@ -88,7 +89,11 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
         let shutdown = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        Some(tokio::spawn(crate::api::serve(node.clone(), listener, shutdown)))
+        Some(tokio::spawn(crate::api::serve(
+            node.clone(),
+            listener,
+            shutdown,
+        )))
     } else {
         eprintln!("worker running; Ctrl-C to stop");
         None
@@ -156,7 +161,9 @@ async fn deploy_dev_plugins(node: &Node, dir: &Path) -> anyhow::Result<()> {
     let mut crates: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.join("Cargo.toml").is_file() && p.file_name().is_some_and(|n| n != "fixtures"))
+        .filter(|p| {
+            p.join("Cargo.toml").is_file() && p.file_name().is_some_and(|n| n != "fixtures")
+        })
         .collect();
     crates.sort();
     for (i, path) in crates.iter().enumerate() {
@@ -164,7 +171,11 @@ async fn deploy_dev_plugins(node: &Node, dir: &Path) -> anyhow::Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        eprint!("[{}/{}] building {name} for wasm32-wasip2… ", i + 1, crates.len());
+        eprint!(
+            "[{}/{}] building {name} for wasm32-wasip2… ",
+            i + 1,
+            crates.len()
+        );
         let _ = std::io::stderr().flush();
         let started = Instant::now();
         let p = path.clone();

@@ -1,0 +1,248 @@
+//! `sluice submit <plugin> --input JSON [--wait | --follow]`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::client::{Client, ClientArgs, Failed, finish};
+use super::exit;
+
+/// Arguments of `sluice submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The plugin to run.
+    pub plugin: String,
+    /// The job's input as JSON text.
+    #[arg(long, short, default_value = "{}")]
+    pub input: String,
+    /// Wait for the job to finish and print its result.
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
+    /// Stream the job's events (progress, logs, tokens) until it finishes.
+    #[arg(long)]
+    pub follow: bool,
+    /// Idempotency key: resubmitting with it returns the same job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Attribution tags, `key=value` (repeatable), e.g. `--tag user=ann --tag feature=search`.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Priority (lower runs first).
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Webhook URL for the outcome.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got `{s}`"))
+}
+
+/// Run `sluice submit`.
+pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
+    let input: Value = match serde_json::from_str(&args.input) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: --input is not valid JSON: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let mut body = json!({ "input": input });
+    if !args.tags.is_empty() {
+        body["tags"] = json!(
+            args.tags
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        );
+    }
+    if let Some(p) = args.priority {
+        body["priority"] = json!(p);
+    }
+    if let Some(url) = &args.webhook {
+        body["webhook"] = json!({ "url": url });
+    }
+    let client = Client::new(args.client.clone());
+    finish(
+        async {
+            let path = if args.wait {
+                format!("/v1/plugins/{}/jobs?wait=60s", args.plugin)
+            } else {
+                format!("/v1/plugins/{}/jobs", args.plugin)
+            };
+            let mut req = client.request(Method::POST, &path).json(&body);
+            if let Some(k) = &args.idempotency_key {
+                req = req.header("idempotency-key", k);
+            }
+            let (_, v) = client.send(req).await?;
+            let id = v["id"].as_str().unwrap_or_default().to_string();
+            if args.follow {
+                return follow(&client, &id).await;
+            }
+            if !args.wait {
+                if client.args.json {
+                    client.print_json(&v);
+                } else {
+                    println!("{id}");
+                    eprintln!(
+                        "job {id} is {}; watch it with `sluice jobs get {id}`",
+                        v["status"].as_str().unwrap_or("?")
+                    );
+                }
+                return Ok(exit::OK);
+            }
+            let mut job = v;
+            while !is_terminal(&job) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (_, j) = client
+                    .send(client.request(Method::GET, &format!("/v1/jobs/{id}")))
+                    .await?;
+                job = j;
+            }
+            Ok(print_outcome(&client, &job))
+        }
+        .await,
+    )
+}
+
+fn is_terminal(job: &Value) -> bool {
+    matches!(
+        job["status"].as_str(),
+        Some("completed" | "dead" | "cancelled")
+    )
+}
+
+/// Print a finished job; the exit code says whether it completed.
+pub(crate) fn print_outcome(client: &Client, job: &Value) -> i32 {
+    if client.args.json {
+        client.print_json(job);
+    } else if job["status"] == "completed" {
+        client.print_json(&job["output"]);
+        let u = &job["usage"];
+        if u.is_object() {
+            eprintln!(
+                "completed: {} model calls, {} input + {} output tokens, ${:.6}",
+                u["model_calls"],
+                u["input_tokens"],
+                u["output_tokens"],
+                u["cost_usd"].as_f64().unwrap_or(0.0)
+            );
+        }
+    } else {
+        eprintln!(
+            "job {} {}: {}",
+            job["id"].as_str().unwrap_or("?"),
+            job["status"].as_str().unwrap_or("?"),
+            job["error"]
+        );
+    }
+    if job["status"] == "completed" {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
+/// Stream `/v1/jobs/{id}/events` and print it; the exit code says whether it completed.
+async fn follow(client: &Client, id: &str) -> Result<i32, Failed> {
+    let res = client
+        .request(Method::GET, &format!("/v1/jobs/{id}/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            Failed(exit::FAILED)
+        })?;
+    if !res.status().is_success() {
+        let status = res.status().as_u16();
+        let body = res.json::<Value>().await.unwrap_or_default();
+        super::client::report_problem(status, &body, client.args.json);
+        return Err(Failed(exit::FAILED));
+    }
+    let mut stream = res.bytes_stream();
+    let mut buf = String::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    let mut code = exit::FAILED;
+    let mut in_tokens = false;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(nl) = buf.find('\n') {
+            let line = buf[..nl].trim_end_matches('\r').to_string();
+            buf.drain(..=nl);
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            } else if line.is_empty() && !data.is_empty() {
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data.clone()));
+                if client.args.json {
+                    println!("{}", json!({ "event": event, "data": v }));
+                } else {
+                    if in_tokens && event != "token" {
+                        eprintln!();
+                        in_tokens = false;
+                    }
+                    match event.as_str() {
+                        "token" => {
+                            eprint!("{}", v["delta"].as_str().unwrap_or(""));
+                            let _ = std::io::stderr().flush();
+                            in_tokens = true;
+                        }
+                        "status" => eprintln!("· {}", v["status"].as_str().unwrap_or("?")),
+                        "progress" => eprintln!("· {}", v["message"].as_str().unwrap_or("")),
+                        "log" => eprintln!(
+                            "  [{}] {}",
+                            v["level"].as_str().unwrap_or("info"),
+                            v["message"].as_str().unwrap_or("")
+                        ),
+                        "model_call" => eprintln!(
+                            "  model {} via {}: {} in / {} out tokens",
+                            v["model"].as_str().unwrap_or("?"),
+                            v["provider"].as_str().unwrap_or("?"),
+                            v["input_tokens"],
+                            v["output_tokens"]
+                        ),
+                        "result" => {}
+                        other => eprintln!("  {other}: {v}"),
+                    }
+                }
+                if event == "result" {
+                    if !client.args.json {
+                        if v["status"] == "completed" {
+                            client.print_json(&v["output"]);
+                        } else {
+                            eprintln!(
+                                "job {}: {}",
+                                v["status"].as_str().unwrap_or("?"),
+                                v["error"]
+                            );
+                        }
+                    }
+                    code = if v["status"] == "completed" {
+                        exit::OK
+                    } else {
+                        exit::FAILED
+                    };
+                }
+                data.clear();
+                event.clear();
+            }
+        }
+    }
+    Ok(code)
+}
