@@ -53,7 +53,10 @@ pub async fn sim_provider(args: SimProviderArgs) -> anyhow::Result<i32> {
         tpm: args.tpm,
         ..sluice_gateway::SimConfig::default()
     };
-    eprintln!("simulated provider on http://{}/v1 (OpenAI and Anthropic wire formats)", args.listen);
+    eprintln!(
+        "simulated provider on http://{}/v1 (OpenAI and Anthropic wire formats)",
+        args.listen
+    );
     tokio::select! {
         r = sluice_gateway::sim::run(args.listen, cfg) => r?,
         _ = tokio::signal::ctrl_c() => {}

@@ -1,5 +1,6 @@
 //! The `sluice` command line.
 
+mod admin;
 mod client;
 mod deploy;
 mod dlq;
@@ -55,6 +56,12 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// API keys and webhook secrets (works directly against the configured store).
     Keys(keys::KeysArgs),
+    /// Apply the store's migrations to the configured database, then exit (`sluice up` also
+    /// applies them on start).
+    Migrate,
+    /// Serve the simulated model provider (OpenAI and Anthropic wire formats) standalone,
+    /// for load tests against a real HTTP provider.
+    SimProvider(admin::SimProviderArgs),
 }
 
 /// Process exit codes, as documented in `--help`.
@@ -82,6 +89,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Keys(args) => {
             keys::run(args, crate::config::Config::load(cli.config.as_deref())?).await
         }
+        Command::Migrate => {
+            admin::migrate(&crate::config::Config::load(cli.config.as_deref())?).await
+        }
+        Command::SimProvider(args) => admin::sim_provider(args).await,
         Command::CheckConfig => {
             let config = crate::config::Config::load(cli.config.as_deref())?;
             println!("{config:#?}");

@@ -52,9 +52,9 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<i32> {
                 println!(
                     "{:<24} {:>7} {:>10} {:>10} {:>12.6} {:>9.0} {:>9.0}",
                     r["key"].as_str().unwrap_or("(none)"),
-                    r["calls"],
-                    r["input_tokens"],
-                    r["output_tokens"],
+                    r["calls"].as_u64().unwrap_or(0),
+                    r["input_tokens"].as_u64().unwrap_or(0),
+                    r["output_tokens"].as_u64().unwrap_or(0),
                     r["cost_usd"].as_f64().unwrap_or(0.0),
                     r["latency_p50_ms"].as_f64().unwrap_or(0.0),
                     r["latency_p95_ms"].as_f64().unwrap_or(0.0),
