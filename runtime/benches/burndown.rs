@@ -11,7 +11,7 @@
 //! Postgres: a fresh database is created on the server at SLUICE_TEST_PG_URL
 //! (default postgres://postgres@127.0.0.1:5432/postgres) and dropped afterwards.
 
-#[path = "../crates/engine/tests/plugins.rs"]
+#[path = "../crates/engine/tests/support/plugins.rs"]
 mod plugins;
 
 use std::time::{Duration, Instant};

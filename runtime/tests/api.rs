@@ -1,8 +1,5 @@
 //! The HTTP API through its router (no socket): `app(node)` on a temporary SQLite store.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,35 +12,9 @@ use sluice::node::Node;
 use sluice_store::NewApiKey;
 use tower::ServiceExt;
 
-fn plugins_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins")
-        .canonicalize()
-        .unwrap()
-}
-
-/// The compiled component of plugin crate `name`, built once per test process.
-fn component(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet"])
-            .current_dir(plugins_dir())
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("running cargo build for plugins/");
-        assert!(
-            status.success(),
-            "building plugins/ for wasm32-wasip2 failed"
-        );
-    });
-    let file = plugins_dir()
-        .join("target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
-}
+#[path = "../crates/engine/tests/support/plugins.rs"]
+mod plugins;
+use plugins::component;
 
 struct Harness {
     app: Router,

@@ -1,6 +1,6 @@
 //! `sluice run` as a user runs it: the real binary, real components, the simulated providers.
 
-#[path = "../crates/engine/tests/plugins.rs"]
+#[path = "../crates/engine/tests/support/plugins.rs"]
 mod plugins;
 
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! real components: jobs complete, failures retry with their effects and model calls
 //! replayed from the journal, and bad handlers end up dead with a reason.
 
-#[path = "../crates/engine/tests/plugins.rs"]
+#[path = "../crates/engine/tests/support/plugins.rs"]
 mod plugins;
 
 use std::time::Duration;

@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_engine::{Engine, EngineConfig, JobLimits, memory};
 use sluice_types::{CallContext, JobInfo};
 
-#[path = "../tests/plugins.rs"]
+#[path = "../tests/support/plugins.rs"]
 mod plugins;
 
 fn bench(c: &mut Criterion) {

@@ -1,6 +1,7 @@
 //! The engine against real components built from `plugins/`: good handlers work, bad ones
 //! fail their own job with a classified error, and the engine keeps serving.
 
+#[path = "support/plugins.rs"]
 mod plugins;
 
 use std::sync::Arc;
