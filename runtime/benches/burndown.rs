@@ -124,8 +124,8 @@ async fn main() {
         let row: (f64, f64, f64, f64) = sqlx::query_as(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), \
                     percentile_cont(0.95) WITHIN GROUP (ORDER BY ms), \
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
-             FROM (SELECT extract(epoch FROM finished_at - attempted_at) * 1000 AS ms \
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)::float8 \
+             FROM (SELECT (extract(epoch FROM finished_at - attempted_at) * 1000)::float8 AS ms \
                    FROM job_history WHERE state = 'completed') t",
         )
         .fetch_one(&mut conn)

@@ -119,19 +119,27 @@ async fn dispatch(
     let mut caps_refreshed = tokio::time::Instant::now() - Duration::from_secs(3600);
     let mut jobs = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
+    let total_slots = node.config.worker.slots;
 
     while !stop.is_cancelled() {
         // Reap finished job tasks so the set does not grow.
         while jobs.try_join_next().is_some() {}
 
         let free = slots.available_permits() as u32;
-        if free == 0 {
+        // Claim in batches: while most slots are busy, wait for more to free up (or a short
+        // while) rather than paying a claim round trip for one or two jobs.
+        let batch_floor = (total_slots / 4).clamp(1, 64);
+        if free == 0 || (free < batch_floor && free < total_slots) {
             tokio::select! {
                 _ = finished.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(2)), if free > 0 => {}
                 _ = stop.cancelled() => break,
             }
-            continue;
+            if slots.available_permits() == 0 {
+                continue;
+            }
         }
+        let free = slots.available_permits() as u32;
         if caps_refreshed.elapsed() > Duration::from_secs(5) {
             match node.store.concurrency_caps().await {
                 Ok(c) => caps = c,
