@@ -21,11 +21,7 @@ impl SpendTracker {
     /// Add a call.
     pub fn add(&self, job: Uuid, usage: Usage, cost_micros: u64) {
         let mut map = self.map.lock().expect("spend poisoned");
-        let s = map.entry(job).or_default();
-        s.cost_micros += cost_micros;
-        s.input_tokens += u64::from(usage.input_tokens);
-        s.output_tokens += u64::from(usage.output_tokens);
-        s.calls += 1;
+        map.entry(job).or_default().add_call(usage, cost_micros);
     }
 
     /// Add an extra cost.

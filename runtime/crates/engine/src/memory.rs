@@ -18,33 +18,15 @@ use sluice_types::{
 };
 use uuid::Uuid;
 
-/// Longest state or effect key, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
 /// Largest state value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
-/// Check a state key the way every backend must.
-pub fn check_key(key: &str) -> Result<(), StateError> {
-    if key.is_empty() {
-        return Err(StateError::InvalidKey("key is empty".into()));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(StateError::InvalidKey(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )));
-    }
-    Ok(())
+fn check_key(key: &str) -> Result<(), StateError> {
+    sluice_types::backend::check_state_key(key)
 }
 
 fn check_value(value: &str) -> Result<(), StateError> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(StateError::TooLarge(format!(
-            "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-            value.len()
-        )));
-    }
-    Ok(())
+    sluice_types::backend::check_state_value(value, MAX_VALUE_BYTES)
 }
 
 type StateMap = HashMap<StateScope, BTreeMap<String, (String, Option<Instant>)>>;
@@ -143,14 +125,10 @@ pub struct MemoryEffects {
     map: Mutex<HashMap<(Uuid, String), String>>,
 }
 
-fn check_effect_key(key: &str) -> Result<(), EffectError> {
-    check_key(key).map_err(|e| EffectError::InvalidKey(e.to_string()))
-}
-
 #[async_trait]
 impl EffectsBackend for MemoryEffects {
     async fn lookup(&self, job: Uuid, key: &str) -> Result<Option<String>, EffectError> {
-        check_effect_key(key)?;
+        sluice_types::backend::check_effect_key(key)?;
         Ok(self
             .map
             .lock()
@@ -160,7 +138,7 @@ impl EffectsBackend for MemoryEffects {
     }
 
     async fn commit(&self, job: Uuid, key: &str, result: &str) -> Result<(), EffectError> {
-        check_effect_key(key)?;
+        sluice_types::backend::check_effect_key(key)?;
         self.map
             .lock()
             .expect("effects poisoned")
@@ -180,11 +158,7 @@ impl MemoryUsage {
     /// Add a model call's usage to a job's spend.
     pub fn record(&self, job: Uuid, usage: Usage, cost_micros: u64) {
         let mut map = self.spend.lock().expect("usage poisoned");
-        let s = map.entry(job).or_default();
-        s.cost_micros += cost_micros;
-        s.input_tokens += u64::from(usage.input_tokens);
-        s.output_tokens += u64::from(usage.output_tokens);
-        s.calls += 1;
+        map.entry(job).or_default().add_call(usage, cost_micros);
     }
 
     /// A job's spend so far.

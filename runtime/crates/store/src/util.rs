@@ -4,13 +4,11 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sluice_types::{EffectError, StateError};
 
 use crate::error::{Result, StoreError};
 use crate::model::{AttemptRecord, NewJob};
 
-/// Longest state or effect key, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
+pub use sluice_types::backend::MAX_KEY_BYTES;
 
 /// `sha256:<hex>` of component bytes.
 pub fn component_digest(bytes: &[u8]) -> String {
@@ -74,42 +72,7 @@ pub(crate) fn prepare(job: NewJob, max_input: usize) -> Result<Prepared> {
     })
 }
 
-pub(crate) fn check_state_key(key: &str) -> Result<(), StateError> {
-    if key.is_empty() {
-        Err(StateError::InvalidKey("key must not be empty".into()))
-    } else if key.len() > MAX_KEY_BYTES {
-        Err(StateError::InvalidKey(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-pub(crate) fn check_state_value(value: &str, limit: usize) -> Result<(), StateError> {
-    if value.len() > limit {
-        Err(StateError::TooLarge(format!(
-            "value is {} bytes; the limit is {limit}",
-            value.len()
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-pub(crate) fn check_effect_key(key: &str) -> Result<(), EffectError> {
-    if key.is_empty() {
-        Err(EffectError::InvalidKey("key must not be empty".into()))
-    } else if key.len() > MAX_KEY_BYTES {
-        Err(EffectError::InvalidKey(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )))
-    } else {
-        Ok(())
-    }
-}
+pub(crate) use sluice_types::backend::{check_effect_key, check_state_key, check_state_value};
 
 /// The smallest string greater than every string starting with `prefix`, in byte order, or
 /// `None` when there is none (empty prefix). Keys are compared bytewise (`COLLATE "C"` on

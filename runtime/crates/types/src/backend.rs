@@ -55,6 +55,43 @@ pub enum EffectError {
     Unavailable(String),
 }
 
+/// Longest state or effect key, in bytes (the WIT contract's limit).
+pub const MAX_KEY_BYTES: usize = 512;
+
+fn key_problem(key: &str) -> Option<String> {
+    if key.is_empty() {
+        Some("key must not be empty".into())
+    } else if key.len() > MAX_KEY_BYTES {
+        Some(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// Check a state key the way every [`StateBackend`] must.
+pub fn check_state_key(key: &str) -> Result<(), StateError> {
+    key_problem(key).map_or(Ok(()), |m| Err(StateError::InvalidKey(m)))
+}
+
+/// Check a state value against a backend's size limit.
+pub fn check_state_value(value: &str, limit: usize) -> Result<(), StateError> {
+    if value.len() > limit {
+        return Err(StateError::TooLarge(format!(
+            "value is {} bytes; the limit is {limit}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Check an effect key the way every [`EffectsBackend`] must.
+pub fn check_effect_key(key: &str) -> Result<(), EffectError> {
+    key_problem(key).map_or(Ok(()), |m| Err(EffectError::InvalidKey(m)))
+}
+
 /// Model calls. `seq` is the call's position within the attempt (0, 1, 2, … in the order the
 /// handler made them; a batch takes consecutive positions), which journal replay matches on.
 #[async_trait]
@@ -128,6 +165,16 @@ pub struct Spend {
     pub output_tokens: u64,
     /// Calls made.
     pub calls: u32,
+}
+
+impl Spend {
+    /// Add one model call.
+    pub fn add_call(&mut self, usage: crate::model::Usage, cost_micros: u64) {
+        self.cost_micros += cost_micros;
+        self.input_tokens += u64::from(usage.input_tokens);
+        self.output_tokens += u64::from(usage.output_tokens);
+        self.calls += 1;
+    }
 }
 
 /// Spend tracking and budgets as the handler sees them.
