@@ -44,6 +44,12 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// Per-attempt timeout, in seconds.
     pub timeout_secs: u64,
+    /// Where alerts of the budgets in `[gateway]` are POSTed (signed with the secret of tenant
+    /// `_system`). Tenants' own budgets name their own alert URL.
+    pub alert_url: Option<String>,
+    /// How long delivered webhooks stay visible in `GET /v1/webhooks/deliveries`, in hours.
+    /// Dead ones stay until retried.
+    pub retention_hours: u64,
 }
 
 impl Default for WebhookConfig {
@@ -54,6 +60,8 @@ impl Default for WebhookConfig {
             allow_private: false,
             max_attempts: 8,
             timeout_secs: 10,
+            alert_url: None,
+            retention_hours: 72,
         }
     }
 }
@@ -66,6 +74,8 @@ impl std::fmt::Debug for WebhookConfig {
             .field("allow_private", &self.allow_private)
             .field("max_attempts", &self.max_attempts)
             .field("timeout_secs", &self.timeout_secs)
+            .field("alert_url", &self.alert_url)
+            .field("retention_hours", &self.retention_hours)
             .finish()
     }
 }

@@ -10,10 +10,14 @@
 //! ([`tenant_secret`]); `sluice keys webhook-secret --tenant t` prints it. The node secret is
 //! `webhooks.secret`, or a random one kept in `<data_dir>/webhook.secret`.
 //!
-//! Failed deliveries are retried with exponential backoff and jitter. A delivery that runs
-//! out of attempts (or gets a non-retryable 4xx) is dead-lettered: counted in
-//! `sluice_webhook_dead_total`, logged, and appended to the job's event stream as an
-//! `error` log event, so it is visible through `GET /v1/jobs/{id}/events`.
+//! Deliveries live in the store's outbox (`webhook_deliveries`): the row for a finished job is
+//! written in the transaction that finishes it, so a crash cannot lose an outcome, and any
+//! node's dispatcher may deliver it. Failed deliveries are retried with exponential backoff
+//! and jitter. A delivery that runs out of attempts (or gets a non-retryable 4xx) is
+//! dead-lettered: kept with status `dead` and its last error (`GET /v1/webhooks/deliveries?
+//! status=dead`, retried by `POST /v1/webhooks/deliveries/{id}/retry`), counted in
+//! `sluice_webhook_dead_total`, logged, and appended to the job's event stream as an `error`
+//! log event. Budget alerts (`Sluice-Event: budget.alert`) go through the same outbox.
 //!
 //! Targets are checked against the allow-list: by default no private, loopback or
 //! link-local addresses (checked again after DNS resolution, and the connection is pinned
@@ -27,9 +31,9 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
 use sha2::Sha256;
+use sluice_store::{DeliveryResult, WebhookDelivery};
 use sluice_types::{EventSink, JobEvent, LogLevel};
 use tokio::sync::broadcast::error::RecvError;
-use uuid::Uuid;
 
 use crate::config::WebhookConfig;
 use crate::node::Node;
@@ -180,7 +184,13 @@ pub fn node_secret(config: &WebhookConfig, data_dir: &Path) -> std::io::Result<S
     Ok(secret)
 }
 
-/// Deliver outcome webhooks for jobs that finish on this node until the event hub closes.
+/// Deliveries in flight at once per node.
+const CONCURRENCY: usize = 32;
+
+/// Run the webhook outbox until the event hub closes: claim due deliveries (from any node's
+/// jobs: the store queues one when a job with a webhook finishes, in the same transaction),
+/// POST each once, and record the result: delivered, retry later with backoff, or dead.
+/// A finished job on this node wakes the loop at once; otherwise it polls every second.
 pub fn spawn_webhooks(node: Node) -> tokio::task::JoinHandle<()> {
     let mut events = node.events.subscribe();
     tokio::spawn(async move {
@@ -191,38 +201,88 @@ pub fn spawn_webhooks(node: Node) -> tokio::task::JoinHandle<()> {
                 return;
             }
         };
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        let lease = Duration::from_secs(node.config.webhooks.timeout_secs.max(1) * 2 + 30);
+        let mut last_purge = tokio::time::Instant::now();
         loop {
-            match events.recv().await {
-                Ok(ev) => {
-                    if crate::api::is_terminal_status(&ev.event) {
-                        let node = node.clone();
-                        let secret = secret.clone();
-                        tokio::spawn(async move { deliver_job(node, ev.job, &secret).await });
+            let free = permits.available_permits() as u32;
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match node.store.webhook_claim(free, lease).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                        Vec::new()
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    metrics::counter!("sluice_webhook_lagged_events_total").increment(n);
-                    tracing::warn!(missed = n, "webhook dispatcher lagged behind job events");
+            };
+            let busy = !claimed.is_empty();
+            for d in claimed {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let node = node.clone();
+                let secret = secret.clone();
+                tokio::spawn(async move {
+                    deliver_one(&node, d, &secret).await;
+                    drop(permit);
+                });
+            }
+            if last_purge.elapsed() > Duration::from_secs(3600) {
+                last_purge = tokio::time::Instant::now();
+                let keep = Duration::from_secs(node.config.webhooks.retention_hours * 3600);
+                if let Err(e) = node.store.purge_control(keep).await {
+                    tracing::warn!(error = %e, "purging delivered webhooks failed");
                 }
-                Err(RecvError::Closed) => return,
+            }
+            if busy {
+                continue;
+            }
+            let wait = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    ev = events.recv() => match ev {
+                        Ok(ev) if crate::api::is_terminal_status(&ev.event) => break,
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return,
+                    },
+                }
             }
         }
     })
 }
 
-async fn deliver_job(node: Node, id: Uuid, node_secret: &str) {
-    let job = match node.store.get_job(id).await {
-        Ok(Some(j)) => j,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "loading a finished job for its webhook failed");
-            return;
+/// Why an attempt failed, and whether trying again could help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    /// A later attempt may succeed (network error, 5xx, 408, 429).
+    pub retryable: bool,
+    /// What happened.
+    pub reason: String,
+}
+
+impl AttemptError {
+    fn retry(reason: impl Into<String>) -> Self {
+        AttemptError {
+            retryable: true,
+            reason: reason.into(),
         }
-    };
-    let Some(url) = job.webhook_url.clone() else {
-        return;
-    };
-    let body = json!({
+    }
+    fn fatal(reason: impl Into<String>) -> Self {
+        AttemptError {
+            retryable: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The body a receiver gets for a finished job.
+fn job_body(job: &sluice_store::JobRecord) -> Value {
+    json!({
         "id": job.id,
         "plugin": job.plugin,
         "plugin_version": job.plugin_version,
@@ -234,114 +294,169 @@ async fn deliver_job(node: Node, id: Uuid, node_secret: &str) {
         "tags": job.tags,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
-    });
-    let secret = tenant_secret(node_secret, &job.tenant);
-    let event = format!("job.{}", job.status.as_str());
+    })
+}
+
+/// Exponential backoff with jitter after `attempts` failed attempts: a random wait between
+/// half and all of 1 s, 2 s, 4 s, …, capped at 10 minutes, so receivers that come back are not
+/// hit by every sender at once.
+pub fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempts.saturating_sub(1).min(10))
+        .min(Duration::from_secs(600));
+    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 2);
+    base / 2 + Duration::from_millis(jitter)
+}
+
+async fn deliver_one(node: &Node, d: WebhookDelivery, node_secret: &str) {
     let cfg = &node.config.webhooks;
+    let body = match (d.job_id, &d.payload) {
+        (_, Some(p)) => Ok(p.clone()),
+        (Some(id), None) => match node.store.get_job(id).await {
+            Ok(Some(job)) => Ok(job_body(&job)),
+            Ok(None) => Err(AttemptError::fatal("the job no longer exists")),
+            Err(e) => Err(AttemptError::retry(format!("loading the job: {e}"))),
+        },
+        (None, None) => Err(AttemptError::fatal("the delivery has no body")),
+    };
+    let secret = tenant_secret(node_secret, &d.tenant);
     let open = node.config.server.dev || cfg.allow_private;
-    let outcome = deliver(&url, &body, &secret, &event, cfg, open).await;
-    match outcome {
-        Ok(attempts) => {
-            metrics::counter!("sluice_webhook_delivered_total").increment(1);
-            tracing::debug!(job = %id, attempts, "webhook delivered");
-        }
-        Err(reason) => {
-            metrics::counter!("sluice_webhook_dead_total").increment(1);
-            tracing::error!(job = %id, url = %url, reason = %reason, "webhook delivery dead-lettered");
-            node.events.emit(
-                id,
-                JobEvent::Log {
-                    level: LogLevel::Error,
-                    message: format!("webhook delivery failed: {reason}"),
-                    fields: vec![
-                        ("webhook_url".into(), url.clone()),
-                        ("kind".into(), "webhook_dead".into()),
-                    ],
+    let outcome = match body {
+        Ok(body) => {
+            attempt(
+                &d.url,
+                &body,
+                &AttemptHeaders {
+                    secret: &secret,
+                    event: &d.event,
+                    delivery: &d.delivery_id.to_string(),
                 },
-            );
+                cfg,
+                open,
+            )
+            .await
         }
+        Err(e) => Err(e),
+    };
+    let attempts = d.attempts + 1;
+    let result = match outcome {
+        Ok(()) => {
+            metrics::counter!("sluice_webhook_delivered_total").increment(1);
+            tracing::debug!(delivery = d.id, attempts, "webhook delivered");
+            DeliveryResult::Delivered
+        }
+        Err(e) if e.retryable && attempts < cfg.max_attempts.max(1) => {
+            metrics::counter!("sluice_webhook_retries_total").increment(1);
+            let wait = backoff(attempts);
+            tracing::debug!(delivery = d.id, attempts, reason = %e.reason, ?wait, "webhook attempt failed; retrying");
+            DeliveryResult::Retry {
+                at: chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                error: e.reason,
+            }
+        }
+        Err(e) => {
+            let reason = if e.retryable {
+                format!("{attempts} attempts failed; last: {}", e.reason)
+            } else {
+                e.reason
+            };
+            metrics::counter!("sluice_webhook_dead_total").increment(1);
+            tracing::error!(delivery = d.id, url = %d.url, reason = %reason, "webhook delivery dead-lettered");
+            if let Some(job) = d.job_id {
+                node.events.emit(
+                    job,
+                    JobEvent::Log {
+                        level: LogLevel::Error,
+                        message: format!("webhook delivery failed: {reason}"),
+                        fields: vec![
+                            ("webhook_url".into(), d.url.clone()),
+                            ("delivery".into(), d.id.to_string()),
+                            ("kind".into(), "webhook_dead".into()),
+                        ],
+                    },
+                );
+            }
+            DeliveryResult::Dead { error: reason }
+        }
+    };
+    if let Err(e) = node.store.webhook_finish(d.id, &result).await {
+        // The lease runs out and another pass tries again: at-least-once, deduped by the
+        // receiver on `Sluice-Delivery`.
+        tracing::warn!(delivery = d.id, error = %e, "recording a webhook attempt failed");
     }
 }
 
-/// POST `body` to `url` until it succeeds or attempts run out; `Ok(attempts)` or the reason
-/// it was given up.
-pub async fn deliver(
+/// The per-delivery headers of an attempt.
+pub struct AttemptHeaders<'a> {
+    /// The tenant's signing secret.
+    pub secret: &'a str,
+    /// `Sluice-Event`.
+    pub event: &'a str,
+    /// `Sluice-Delivery`: the same on every attempt of one delivery.
+    pub delivery: &'a str,
+}
+
+/// POST `body` to `url` once, signed.
+pub async fn attempt(
     url: &str,
     body: &Value,
-    secret: &str,
-    event: &str,
+    h: &AttemptHeaders<'_>,
     cfg: &WebhookConfig,
     open: bool,
-) -> Result<u32, String> {
-    let parsed = check_url_with(url, open, &cfg.allow_hosts)?;
+) -> Result<(), AttemptError> {
+    let parsed = check_url_with(url, open, &cfg.allow_hosts).map_err(AttemptError::fatal)?;
     let host = parsed.host_str().unwrap_or_default().to_string();
     let listed = !cfg.allow_hosts.is_empty();
-    let delivery = Uuid::new_v4().to_string();
-    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-    let max = cfg.max_attempts.max(1);
-    let mut last = String::new();
-    for attempt in 1..=max {
-        if attempt > 1 {
-            let base = Duration::from_millis(500 * (1u64 << (attempt - 2).min(10)));
-            let capped = base.min(Duration::from_secs(300));
-            let jitter = rand::rng().random_range(0..=capped.as_millis() as u64 / 2);
-            tokio::time::sleep(capped / 2 + Duration::from_millis(jitter)).await;
-        }
-        // Resolve and check every address, then pin the connection to a checked one, so a
-        // DNS answer cannot point the request somewhere the check did not see.
-        let port = parsed.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                last = format!("resolving {host}: {e}");
-                continue;
-            }
-        };
-        if !open && !listed && addrs.iter().any(|a| is_private(a.ip())) {
-            return Err(format!("{host} resolves to a private address"));
-        }
-        let Some(addr) = addrs.first().copied() else {
-            last = format!("{host} has no addresses");
-            continue;
-        };
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve(&host, addr)
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => return Err(format!("building the HTTP client: {e}")),
-        };
-        let t = chrono::Utc::now().timestamp();
-        let res = client
-            .post(parsed.clone())
-            .header("content-type", "application/json")
-            .header(
-                "user-agent",
-                concat!("sluice-webhooks/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("sluice-signature", sign(secret, t, &bytes))
-            .header("sluice-delivery", &delivery)
-            .header("sluice-event", event)
-            .body(bytes.clone())
-            .send()
-            .await;
-        match res {
-            Ok(r) if r.status().is_success() => return Ok(attempt),
-            Ok(r) => {
-                let s = r.status();
-                last = format!("HTTP {s}");
-                let retryable = s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429;
-                if !retryable {
-                    return Err(format!("{last} (not retried)"));
-                }
-            }
-            Err(e) => last = e.to_string(),
-        }
-        metrics::counter!("sluice_webhook_retries_total").increment(1);
+    let bytes = serde_json::to_vec(body).map_err(|e| AttemptError::fatal(e.to_string()))?;
+    // Resolve and check every address, then pin the connection to a checked one, so a DNS
+    // answer cannot point the request somewhere the check did not see.
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| AttemptError::retry(format!("resolving {host}: {e}")))?
+        .collect();
+    if !open && !listed && addrs.iter().any(|a| is_private(a.ip())) {
+        return Err(AttemptError::fatal(format!(
+            "{host} resolves to a private address"
+        )));
     }
-    Err(format!("{max} attempts failed; last: {last}"))
+    let addr = addrs
+        .first()
+        .copied()
+        .ok_or_else(|| AttemptError::retry(format!("{host} has no addresses")))?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&host, addr)
+        .build()
+        .map_err(|e| AttemptError::fatal(format!("building the HTTP client: {e}")))?;
+    let t = chrono::Utc::now().timestamp();
+    let res = client
+        .post(parsed)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("sluice-webhooks/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("sluice-signature", sign(h.secret, t, &bytes))
+        .header("sluice-delivery", h.delivery)
+        .header("sluice-event", h.event)
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| AttemptError::retry(e.to_string()))?;
+    let s = res.status();
+    if s.is_success() {
+        return Ok(());
+    }
+    let retryable = s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429;
+    Err(AttemptError {
+        retryable,
+        reason: if retryable {
+            format!("HTTP {s}")
+        } else {
+            format!("HTTP {s} (not retried)")
+        },
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! the tenant of its API key ([`auth`]); another tenant's things answer 404, not 403.
 
 pub mod auth;
+mod budgets;
 pub mod error;
 pub mod extract;
 mod jobs;
@@ -13,6 +14,7 @@ mod ops;
 mod plugins;
 mod sse;
 mod usage;
+mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -86,6 +88,15 @@ pub fn app(node: Node) -> Router {
         .route("/v1/dlq", get(jobs::list_dead))
         .route("/v1/dlq/redrive", post(jobs::redrive_dead))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/budgets", get(budgets::list))
+        .route(
+            "/v1/budgets/{name}",
+            get(budgets::get).put(budgets::put).delete(budgets::delete),
+        )
+        .route("/v1/webhooks/deliveries", get(webhooks::list))
+        .route("/v1/webhooks/deliveries/{id}", get(webhooks::get))
+        .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
+        .route("/v1/nodes", get(ops::nodes))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(node.config.server.max_body_bytes))

@@ -1,4 +1,4 @@
-//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/v1/nodes`.
 
 use std::sync::OnceLock;
 
@@ -6,10 +6,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::ApiError;
+use super::auth::{Principal, Scope};
+use super::error::{ApiError, ApiResult};
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -87,4 +88,18 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// `GET /openapi.json`
 pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `GET /v1/nodes` (admin): the nodes sharing this database, as the limit share sees them.
+pub(crate) async fn nodes(
+    State(st): State<AppState>,
+    principal: Principal,
+) -> ApiResult<axum::Json<Value>> {
+    principal.require(Scope::Admin)?;
+    let nodes = st
+        .node
+        .store
+        .list_nodes(crate::node::cluster::NODE_TTL)
+        .await?;
+    Ok(axum::Json(json!({ "nodes": nodes })))
 }

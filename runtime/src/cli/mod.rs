@@ -1,6 +1,7 @@
 //! The `sluice` command line.
 
 mod admin;
+mod budgets;
 mod client;
 mod deploy;
 mod dlq;
@@ -10,6 +11,7 @@ mod run;
 mod submit;
 mod up;
 mod usage;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -54,6 +56,10 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Tokens, cost and latency, grouped.
     Usage(usage::UsageArgs),
+    /// Hard budgets (tenant, plugin, tag or job; per day, month or in total) and their spend.
+    Budgets(budgets::BudgetsArgs),
+    /// Webhook deliveries: list them (`--status dead` for the dead letter) and retry.
+    Webhooks(webhooks::WebhooksArgs),
     /// API keys and webhook secrets (works directly against the configured store).
     Keys(keys::KeysArgs),
     /// Apply the store's migrations to the configured database, then exit (`sluice up` also
@@ -86,6 +92,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Jobs(args) => jobs::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
         Command::Usage(args) => usage::run(args).await,
+        Command::Budgets(args) => budgets::run(args).await,
+        Command::Webhooks(args) => webhooks::run(args).await,
         Command::Keys(args) => {
             keys::run(args, crate::config::Config::load(cli.config.as_deref())?).await
         }

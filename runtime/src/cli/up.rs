@@ -73,6 +73,12 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
         matches!(args.role, Role::All | Role::Worker).then(|| crate::worker::spawn(node.clone()));
     let webhooks = matches!(args.role, Role::All | Role::Worker)
         .then(|| crate::webhooks::spawn_webhooks(node.clone()));
+    let roles = match args.role {
+        Role::All => "api,worker",
+        Role::Api => "api",
+        Role::Worker => "worker",
+    };
+    let membership = crate::node::cluster::join(node.clone(), roles);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = if args.role != Role::Worker {
@@ -99,7 +105,7 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
         None
     };
 
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await;
     eprintln!("\nshutting down: finishing requests and running jobs (Ctrl-C again to force)…");
     let _ = stop_tx.send(true);
     let drain = async {
@@ -112,13 +118,37 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
     };
     tokio::select! {
         _ = drain => {}
-        _ = tokio::signal::ctrl_c() => eprintln!("forced stop"),
+        _ = shutdown_signal() => eprintln!("forced stop"),
     }
     if let Some(w) = webhooks {
         w.abort();
     }
+    membership.leave().await;
     node.store.close().await;
     Ok(exit::OK)
+}
+
+/// Ctrl-C, or SIGTERM (what container runtimes and process managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn print_welcome(addr: &str, dev_open: bool, node: &Node) {

@@ -1,12 +1,16 @@
 //! A running Sluice node: the store, the engine, the gateway and the backends that connect
 //! them, shared by the worker and the HTTP API.
 
+pub mod budgets;
+pub mod cluster;
 mod events;
+mod ledger;
 mod models;
 mod plugins;
 mod usage;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sluice_engine::Engine;
@@ -14,7 +18,9 @@ use sluice_gateway::Gateway;
 use sluice_store::{JobStore, StoreConfig};
 use sluice_types::HostServices;
 
+pub use budgets::AlertRouter;
 pub use events::{EventHub, LiveEvent};
+pub use ledger::StoreLedger;
 pub use models::GatewayModels;
 pub use plugins::{PluginCache, PluginLoadError};
 pub use usage::SpendTracker;
@@ -40,6 +46,8 @@ pub struct Node {
     pub spend: SpendTracker,
     /// The backends the engine's host imports call.
     pub services: HostServices,
+    /// Routes budget alerts to the log and to webhooks.
+    pub alerts: Arc<AlertRouter>,
 }
 
 impl Node {
@@ -72,18 +80,41 @@ impl Node {
             .await?
             .context("starting the wasm engine")?;
 
-        let gateway = Gateway::new(config.gateway.clone().or_simulated())
+        // Budgets are kept in the store so every node enforces the same ones; a hold left by a
+        // node that died mid-call expires once no call of that node could still be running.
+        let hold_ttl = Duration::from_secs(config.engine.default_timeout_secs.max(600) + 60);
+        let alerts = AlertRouter::spawn(store.clone());
+        let gateway = Gateway::builder(config.gateway.clone().or_simulated())
+            .ledger(Arc::new(StoreLedger::new(store.clone(), hold_ttl)))
+            .alert_sink(alerts.clone())
+            .build()
             .await
             .context("starting the model gateway")?;
-        Ok(Node::assemble(config, store, engine, gateway))
+        let node = Node::assemble_with(config, store, engine, gateway, alerts);
+        budgets::refresh(&node)
+            .await
+            .context("loading the tenants' budgets")?;
+        Ok(node)
     }
 
-    /// Wire already-built parts together (tests build their own).
+    /// Wire already-built parts together (tests build their own). Budget alerts go to the
+    /// log only unless the gateway was built with [`Node::alerts`] as its sink.
     pub fn assemble(
         config: Config,
         store: Arc<dyn JobStore>,
         engine: Engine,
         gateway: Gateway,
+    ) -> Node {
+        let alerts = AlertRouter::spawn(store.clone());
+        Node::assemble_with(config, store, engine, gateway, alerts)
+    }
+
+    fn assemble_with(
+        config: Config,
+        store: Arc<dyn JobStore>,
+        engine: Engine,
+        gateway: Gateway,
+        alerts: Arc<AlertRouter>,
     ) -> Node {
         let events = EventHub::new(store.clone());
         let spend = SpendTracker::default();
@@ -109,6 +140,7 @@ impl Node {
             events,
             spend,
             services,
+            alerts,
         }
     }
 }

@@ -200,6 +200,8 @@ impl ModelBackend for GatewayModels {
         {
             response.source = ResponseSource::Journal;
             response.cost_micros = 0;
+            let record = CallRecord::replayed_embed(&request, &response);
+            self.record(ctx, &record, seq);
             return Ok(response);
         }
         match self.gateway.embed(ctx, request).await {

@@ -127,6 +127,7 @@ fn gateway_config(
         scope: BudgetScope::Tenant,
         tag: None,
         value: None,
+        tenant: None,
         period: Period::Day,
         limit_usd: 1_000_000.0,
         alerts: vec![0.5, 0.8, 1.0],

@@ -196,6 +196,10 @@ pub enum AlertKind {
 /// A budget alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetAlert {
+    /// The tenant that owns the rule (`None`: a rule from the node's config).
+    pub tenant: Option<String>,
+    /// The rule's name as its owner gave it.
+    pub name: String,
     /// The budget window.
     pub key: BudgetKey,
     /// What happened.
@@ -244,7 +248,12 @@ impl AlertSink for FanoutAlertSink {
 }
 
 struct Rule {
+    /// The owner's name for it.
     name: String,
+    /// Its name in the ledger: the owner's name, prefixed by the tenant for tenant rules so
+    /// two tenants' rules of the same name never share spend.
+    key: String,
+    tenant: Option<String>,
     scope: BudgetScope,
     tag: Option<String>,
     value: Option<String>,
@@ -268,9 +277,10 @@ impl Hold {
     }
 }
 
-/// The configured budget rules, applied through a ledger.
+/// The budget rules (from config, and tenants' rules set at run time), applied through a
+/// ledger.
 pub struct Budgets {
-    rules: Vec<Rule>,
+    rules: std::sync::RwLock<Arc<Vec<Rule>>>,
     ledger: Arc<dyn Ledger>,
     sink: Arc<dyn AlertSink>,
 }
@@ -278,24 +288,37 @@ pub struct Budgets {
 impl Budgets {
     /// Rules from config (validated), over `ledger`, alerting to `sink`.
     pub fn new(cfg: &[BudgetConfig], ledger: Arc<dyn Ledger>, sink: Arc<dyn AlertSink>) -> Self {
-        let rules = cfg
-            .iter()
+        Budgets {
+            rules: std::sync::RwLock::new(Arc::new(Self::compile(cfg))),
+            ledger,
+            sink,
+        }
+    }
+
+    /// Replace the rules (e.g. after a tenant changed theirs). Calls in flight settle against
+    /// the windows they reserved in.
+    pub fn set_rules(&self, cfg: &[BudgetConfig]) {
+        let rules = Arc::new(Self::compile(cfg));
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+
+    fn rules(&self) -> Arc<Vec<Rule>> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn compile(cfg: &[BudgetConfig]) -> Vec<Rule> {
+        cfg.iter()
             .map(|b| {
-                let what = match (b.scope, &b.tag, &b.value) {
-                    (BudgetScope::Tag, Some(t), Some(v)) => format!("tag:{t}={v}"),
-                    (BudgetScope::Tag, Some(t), None) => format!("tag:{t}=*"),
-                    (BudgetScope::Job, _, _) => "job".to_string(),
-                    (s, _, v) => format!("{}:{}", scope_name(s), v.as_deref().unwrap_or("*")),
-                };
-                let period = match b.period {
-                    Period::Day => "day",
-                    Period::Month => "month",
-                    Period::Total => "total",
-                };
                 let mut alerts = b.alerts.clone();
                 alerts.sort_by(f64::total_cmp);
+                let name = b.display_name();
                 Rule {
-                    name: b.name.clone().unwrap_or_else(|| format!("{what}/{period}")),
+                    key: match &b.tenant {
+                        Some(t) => format!("{t}/{name}"),
+                        None => name.clone(),
+                    },
+                    name,
+                    tenant: b.tenant.clone(),
                     scope: b.scope,
                     tag: b.tag.clone(),
                     value: b.value.clone(),
@@ -304,24 +327,20 @@ impl Budgets {
                     alerts,
                 }
             })
-            .collect();
-        Budgets {
-            rules,
-            ledger,
-            sink,
-        }
+            .collect()
     }
 
     /// Whether any rule exists (the fast path skips the ledger otherwise).
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules().is_empty()
     }
 
     /// The budget windows that apply to a call made by `ctx`'s job at `now`.
     pub fn lines_for(&self, ctx: &CallContext, now: DateTime<Utc>) -> Vec<BudgetLine> {
         let job = &ctx.job;
-        self.rules
+        self.rules()
             .iter()
+            .filter(|r| r.tenant.as_ref().is_none_or(|t| *t == job.tenant))
             .filter_map(|r| {
                 let scope = match r.scope {
                     BudgetScope::Tenant => Some(("tenant".to_string(), job.tenant.clone())),
@@ -341,7 +360,7 @@ impl Budgets {
                 };
                 Some(BudgetLine {
                     key: BudgetKey {
-                        budget: r.name.clone(),
+                        budget: r.key.clone(),
                         scope,
                         window: window(r.period, now),
                     },
@@ -357,7 +376,7 @@ impl Budgets {
         ctx: &CallContext,
         amount: u64,
     ) -> Result<Option<Hold>, LedgerError> {
-        if self.rules.is_empty() {
+        if self.rules().is_empty() {
             return Ok(None);
         }
         let lines = self.lines_for(ctx, Utc::now());
@@ -375,7 +394,10 @@ impl Budgets {
                     .await
                     .unwrap_or(false)
                 {
+                    let (tenant, name) = self.owner(&r.key.budget);
                     self.sink.alert(&BudgetAlert {
+                        tenant,
+                        name,
                         key: r.key.clone(),
                         kind: AlertKind::Refused,
                         spent_micros: r.spent_micros,
@@ -401,8 +423,9 @@ impl Budgets {
                 return;
             }
         };
+        let rules = self.rules();
         for (line, level) in hold.lines.iter().zip(levels) {
-            let Some(rule) = self.rules.iter().find(|r| r.name == line.key.budget) else {
+            let Some(rule) = rules.iter().find(|r| r.key == line.key.budget) else {
                 continue;
             };
             for &t in &rule.alerts {
@@ -419,6 +442,8 @@ impl Budgets {
                     .unwrap_or(false)
                 {
                     self.sink.alert(&BudgetAlert {
+                        tenant: rule.tenant.clone(),
+                        name: rule.name.clone(),
                         key: line.key.clone(),
                         kind: AlertKind::Threshold { fraction: t },
                         spent_micros: level.spent_micros,
@@ -427,6 +452,15 @@ impl Budgets {
                 }
             }
         }
+    }
+
+    /// The owner and owner's name of the rule with ledger name `key`.
+    fn owner(&self, key: &str) -> (Option<String>, String) {
+        self.rules()
+            .iter()
+            .find(|r| r.key == key)
+            .map(|r| (r.tenant.clone(), r.name.clone()))
+            .unwrap_or_else(|| (None, key.to_string()))
     }
 
     /// The least room left in any budget that applies to `ctx` (`None`: no budget applies).
@@ -449,15 +483,6 @@ impl Budgets {
             self.settle(hold, cost_micros).await;
         }
         Ok(())
-    }
-}
-
-fn scope_name(s: BudgetScope) -> &'static str {
-    match s {
-        BudgetScope::Tenant => "tenant",
-        BudgetScope::Plugin => "plugin",
-        BudgetScope::Tag => "tag",
-        BudgetScope::Job => "job",
     }
 }
 

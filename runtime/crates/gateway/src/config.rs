@@ -445,6 +445,10 @@ pub struct BudgetConfig {
     /// Only this tenant / plugin / tag value; absent: each value has its own budget.
     #[serde(default)]
     pub value: Option<String>,
+    /// Only jobs of this tenant. Rules a tenant sets through the API carry it; its ledger
+    /// entries are kept apart from other tenants' rules of the same name.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Reset period.
     pub period: Period,
     /// Hard limit, US dollars.
@@ -452,6 +456,56 @@ pub struct BudgetConfig {
     /// Fractions of the limit at which an alert fires (once per period each).
     #[serde(default = "d_alerts")]
     pub alerts: Vec<f64>,
+}
+
+impl BudgetConfig {
+    /// The rule's name: as given, or a description of what it counts (`tag:user=*/day`).
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let what = match (self.scope, &self.tag, &self.value) {
+            (BudgetScope::Tag, Some(t), Some(v)) => format!("tag:{t}={v}"),
+            (BudgetScope::Tag, Some(t), None) => format!("tag:{t}=*"),
+            (BudgetScope::Job, _, _) => "job".to_string(),
+            (BudgetScope::Tenant, _, v) => format!("tenant:{}", v.as_deref().unwrap_or("*")),
+            (BudgetScope::Plugin, _, v) => format!("plugin:{}", v.as_deref().unwrap_or("*")),
+            (BudgetScope::Tag, None, _) => "tag".to_string(),
+        };
+        let period = match self.period {
+            Period::Day => "day",
+            Period::Month => "month",
+            Period::Total => "total",
+        };
+        format!("{what}/{period}")
+    }
+
+    /// Check the rule on its own: a usable limit, `tag` exactly for tag scope, sane alerts.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.limit_usd.is_finite() && self.limit_usd >= 0.0) {
+            return Err("limit_usd must be finite and non-negative".into());
+        }
+        if self.limit_usd > 1e12 {
+            return Err("limit_usd is larger than any budget can be (1e12)".into());
+        }
+        match (self.scope, &self.tag) {
+            (BudgetScope::Tag, None) => return Err("scope = \"tag\" needs `tag`".into()),
+            (BudgetScope::Tag, Some(_)) => {}
+            (_, Some(_)) => return Err("`tag` is only for scope = \"tag\"".into()),
+            _ => {}
+        }
+        if self.scope == BudgetScope::Job && self.value.is_some() {
+            return Err("a job budget applies to every job; it takes no `value`".into());
+        }
+        if self
+            .alerts
+            .iter()
+            .any(|a| !(a.is_finite() && *a > 0.0 && *a <= 10.0))
+        {
+            return Err("alert thresholds must be positive fractions (0.8 = 80%)".into());
+        }
+        Ok(())
+    }
 }
 
 impl GatewayConfig {
@@ -687,29 +741,8 @@ impl GatewayConfig {
             }
         }
         for (index, b) in self.budgets.iter().enumerate() {
-            let err = |message: &str| ConfigError::Budget {
-                index,
-                message: message.into(),
-            };
-            if !(b.limit_usd.is_finite() && b.limit_usd >= 0.0) {
-                return Err(err("limit_usd must be finite and non-negative"));
-            }
-            match (b.scope, &b.tag) {
-                (BudgetScope::Tag, None) => return Err(err("scope = \"tag\" needs `tag`")),
-                (BudgetScope::Tag, Some(_)) => {}
-                (_, Some(_)) => return Err(err("`tag` is only for scope = \"tag\"")),
-                _ => {}
-            }
-            if b.scope == BudgetScope::Job && b.value.is_some() {
-                return Err(err(
-                    "a job budget applies to every job; it takes no `value`",
-                ));
-            }
-            if b.alerts.iter().any(|a| !(a.is_finite() && *a > 0.0)) {
-                return Err(err(
-                    "alert thresholds must be positive fractions (0.8 = 80%)",
-                ));
-            }
+            b.validate()
+                .map_err(|message| ConfigError::Budget { index, message })?;
         }
         Ok(())
     }

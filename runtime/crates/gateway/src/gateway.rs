@@ -17,7 +17,7 @@ use tracing::field::Empty;
 use crate::breaker::{Admission, Breaker, BreakerState};
 use crate::budget::{AlertSink, Budgets, Hold, Ledger, LedgerError, LogAlertSink, MemoryLedger};
 use crate::cache::ResponseCache;
-use crate::config::{ConfigError, GatewayConfig, ProviderKind, RetryConfig, Wire};
+use crate::config::{BudgetConfig, ConfigError, GatewayConfig, ProviderKind, RetryConfig, Wire};
 use crate::limiter::LimiterSet;
 use crate::provider::{
     AnthropicProvider, DeltaFn, FailureKind, OpenAiProvider, Provider, ProviderChatReply,
@@ -96,6 +96,17 @@ impl CallRecord {
             usage: response.usage,
             source: ResponseSource::Journal,
             ..CallRecord::new("chat", &request.model)
+        }
+    }
+
+    /// The record of an embedding served from the job's journal: no provider call, no cost.
+    pub fn replayed_embed(request: &EmbedRequest, response: &EmbedResponse) -> Self {
+        CallRecord {
+            provider: Some(response.provider.clone()),
+            response_model: Some(response.model.clone()),
+            usage: response.usage,
+            source: ResponseSource::Journal,
+            ..CallRecord::new("embeddings", &request.model)
         }
     }
 
@@ -443,6 +454,17 @@ impl Gateway {
         for m in self.inner.models.values() {
             m.own_limits.set_share(share);
         }
+    }
+
+    /// Replace the budget rules: the node's configured ones plus every tenant's. Each rule is
+    /// checked first; on an error nothing changes.
+    pub fn set_budgets(&self, rules: &[BudgetConfig]) -> Result<(), ConfigError> {
+        for (index, b) in rules.iter().enumerate() {
+            b.validate()
+                .map_err(|message| ConfigError::Budget { index, message })?;
+        }
+        self.inner.budgets.set_rules(rules);
+        Ok(())
     }
 
     /// The least room left in any budget that applies to `ctx`'s job (`None`: no budget).

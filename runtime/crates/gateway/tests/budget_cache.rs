@@ -30,6 +30,7 @@ fn budget(scope: BudgetScope, limit_usd: f64) -> BudgetConfig {
         scope,
         tag: None,
         value: None,
+        tenant: None,
         period: Period::Day,
         limit_usd,
         alerts: vec![0.5, 0.8, 1.0],

@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod control;
 mod error;
 mod machine;
 mod model;
@@ -37,6 +38,7 @@ mod util;
 use std::sync::Arc;
 
 pub use config::{BackoffPolicy, StoreConfig};
+pub use control::*;
 pub use error::{Result, StoreError};
 pub use model::*;
 pub use pg::{NOTIFY_CHANNEL, PgStore};

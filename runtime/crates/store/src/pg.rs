@@ -1,5 +1,7 @@
 //! The Postgres store: production, shared by several nodes.
 
+mod control;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,8 @@
 //! has to upgrade its lock and fail with `SQLITE_BUSY`); a small pool of readers serves reads
 //! from the WAL concurrently.
 
+mod control;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Mutex;

@@ -221,6 +221,10 @@ conformance!(
     work_signal_wakes,
     queue_stats_count,
     connections_killed_mid_loop,
+    budget_ledger_never_overshoots,
+    budget_rules_are_per_tenant,
+    webhook_outbox_follows_finished_jobs,
+    nodes_count_live,
 );
 
 mod cases {
@@ -2034,5 +2038,239 @@ mod cases {
             assert_eq!(rec.output.as_ref(), Some(&rec.input));
         }
         let _ = errors.load(Ordering::Relaxed);
+    }
+
+    fn line(budget: &str, limit: u64) -> LedgerLine {
+        LedgerLine {
+            budget: budget.into(),
+            scope: "tenant:acme".into(),
+            window: "total".into(),
+            limit_micros: limit,
+        }
+    }
+
+    pub async fn budget_ledger_never_overshoots(ctx: Ctx) {
+        let s = &ctx.store;
+        let ttl = Duration::from_secs(60);
+        let a = line("a", 100);
+        let b = line("b", 50);
+        let both = [a.clone(), b.clone()];
+        s.ledger_reserve(1, &both, 40, ttl).await.unwrap().unwrap();
+        // b has 10 left: refused, and nothing is held in a either.
+        let refused = s
+            .ledger_reserve(2, &both, 20, ttl)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.line, 1);
+        assert_eq!(refused.level.reserved_micros, 40);
+        let level = s.ledger_level("a", "tenant:acme", "total").await.unwrap();
+        assert_eq!((level.spent_micros, level.reserved_micros), (0, 40));
+        // Settling releases the hold and records the actual spend.
+        let after = s.ledger_settle(1, &both, 15).await.unwrap();
+        assert_eq!(after[0].spent_micros, 15);
+        assert_eq!(after[0].reserved_micros, 0);
+        assert_eq!(after[1].spent_micros, 15);
+
+        // Many reservations at once, from several connections: exactly as many fit as the
+        // limit allows.
+        let c = line("c", 100);
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let s = s.clone();
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                s.ledger_reserve(100 + i, &[c], 10, ttl)
+                    .await
+                    .unwrap()
+                    .is_ok()
+            }));
+        }
+        let mut granted = 0;
+        for t in tasks {
+            granted += usize::from(t.await.unwrap());
+        }
+        assert_eq!(granted, 10);
+        let level = s.ledger_level("c", "tenant:acme", "total").await.unwrap();
+        assert_eq!(level.reserved_micros, 100);
+
+        // A hold whose node died expires and stops counting.
+        let d = line("d", 10);
+        s.ledger_reserve(7, std::slice::from_ref(&d), 10, Duration::from_millis(1))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.ledger_reserve(8, std::slice::from_ref(&d), 10, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+
+        assert!(
+            s.ledger_mark_alert("a", "tenant:acme", "total", "50%")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.ledger_mark_alert("a", "tenant:acme", "total", "50%")
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.ledger_mark_alert("a", "tenant:acme", "2026-11", "50%")
+                .await
+                .unwrap()
+        );
+        let windows = s.ledger_windows("a", 10).await.unwrap();
+        assert_eq!(windows.len(), 1);
+        assert_eq!(windows[0].level.spent_micros, 15);
+        assert!(s.purge_control(Duration::from_secs(3600)).await.unwrap() >= 1);
+    }
+
+    pub async fn budget_rules_are_per_tenant(ctx: Ctx) {
+        let s = &ctx.store;
+        let spec = json!({"scope": "tenant", "period": "day", "limit_usd": 5.0});
+        let first = s.put_budget(T, "daily", &spec).await.unwrap();
+        s.put_budget("globex", "daily", &json!({"limit_usd": 1}))
+            .await
+            .unwrap();
+        let changed = json!({"scope": "tenant", "period": "day", "limit_usd": 7.5});
+        let second = s.put_budget(T, "daily", &changed).await.unwrap();
+        assert_eq!(second.created_at, first.created_at);
+        assert_eq!(second.spec, changed);
+        let mine = s.list_budgets(Some(T)).await.unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].spec, changed);
+        assert_eq!(s.list_budgets(None).await.unwrap().len(), 2);
+        assert!(!s.delete_budget("globex", "nope").await.unwrap());
+        assert!(s.delete_budget(T, "daily").await.unwrap());
+        assert!(s.list_budgets(Some(T)).await.unwrap().is_empty());
+    }
+
+    pub async fn webhook_outbox_follows_finished_jobs(ctx: Ctx) {
+        let s = &ctx.store;
+        ctx.plugin(T, P, PluginSettings::default()).await;
+        let mut with_hook = NewJob::new(T, P, json!(1));
+        with_hook.webhook_url = Some("https://hooks.example.com/a".into());
+        let hooked = s.enqueue(with_hook).await.unwrap().id;
+        s.enqueue(NewJob::new(T, P, json!(2))).await.unwrap();
+        for c in claim_n(s, &req(2), 2).await {
+            s.complete(c.lease, &json!("ok")).await.unwrap();
+        }
+        // Exactly one delivery, queued by finishing the job.
+        let lease = Duration::from_secs(60);
+        let claimed = s.webhook_claim(10, lease).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let d = &claimed[0];
+        assert_eq!(d.job_id, Some(hooked));
+        assert_eq!(d.event, "job.completed");
+        assert_eq!(d.tenant, T);
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        // Leased: another dispatcher does not get it.
+        assert!(s.webhook_claim(10, lease).await.unwrap().is_empty());
+
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        s.webhook_finish(
+            d.id,
+            &DeliveryResult::Retry {
+                at: past,
+                error: "HTTP 503".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let again = s.webhook_claim(10, lease).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+        assert_eq!(
+            again[0].delivery_id, d.delivery_id,
+            "same id on every attempt"
+        );
+        s.webhook_finish(
+            d.id,
+            &DeliveryResult::Dead {
+                error: "HTTP 410 (not retried)".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let dead = s
+            .webhook_list(T, Some(DeliveryStatus::Dead), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(
+            dead[0].last_error.as_deref(),
+            Some("HTTP 410 (not retried)")
+        );
+        assert!(dead[0].finished_at.is_some());
+        // Another tenant sees nothing and cannot retry it.
+        assert!(
+            s.webhook_list("globex", None, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.webhook_get("globex", d.id).await.unwrap().is_none());
+        assert!(!s.webhook_retry("globex", d.id).await.unwrap());
+        // Retried by its owner: pending and due now.
+        assert!(s.webhook_retry(T, d.id).await.unwrap());
+        assert!(!s.webhook_retry(T, d.id).await.unwrap(), "only dead ones");
+        let retried = s.webhook_claim(10, lease).await.unwrap();
+        assert_eq!(retried.len(), 1);
+        s.webhook_finish(d.id, &DeliveryResult::Delivered)
+            .await
+            .unwrap();
+        let got = s.webhook_get(T, d.id).await.unwrap().unwrap();
+        assert_eq!(got.status, DeliveryStatus::Delivered);
+
+        // Non-job events carry their own body.
+        let alert = s
+            .webhook_enqueue(&NewDelivery {
+                tenant: T.into(),
+                job_id: None,
+                url: "https://hooks.example.com/b".into(),
+                event: "budget.alert".into(),
+                payload: Some(json!({"budget": "daily"})),
+            })
+            .await
+            .unwrap();
+        assert_eq!(alert.payload, Some(json!({"budget": "daily"})));
+        let claimed = s.webhook_claim(10, lease).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, alert.id);
+        let all = s.webhook_list(T, None, None, 10).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all[0].id > all[1].id, "newest first");
+        let page = s.webhook_list(T, None, Some(all[0].id), 10).await.unwrap();
+        assert_eq!(page.len(), 1);
+    }
+
+    pub async fn nodes_count_live(ctx: Ctx) {
+        let s = &ctx.store;
+        let node = |id: &str| NodeRecord {
+            id: id.into(),
+            hostname: "h".into(),
+            version: "0".into(),
+            roles: "api,worker".into(),
+            started_at: chrono::Utc::now(),
+            last_seen: chrono::Utc::now(),
+        };
+        let ttl = Duration::from_secs(15);
+        assert_eq!(s.node_heartbeat(&node("a"), ttl).await.unwrap(), 1);
+        assert_eq!(s.node_heartbeat(&node("b"), ttl).await.unwrap(), 2);
+        assert_eq!(s.node_heartbeat(&node("a"), ttl).await.unwrap(), 2);
+        assert_eq!(s.list_nodes(ttl).await.unwrap().len(), 2);
+        s.node_leave("b").await.unwrap();
+        assert_eq!(s.node_heartbeat(&node("a"), ttl).await.unwrap(), 1);
+        // A node not heard from within the TTL does not count.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            s.list_nodes(Duration::from_millis(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -1,0 +1,90 @@
+-- Budgets owned by tenants (set through the API), the shared budget ledger, live nodes, and
+-- the webhook outbox.
+
+-- A tenant's budget rules. `spec` is the gateway's budget rule (scope, tag, value, period,
+-- limit, alerts, alert webhook) as JSON; the store does not interpret it.
+CREATE TABLE budget_rules (
+    tenant      text COLLATE "C" NOT NULL,
+    name        text COLLATE "C" NOT NULL,
+    spec        jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant, name)
+);
+
+-- Spend per budget window. A reservation locks the window rows (in key order, so concurrent
+-- reservations cannot deadlock) and adds its holds in the same transaction.
+CREATE TABLE budget_spend (
+    budget        text COLLATE "C" NOT NULL,
+    scope         text COLLATE "C" NOT NULL,
+    win           text COLLATE "C" NOT NULL,
+    spent_micros  bigint NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (budget, scope, win)
+);
+
+-- Money held by calls in flight. A hold expires, so a node that dies mid-call does not keep
+-- a budget blocked.
+CREATE TABLE budget_holds (
+    hold_id     bigint NOT NULL,
+    budget      text COLLATE "C" NOT NULL,
+    scope       text COLLATE "C" NOT NULL,
+    win         text COLLATE "C" NOT NULL,
+    amount      bigint NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (hold_id, budget, scope, win)
+);
+CREATE INDEX budget_holds_window ON budget_holds (budget, scope, win);
+
+-- Alerts already sent, once per marker per window.
+CREATE TABLE budget_alerts (
+    budget      text COLLATE "C" NOT NULL,
+    scope       text COLLATE "C" NOT NULL,
+    win         text COLLATE "C" NOT NULL,
+    marker      text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (budget, scope, win, marker)
+);
+
+-- Nodes announce themselves so limits shared by all nodes can be split between the live ones.
+CREATE TABLE nodes (
+    id          text PRIMARY KEY,
+    hostname    text NOT NULL,
+    version     text NOT NULL,
+    roles       text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now()
+);
+
+-- The webhook outbox. A finished job with a webhook URL gets its delivery row in the same
+-- transaction that finishes it (the trigger below), so no outcome is lost to a crash.
+CREATE TABLE webhook_deliveries (
+    id               bigserial PRIMARY KEY,
+    delivery_id      uuid NOT NULL DEFAULT gen_random_uuid(),
+    tenant           text COLLATE "C" NOT NULL,
+    job_id           uuid,
+    url              text NOT NULL,
+    event            text NOT NULL,
+    payload          jsonb,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    locked_until     timestamptz,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_tenant ON webhook_deliveries (tenant, status, id);
+
+CREATE FUNCTION sluice_webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO webhook_deliveries (tenant, job_id, url, event)
+    VALUES (NEW.tenant, NEW.id, NEW.webhook_url, 'job.' || NEW.state);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER job_history_webhook AFTER INSERT ON job_history
+    FOR EACH ROW WHEN (NEW.webhook_url IS NOT NULL)
+    EXECUTE FUNCTION sluice_webhook_outbox();

@@ -1,0 +1,490 @@
+//! [`ControlStore`] on Postgres.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+
+use super::PgStore;
+use crate::control::*;
+use crate::error::Result;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn budget_of(r: &PgRow) -> Result<BudgetRecord> {
+    Ok(BudgetRecord {
+        tenant: r.try_get("tenant")?,
+        name: r.try_get("name")?,
+        spec: r.try_get::<Json<Value>, _>("spec")?.0,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn delivery_of(r: &PgRow) -> Result<WebhookDelivery> {
+    Ok(WebhookDelivery {
+        id: r.try_get("id")?,
+        delivery_id: r.try_get("delivery_id")?,
+        tenant: r.try_get("tenant")?,
+        job_id: r.try_get("job_id")?,
+        url: r.try_get("url")?,
+        event: r.try_get("event")?,
+        payload: r.try_get::<Option<Json<Value>>, _>("payload")?.map(|j| j.0),
+        status: r.try_get::<String, _>("status")?.parse()?,
+        attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+fn node_of(r: &PgRow) -> Result<NodeRecord> {
+    Ok(NodeRecord {
+        id: r.try_get("id")?,
+        hostname: r.try_get("hostname")?,
+        version: r.try_get("version")?,
+        roles: r.try_get("roles")?,
+        started_at: r.try_get("started_at")?,
+        last_seen: r.try_get("last_seen")?,
+    })
+}
+
+/// Lines as parallel arrays for `unnest`, sorted so every transaction locks windows in the
+/// same order (no deadlocks between concurrent reservations).
+fn columns(lines: &[LedgerLine]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut keys: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| (l.budget.as_str(), l.scope.as_str(), l.window.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    (
+        keys.iter().map(|k| k.0.to_owned()).collect(),
+        keys.iter().map(|k| k.1.to_owned()).collect(),
+        keys.iter().map(|k| k.2.to_owned()).collect(),
+    )
+}
+
+fn micros(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn signed(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, status, \
+     attempts, next_attempt_at, last_error, created_at, finished_at";
+
+impl PgStore {
+    /// Spend and unexpired holds of each window in `lines`, keyed by (budget, scope, window).
+    async fn levels_in(
+        conn: &mut sqlx::PgConnection,
+        lines: &[LedgerLine],
+        lock: bool,
+    ) -> Result<Vec<LedgerLevel>> {
+        let (b, s, w) = columns(lines);
+        let spent_sql = if lock {
+            "SELECT budget, scope, win, spent_micros FROM budget_spend
+             WHERE (budget, scope, win) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
+             ORDER BY budget, scope, win FOR UPDATE"
+        } else {
+            "SELECT budget, scope, win, spent_micros FROM budget_spend
+             WHERE (budget, scope, win) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+        };
+        let spent = sqlx::query(spent_sql)
+            .bind(&b)
+            .bind(&s)
+            .bind(&w)
+            .fetch_all(&mut *conn)
+            .await?;
+        let held = sqlx::query(
+            "SELECT budget, scope, win, sum(amount)::bigint AS held FROM budget_holds
+             WHERE (budget, scope, win) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
+               AND expires_at > now()
+             GROUP BY budget, scope, win",
+        )
+        .bind(&b)
+        .bind(&s)
+        .bind(&w)
+        .fetch_all(&mut *conn)
+        .await?;
+        let find = |rows: &[PgRow], l: &LedgerLine, col: &str| -> Result<i64> {
+            for r in rows {
+                if r.try_get::<&str, _>("budget")? == l.budget
+                    && r.try_get::<&str, _>("scope")? == l.scope
+                    && r.try_get::<&str, _>("win")? == l.window
+                {
+                    return Ok(r.try_get::<i64, _>(col)?);
+                }
+            }
+            Ok(0)
+        };
+        lines
+            .iter()
+            .map(|l| {
+                Ok(LedgerLevel {
+                    spent_micros: micros(find(&spent, l, "spent_micros")?),
+                    reserved_micros: micros(find(&held, l, "held")?),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ControlStore for PgStore {
+    async fn put_budget(&self, tenant: &str, name: &str, spec: &Value) -> Result<BudgetRecord> {
+        let r = sqlx::query(
+            "INSERT INTO budget_rules (tenant, name, spec) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant, name) DO UPDATE SET spec = EXCLUDED.spec, updated_at = now()
+             RETURNING tenant, name, spec, created_at, updated_at",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(Json(spec))
+        .fetch_one(&self.pool)
+        .await?;
+        budget_of(&r)
+    }
+
+    async fn list_budgets(&self, tenant: Option<&str>) -> Result<Vec<BudgetRecord>> {
+        let rows = sqlx::query(
+            "SELECT tenant, name, spec, created_at, updated_at FROM budget_rules
+             WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, name",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(budget_of).collect()
+    }
+
+    async fn delete_budget(&self, tenant: &str, name: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM budget_rules WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    async fn ledger_reserve(
+        &self,
+        hold: i64,
+        lines: &[LedgerLine],
+        amount: u64,
+        ttl: Duration,
+    ) -> Result<std::result::Result<(), LedgerRefusal>> {
+        if lines.is_empty() {
+            return Ok(Ok(()));
+        }
+        let (b, s, w) = columns(lines);
+        let mut tx = self.pool.begin().await?;
+        // Make sure every window has a row to lock, then lock them all in key order: the
+        // check and the holds below are one step for every other reserver.
+        sqlx::query(
+            "INSERT INTO budget_spend (budget, scope, win)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&b)
+        .bind(&s)
+        .bind(&w)
+        .execute(&mut *tx)
+        .await?;
+        let levels = Self::levels_in(&mut tx, lines, true).await?;
+        for (i, (line, level)) in lines.iter().zip(&levels).enumerate() {
+            let after = level
+                .spent_micros
+                .saturating_add(level.reserved_micros)
+                .saturating_add(amount);
+            if after > line.limit_micros {
+                tx.rollback().await?;
+                return Ok(Err(LedgerRefusal {
+                    line: i,
+                    level: *level,
+                }));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO budget_holds (hold_id, budget, scope, win, amount, expires_at)
+             SELECT $4, k.b, k.s, k.w, $5, now() + $6 * interval '1 millisecond'
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS k (b, s, w)",
+        )
+        .bind(&b)
+        .bind(&s)
+        .bind(&w)
+        .bind(hold)
+        .bind(signed(amount))
+        .bind(ms(ttl))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn ledger_settle(
+        &self,
+        hold: i64,
+        lines: &[LedgerLine],
+        actual: u64,
+    ) -> Result<Vec<LedgerLevel>> {
+        let (b, s, w) = columns(lines);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM budget_holds WHERE hold_id = $1")
+            .bind(hold)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO budget_spend (budget, scope, win, spent_micros)
+             SELECT k.b, k.s, k.w, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS k (b, s, w)
+             ON CONFLICT (budget, scope, win) DO UPDATE
+             SET spent_micros = budget_spend.spent_micros + EXCLUDED.spent_micros, updated_at = now()",
+        )
+        .bind(&b)
+        .bind(&s)
+        .bind(&w)
+        .bind(signed(actual))
+        .execute(&mut *tx)
+        .await?;
+        let levels = Self::levels_in(&mut tx, lines, false).await?;
+        tx.commit().await?;
+        Ok(levels)
+    }
+
+    async fn ledger_mark_alert(
+        &self,
+        budget: &str,
+        scope: &str,
+        window: &str,
+        marker: &str,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "INSERT INTO budget_alerts (budget, scope, win, marker) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(budget)
+        .bind(scope)
+        .bind(window)
+        .bind(marker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
+    async fn ledger_level(&self, budget: &str, scope: &str, window: &str) -> Result<LedgerLevel> {
+        let line = LedgerLine {
+            budget: budget.into(),
+            scope: scope.into(),
+            window: window.into(),
+            limit_micros: 0,
+        };
+        let mut conn = self.pool.acquire().await?;
+        Ok(Self::levels_in(&mut conn, &[line], false).await?[0])
+    }
+
+    async fn ledger_windows(&self, budget: &str, limit: u32) -> Result<Vec<LedgerWindow>> {
+        let rows = sqlx::query(
+            "SELECT s.scope, s.win, s.spent_micros,
+                    coalesce((SELECT sum(h.amount) FROM budget_holds h
+                              WHERE h.budget = s.budget AND h.scope = s.scope AND h.win = s.win
+                                AND h.expires_at > now()), 0)::bigint AS held
+             FROM budget_spend s WHERE s.budget = $1
+             ORDER BY s.updated_at DESC, s.scope, s.win LIMIT $2",
+        )
+        .bind(budget)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerWindow {
+                    scope: r.try_get("scope")?,
+                    window: r.try_get("win")?,
+                    level: LedgerLevel {
+                        spent_micros: micros(r.try_get("spent_micros")?),
+                        reserved_micros: micros(r.try_get("held")?),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn node_heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<u32> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, hostname, version, roles, started_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+        )
+        .bind(&node.id)
+        .bind(&node.hostname)
+        .bind(&node.version)
+        .bind(&node.roles)
+        .bind(node.started_at)
+        .execute(&mut *tx)
+        .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM nodes WHERE last_seen > now() - $1 * interval '1 millisecond'",
+        )
+        .bind(ms(ttl))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n.clamp(1, i64::from(u32::MAX)) as u32)
+    }
+
+    async fn node_leave(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self, ttl: Duration) -> Result<Vec<NodeRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, hostname, version, roles, started_at, last_seen FROM nodes
+             WHERE last_seen > now() - $1 * interval '1 millisecond' ORDER BY started_at, id",
+        )
+        .bind(ms(ttl))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(node_of).collect()
+    }
+
+    async fn webhook_enqueue(&self, d: &NewDelivery) -> Result<WebhookDelivery> {
+        let sql = format!(
+            "INSERT INTO webhook_deliveries (tenant, job_id, url, event, payload)
+             VALUES ($1, $2, $3, $4, $5) RETURNING {DELIVERY_COLS}"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&d.tenant)
+            .bind(d.job_id)
+            .bind(&d.url)
+            .bind(&d.event)
+            .bind(d.payload.as_ref().map(Json))
+            .fetch_one(&self.pool)
+            .await?;
+        delivery_of(&r)
+    }
+
+    async fn webhook_claim(&self, limit: u32, lease: Duration) -> Result<Vec<WebhookDelivery>> {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET locked_until = now() + $2 * interval '1 millisecond'
+             WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= now()
+                   AND (locked_until IS NULL OR locked_until < now())
+                 ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING {DELIVERY_COLS}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(ms(lease))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(delivery_of).collect()
+    }
+
+    async fn webhook_finish(&self, id: i64, result: &DeliveryResult) -> Result<()> {
+        let (status, at, error): (&str, Option<DateTime<Utc>>, Option<&str>) = match result {
+            DeliveryResult::Delivered => ("delivered", None, None),
+            DeliveryResult::Retry { at, error } => ("pending", Some(*at), Some(error)),
+            DeliveryResult::Dead { error } => ("dead", None, Some(error)),
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1,
+                 next_attempt_at = coalesce($3, next_attempt_at), locked_until = NULL,
+                 last_error = coalesce($4, last_error),
+                 finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(at)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_list(
+        &self,
+        tenant: &str,
+        status: Option<DeliveryStatus>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLS} FROM webhook_deliveries
+             WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
+               AND ($3::bigint IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(status.map(|s| s.as_str()))
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(delivery_of).collect()
+    }
+
+    async fn webhook_get(&self, tenant: &str, id: i64) -> Result<Option<WebhookDelivery>> {
+        let sql =
+            format!("SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE tenant = $1 AND id = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_of).transpose()
+    }
+
+    async fn webhook_retry(&self, tenant: &str, id: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(),
+                 locked_until = NULL, finished_at = NULL
+             WHERE tenant = $1 AND id = $2 AND status = 'dead'",
+        )
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
+    async fn purge_control(&self, retention: Duration) -> Result<u64> {
+        let mut n = sqlx::query("DELETE FROM budget_holds WHERE expires_at < now()")
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM nodes WHERE last_seen < now() - interval '1 day'")
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE status = 'delivered'
+               AND finished_at < now() - $1 * interval '1 millisecond'",
+        )
+        .bind(ms(retention))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}
