@@ -116,6 +116,16 @@ pub fn check_url_with(
     Ok(parsed)
 }
 
+/// Check a webhook target as this node's configuration allows: the allow-list if one is set,
+/// private addresses only in dev mode or with `webhooks.allow_private`.
+pub fn check_target(config: &crate::config::Config, url: &str) -> Result<reqwest::Url, String> {
+    check_url_with(url, open_targets(config), &config.webhooks.allow_hosts)
+}
+
+fn open_targets(config: &crate::config::Config) -> bool {
+    config.server.dev || config.webhooks.allow_private
+}
+
 /// The signing secret of `tenant`, derived from the node secret.
 pub fn tenant_secret(node_secret: &str, tenant: &str) -> String {
     let mut mac =
@@ -319,7 +329,7 @@ async fn deliver_one(node: &Node, d: WebhookDelivery, node_secret: &str) {
         (None, None) => Err(AttemptError::fatal("the delivery has no body")),
     };
     let secret = tenant_secret(node_secret, &d.tenant);
-    let open = node.config.server.dev || cfg.allow_private;
+    let open = open_targets(&node.config);
     let outcome = match body {
         Ok(body) => {
             attempt(

@@ -106,16 +106,14 @@ pub(crate) async fn put(
         )
     })?;
     if let Some(w) = &spec.webhook {
-        let open = st.dev_open || st.node.config.webhooks.allow_private;
-        crate::webhooks::check_url_with(&w.url, open, &st.node.config.webhooks.allow_hosts)
-            .map_err(|reason| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-webhook",
-                    "Invalid webhook URL",
-                    reason,
-                )
-            })?;
+        crate::webhooks::check_target(&st.node.config, &w.url).map_err(|reason| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-webhook",
+                "Invalid webhook URL",
+                reason,
+            )
+        })?;
     }
     let existed = find(&st, &principal.tenant, &name).await.is_ok();
     let spec_json = serde_json::to_value(&spec).map_err(ApiError::internal)?;

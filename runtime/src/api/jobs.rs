@@ -120,7 +120,7 @@ fn new_job(
     }
     let webhook_url = match req.webhook {
         Some(w) => {
-            crate::webhooks::check_url(&w.url, st.dev_open).map_err(|reason| {
+            crate::webhooks::check_target(&st.node.config, &w.url).map_err(|reason| {
                 ApiError::bad_request(format!("webhook url rejected: {reason}"))
                     .with("webhook_url", w.url.clone())
             })?;
