@@ -162,11 +162,14 @@ async fn receiver() -> (String, Arc<AtomicU16>, mpsc::UnboundedReceiver<Hit>) {
             let tx = tx.clone();
             let answer = answer.clone();
             async move {
+                // Decide the answer before the test hears of the hit, so a test that changes
+                // the answer after a hit changes the next one, not this one.
+                let status = StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap();
                 let _ = tx.send(Hit {
                     headers,
                     body: body.to_vec(),
                 });
-                StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap()
+                status
             }
         }),
     );

@@ -213,3 +213,105 @@ async fn two_nodes_on_one_postgres_share_the_work_exactly_once() {
     }
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_postgres_split_limits_and_share_budgets() {
+    use sluice::node::cluster;
+    let db = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut config = Config::default();
+        config.database.url = Some(db.url.clone());
+        config.database.data_dir = dir.path().join(format!("n{i}"));
+        config.engine.max_instances = 8;
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    let members: Vec<_> = nodes
+        .iter()
+        .map(|n| cluster::join(n.clone(), "api,worker"))
+        .collect();
+
+    // Each node takes half of every provider limit once it sees the other.
+    let halves = wait_for(|| async {
+        nodes
+            .iter()
+            .all(|n| (n.gateway.limit_share() - 0.5).abs() < 1e-9)
+    })
+    .await;
+    assert!(halves, "shares: {:?}", shares(&nodes));
+
+    // A budget set through one node is enforced by the other, from the same ledger.
+    let ctx = sluice_types::CallContext::new(
+        sluice_types::JobInfo {
+            id: uuid::Uuid::new_v4(),
+            plugin: "summarize".into(),
+            tenant: "acme".into(),
+            attempt: 1,
+            max_attempts: 1,
+            idempotency_key: None,
+            tags: Default::default(),
+            deadline_unix_ms: u64::MAX,
+        },
+        "sha256:test",
+    );
+    assert_eq!(nodes[1].gateway.budget_remaining(&ctx).await, None);
+    nodes[0]
+        .store
+        .put_budget(
+            "acme",
+            "daily",
+            &serde_json::json!({"scope": "tenant", "period": "day", "limit_usd": 2.0}),
+        )
+        .await
+        .unwrap();
+    sluice::node::budgets::refresh(&nodes[0]).await.unwrap();
+    nodes[0].gateway.charge_extra(&ctx, 500_000).await.unwrap();
+    let seen =
+        wait_for(|| async { nodes[1].gateway.budget_remaining(&ctx).await == Some(1_500_000) })
+            .await;
+    assert!(
+        seen,
+        "node 1 sees {:?}",
+        nodes[1].gateway.budget_remaining(&ctx).await
+    );
+    // Over the limit on the other node: refused.
+    assert!(
+        nodes[1]
+            .gateway
+            .charge_extra(&ctx, 1_600_000)
+            .await
+            .is_err()
+    );
+
+    // A node that leaves gives its share back.
+    let mut members = members.into_iter();
+    let first = members.next().unwrap();
+    members.next().unwrap().leave().await;
+    let whole = wait_for(|| async { (nodes[0].gateway.limit_share() - 1.0).abs() < 1e-9 }).await;
+    assert!(whole, "shares: {:?}", shares(&nodes));
+    first.leave().await;
+    for n in nodes {
+        n.store.close().await;
+    }
+    db.drop_db().await;
+}
+
+fn shares(nodes: &[Node]) -> Vec<f64> {
+    nodes.iter().map(|n| n.gateway.limit_share()).collect()
+}
+
+/// Poll `f` for up to 30 s (membership beats every 5 s).
+async fn wait_for<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -218,6 +218,8 @@ struct Inner {
     max_call: Duration,
     default_max_tokens: u32,
     provider_limits: Vec<LimiterSet>,
+    /// This node's share of every limit, as `f64` bits.
+    limit_share: std::sync::atomic::AtomicU64,
     sims: Vec<(String, SimHandle)>,
 }
 
@@ -366,6 +368,7 @@ impl GatewayBuilder {
                 max_call: Duration::from_millis(cfg.max_call_ms),
                 default_max_tokens: cfg.default_max_tokens,
                 provider_limits: provider_limits.into_values().map(|(l, _)| l).collect(),
+                limit_share: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
                 sims,
             }),
         })
@@ -454,6 +457,18 @@ impl Gateway {
         for m in self.inner.models.values() {
             m.own_limits.set_share(share);
         }
+        self.inner
+            .limit_share
+            .store(share.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This node's share of every rate limit (1.0 alone; `1 / n` with n live nodes).
+    pub fn limit_share(&self) -> f64 {
+        f64::from_bits(
+            self.inner
+                .limit_share
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Replace the budget rules: the node's configured ones plus every tenant's. Each rule is
