@@ -7,6 +7,7 @@ use reqwest::Method;
 
 use super::client::{Client, ClientArgs, Failed, finish};
 use super::exit;
+use super::progress::spinner;
 
 /// Arguments of `sluice deploy`.
 #[derive(Debug, Args)]
@@ -37,28 +38,37 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<i32> {
             .unwrap_or_default()
     });
     if args.path.is_dir() {
+        // Cargo shows its own progress while it builds.
         eprintln!("building {} for wasm32-wasip2…", args.path.display());
     }
     let path = args.path.clone();
-    let bytes =
-        match tokio::task::spawn_blocking(move || crate::plugin_build::component_bytes(&path))
-            .await?
-        {
-            Ok((_, bytes)) => bytes,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(exit::USAGE);
-            }
-        };
+    let built =
+        tokio::task::spawn_blocking(move || crate::plugin_build::component_bytes(&path)).await?;
+    let bytes = match built {
+        Ok((_, bytes)) => bytes,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
     let client = Client::new(args.client);
     finish(
         async {
             let size = bytes.len();
+            let bar = spinner(
+                format!(
+                    "uploading {name} ({} KiB); the server validates and compiles it",
+                    size.div_ceil(1024)
+                ),
+                client.args.json,
+            );
             let req = client
                 .request(Method::PUT, &format!("/v1/plugins/{name}"))
                 .header("content-type", "application/wasm")
                 .body(bytes);
-            let (status, v) = client.send(req).await?;
+            let sent = client.send(req).await;
+            bar.finish_and_clear();
+            let (status, v) = sent?;
             if client.args.json {
                 client.print_json(&v);
             } else {

@@ -7,6 +7,7 @@ mod deploy;
 mod dlq;
 mod jobs;
 mod keys;
+mod progress;
 mod run;
 mod submit;
 mod up;

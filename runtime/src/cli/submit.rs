@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, ClientArgs, Failed, finish};
 use super::exit;
+use super::progress::spinner;
 
 /// Arguments of `sluice submit`.
 #[derive(Debug, Args)]
@@ -102,13 +103,26 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
                 return Ok(exit::OK);
             }
             let mut job = v;
+            let bar = spinner(format!("job {id}"), client.args.json);
             while !is_terminal(&job) {
+                bar.set_message(format!(
+                    "job {id}: {} (attempt {})",
+                    job["status"].as_str().unwrap_or("?"),
+                    job["attempt"]
+                ));
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let (_, j) = client
+                let polled = client
                     .send(client.request(Method::GET, &format!("/v1/jobs/{id}")))
-                    .await?;
-                job = j;
+                    .await;
+                match polled {
+                    Ok((_, j)) => job = j,
+                    Err(e) => {
+                        bar.finish_and_clear();
+                        return Err(e);
+                    }
+                }
             }
+            bar.finish_and_clear();
             Ok(print_outcome(&client, &job))
         }
         .await,

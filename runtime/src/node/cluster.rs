@@ -1,6 +1,7 @@
 //! Node membership: each node announces itself in the store every few seconds, counts the
-//! live nodes and takes its share of every provider rate limit (`1 / live nodes`), so nodes
-//! sharing one provider account stay under its limits together. The same loop reloads the
+//! live nodes that run the worker role (the ones that call providers) and takes its share of
+//! every provider rate limit (`1 / live workers`), so nodes sharing one provider account stay
+//! under its limits together. The same loop reloads the
 //! tenants' budget rules, so a change made through any node's API reaches every node.
 
 use std::time::Duration;

@@ -247,8 +247,8 @@ pub trait ControlStore: Send + Sync {
     /// Every window of a budget that has spend or holds, most recently changed first.
     async fn ledger_windows(&self, budget: &str, limit: u32) -> Result<Vec<LedgerWindow>>;
 
-    /// Announce (or refresh) this node; returns how many nodes were seen within `ttl`,
-    /// including this one.
+    /// Announce (or refresh) this node; returns how many nodes running the worker role (the
+    /// ones that call providers) were seen within `ttl`, at least 1.
     async fn node_heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<u32>;
 
     /// Remove this node (clean shutdown), so the others take its share at once.

@@ -2261,7 +2261,14 @@ mod cases {
         assert_eq!(s.node_heartbeat(&node("a"), ttl).await.unwrap(), 1);
         assert_eq!(s.node_heartbeat(&node("b"), ttl).await.unwrap(), 2);
         assert_eq!(s.node_heartbeat(&node("a"), ttl).await.unwrap(), 2);
-        assert_eq!(s.list_nodes(ttl).await.unwrap().len(), 2);
+        // An API-only node makes no model calls: it takes no share of provider limits.
+        let api = NodeRecord {
+            roles: "api".into(),
+            ..node("c")
+        };
+        assert_eq!(s.node_heartbeat(&api, ttl).await.unwrap(), 2);
+        assert_eq!(s.list_nodes(ttl).await.unwrap().len(), 3);
+        s.node_leave("c").await.unwrap();
         s.node_leave("b").await.unwrap();
         assert_eq!(s.node_heartbeat(&node("a"), ttl).await.unwrap(), 1);
         // A node not heard from within the TTL does not count.

@@ -36,6 +36,44 @@ CREATE TABLE budget_holds (
 );
 CREATE INDEX budget_holds_window ON budget_holds (budget, scope, win);
 
+-- Reserve `p_amount` in every window, or nothing: lock the windows in key order (callers pass
+-- the keys sorted, so concurrent reservations cannot deadlock), check spent + unexpired holds
+-- + amount against each limit, and add the holds. One round trip, so the windows stay locked
+-- only for the server-side work. Returns (-1, 0, 0) when reserved, else the 0-based index of
+-- the refusing window with its spent and held amounts.
+CREATE FUNCTION sluice_budget_reserve(
+    p_hold bigint, p_budgets text[], p_scopes text[], p_wins text[], p_limits bigint[],
+    p_amount bigint, p_ttl_ms double precision
+) RETURNS TABLE (refused integer, spent bigint, held bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    s bigint;
+    h bigint;
+BEGIN
+    INSERT INTO budget_spend (budget, scope, win)
+    SELECT * FROM unnest(p_budgets, p_scopes, p_wins)
+    ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM budget_spend
+    WHERE (budget, scope, win) IN (SELECT * FROM unnest(p_budgets, p_scopes, p_wins))
+    ORDER BY budget, scope, win FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_budgets, 1), 0) LOOP
+        SELECT b.spent_micros INTO s FROM budget_spend b
+        WHERE b.budget = p_budgets[i] AND b.scope = p_scopes[i] AND b.win = p_wins[i];
+        SELECT coalesce(sum(x.amount), 0)::bigint INTO h FROM budget_holds x
+        WHERE x.budget = p_budgets[i] AND x.scope = p_scopes[i] AND x.win = p_wins[i]
+          AND x.expires_at > now();
+        IF s + h + p_amount > p_limits[i] THEN
+            RETURN QUERY SELECT i - 1, s, h;
+            RETURN;
+        END IF;
+    END LOOP;
+    INSERT INTO budget_holds (hold_id, budget, scope, win, amount, expires_at)
+    SELECT p_hold, k.b, k.s, k.w, p_amount, now() + p_ttl_ms * interval '1 millisecond'
+    FROM unnest(p_budgets, p_scopes, p_wins) AS k (b, s, w)
+    ON CONFLICT DO NOTHING;
+    RETURN QUERY SELECT -1, 0::bigint, 0::bigint;
+END $$;
+
 -- Alerts already sent, once per marker per window.
 CREATE TABLE budget_alerts (
     budget      text COLLATE "C" NOT NULL,

@@ -56,20 +56,27 @@ fn node_of(r: &PgRow) -> Result<NodeRecord> {
     })
 }
 
-/// Lines as parallel arrays for `unnest`, sorted so every transaction locks windows in the
-/// same order (no deadlocks between concurrent reservations).
-fn columns(lines: &[LedgerLine]) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut keys: Vec<(&str, &str, &str)> = lines
-        .iter()
-        .map(|l| (l.budget.as_str(), l.scope.as_str(), l.window.as_str()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    (
-        keys.iter().map(|k| k.0.to_owned()).collect(),
-        keys.iter().map(|k| k.1.to_owned()).collect(),
-        keys.iter().map(|k| k.2.to_owned()).collect(),
-    )
+/// Lines as parallel arrays for `unnest`, sorted and deduplicated so every transaction locks
+/// windows in the same order (no deadlocks between concurrent reservations).
+struct Columns {
+    budgets: Vec<String>,
+    scopes: Vec<String>,
+    windows: Vec<String>,
+    limits: Vec<i64>,
+}
+
+fn columns(lines: &[LedgerLine]) -> Columns {
+    let mut keys: Vec<&LedgerLine> = lines.iter().collect();
+    keys.sort_unstable_by(|a, b| {
+        (&a.budget, &a.scope, &a.window).cmp(&(&b.budget, &b.scope, &b.window))
+    });
+    keys.dedup_by(|a, b| (&a.budget, &a.scope, &a.window) == (&b.budget, &b.scope, &b.window));
+    Columns {
+        budgets: keys.iter().map(|k| k.budget.clone()).collect(),
+        scopes: keys.iter().map(|k| k.scope.clone()).collect(),
+        windows: keys.iter().map(|k| k.window.clone()).collect(),
+        limits: keys.iter().map(|k| signed(k.limit_micros)).collect(),
+    }
 }
 
 fn micros(v: i64) -> u64 {
@@ -88,18 +95,17 @@ impl PgStore {
     async fn levels_in(
         conn: &mut sqlx::PgConnection,
         lines: &[LedgerLine],
-        lock: bool,
     ) -> Result<Vec<LedgerLevel>> {
-        let (b, s, w) = columns(lines);
-        let spent_sql = if lock {
+        let Columns {
+            budgets: b,
+            scopes: s,
+            windows: w,
+            ..
+        } = columns(lines);
+        let spent = sqlx::query(
             "SELECT budget, scope, win, spent_micros FROM budget_spend
-             WHERE (budget, scope, win) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
-             ORDER BY budget, scope, win FOR UPDATE"
-        } else {
-            "SELECT budget, scope, win, spent_micros FROM budget_spend
-             WHERE (budget, scope, win) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
-        };
-        let spent = sqlx::query(spent_sql)
+             WHERE (budget, scope, win) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+        )
             .bind(&b)
             .bind(&s)
             .bind(&w)
@@ -188,49 +194,38 @@ impl ControlStore for PgStore {
         if lines.is_empty() {
             return Ok(Ok(()));
         }
-        let (b, s, w) = columns(lines);
-        let mut tx = self.pool.begin().await?;
-        // Make sure every window has a row to lock, then lock them all in key order: the
-        // check and the holds below are one step for every other reserver.
-        sqlx::query(
-            "INSERT INTO budget_spend (budget, scope, win)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-             ON CONFLICT DO NOTHING",
+        let c = columns(lines);
+        let r = sqlx::query(
+            "SELECT refused, spent, held FROM sluice_budget_reserve($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&b)
-        .bind(&s)
-        .bind(&w)
-        .execute(&mut *tx)
-        .await?;
-        let levels = Self::levels_in(&mut tx, lines, true).await?;
-        for (i, (line, level)) in lines.iter().zip(&levels).enumerate() {
-            let after = level
-                .spent_micros
-                .saturating_add(level.reserved_micros)
-                .saturating_add(amount);
-            if after > line.limit_micros {
-                tx.rollback().await?;
-                return Ok(Err(LedgerRefusal {
-                    line: i,
-                    level: *level,
-                }));
-            }
-        }
-        sqlx::query(
-            "INSERT INTO budget_holds (hold_id, budget, scope, win, amount, expires_at)
-             SELECT $4, k.b, k.s, k.w, $5, now() + $6 * interval '1 millisecond'
-             FROM unnest($1::text[], $2::text[], $3::text[]) AS k (b, s, w)",
-        )
-        .bind(&b)
-        .bind(&s)
-        .bind(&w)
         .bind(hold)
+        .bind(&c.budgets)
+        .bind(&c.scopes)
+        .bind(&c.windows)
+        .bind(&c.limits)
         .bind(signed(amount))
         .bind(ms(ttl))
-        .execute(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+        let refused: i32 = r.try_get("refused")?;
+        if refused < 0 {
+            return Ok(Ok(()));
+        }
+        // The function numbers the sorted windows; report the caller's line.
+        let i = refused as usize;
+        let line = lines
+            .iter()
+            .position(|l| {
+                l.budget == c.budgets[i] && l.scope == c.scopes[i] && l.window == c.windows[i]
+            })
+            .unwrap_or(0);
+        Ok(Err(LedgerRefusal {
+            line,
+            level: LedgerLevel {
+                spent_micros: micros(r.try_get("spent")?),
+                reserved_micros: micros(r.try_get("held")?),
+            },
+        }))
     }
 
     async fn ledger_settle(
@@ -239,27 +234,47 @@ impl ControlStore for PgStore {
         lines: &[LedgerLine],
         actual: u64,
     ) -> Result<Vec<LedgerLevel>> {
-        let (b, s, w) = columns(lines);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM budget_holds WHERE hold_id = $1")
-            .bind(hold)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO budget_spend (budget, scope, win, spent_micros)
-             SELECT k.b, k.s, k.w, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS k (b, s, w)
-             ON CONFLICT (budget, scope, win) DO UPDATE
-             SET spent_micros = budget_spend.spent_micros + EXCLUDED.spent_micros, updated_at = now()",
+        let c = columns(lines);
+        // One statement: the hold goes and the spend is added together. The statement's
+        // snapshot still sees the deleted hold, so the level leaves it out by id.
+        let rows = sqlx::query(
+            "WITH gone AS (DELETE FROM budget_holds WHERE hold_id = $4),
+             spent AS (
+                 INSERT INTO budget_spend (budget, scope, win, spent_micros)
+                 SELECT k.b, k.s, k.w, $5 FROM unnest($1::text[], $2::text[], $3::text[]) AS k (b, s, w)
+                 ON CONFLICT (budget, scope, win) DO UPDATE
+                 SET spent_micros = budget_spend.spent_micros + EXCLUDED.spent_micros, updated_at = now()
+                 RETURNING budget, scope, win, spent_micros)
+             SELECT p.budget, p.scope, p.win, p.spent_micros,
+                    coalesce((SELECT sum(h.amount) FROM budget_holds h
+                              WHERE h.budget = p.budget AND h.scope = p.scope AND h.win = p.win
+                                AND h.hold_id <> $4 AND h.expires_at > now()), 0)::bigint AS held
+             FROM spent p",
         )
-        .bind(&b)
-        .bind(&s)
-        .bind(&w)
+        .bind(&c.budgets)
+        .bind(&c.scopes)
+        .bind(&c.windows)
+        .bind(hold)
         .bind(signed(actual))
-        .execute(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        let levels = Self::levels_in(&mut tx, lines, false).await?;
-        tx.commit().await?;
-        Ok(levels)
+        lines
+            .iter()
+            .map(|l| {
+                for r in &rows {
+                    if r.try_get::<&str, _>("budget")? == l.budget
+                        && r.try_get::<&str, _>("scope")? == l.scope
+                        && r.try_get::<&str, _>("win")? == l.window
+                    {
+                        return Ok(LedgerLevel {
+                            spent_micros: micros(r.try_get("spent_micros")?),
+                            reserved_micros: micros(r.try_get("held")?),
+                        });
+                    }
+                }
+                Ok(LedgerLevel::default())
+            })
+            .collect()
     }
 
     async fn ledger_mark_alert(
@@ -291,7 +306,7 @@ impl ControlStore for PgStore {
             limit_micros: 0,
         };
         let mut conn = self.pool.acquire().await?;
-        Ok(Self::levels_in(&mut conn, &[line], false).await?[0])
+        Ok(Self::levels_in(&mut conn, &[line]).await?[0])
     }
 
     async fn ledger_windows(&self, budget: &str, limit: u32) -> Result<Vec<LedgerWindow>> {
@@ -336,7 +351,8 @@ impl ControlStore for PgStore {
         .execute(&mut *tx)
         .await?;
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM nodes WHERE last_seen > now() - $1 * interval '1 millisecond'",
+            "SELECT count(*) FROM nodes
+             WHERE last_seen > now() - $1 * interval '1 millisecond' AND roles LIKE '%worker%'",
         )
         .bind(ms(ttl))
         .fetch_one(&mut *tx)

@@ -291,10 +291,12 @@ impl ControlStore for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes WHERE last_seen > ?1")
-            .bind(now - ms_of(ttl))
-            .fetch_one(&mut *tx)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM nodes WHERE last_seen > ?1 AND roles LIKE '%worker%'",
+        )
+        .bind(now - ms_of(ttl))
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(n.clamp(1, i64::from(u32::MAX)) as u32)
     }
