@@ -50,6 +50,10 @@ DECLARE
     s bigint;
     h bigint;
 BEGIN
+    -- A busy tenant's window is one hot row: holding its lock through a WAL flush would cap
+    -- its calls at the disk's flush rate. Not waiting for the flush risks, on a database crash,
+    -- forgetting holds and spend of the last moments, which the durable usage records keep.
+    PERFORM set_config('synchronous_commit', 'off', true);
     INSERT INTO budget_spend (budget, scope, win)
     SELECT * FROM unnest(p_budgets, p_scopes, p_wins)
     ON CONFLICT DO NOTHING;
@@ -72,6 +76,29 @@ BEGIN
     FROM unnest(p_budgets, p_scopes, p_wins) AS k (b, s, w)
     ON CONFLICT DO NOTHING;
     RETURN QUERY SELECT -1, 0::bigint, 0::bigint;
+END $$;
+
+-- Drop hold `p_hold` and add `p_actual` to each window's spend; the levels after.
+CREATE FUNCTION sluice_budget_settle(
+    p_hold bigint, p_budgets text[], p_scopes text[], p_wins text[], p_actual bigint
+) RETURNS TABLE (o_budget text, o_scope text, o_win text, o_spent bigint, o_held bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    DELETE FROM budget_holds h WHERE h.hold_id = p_hold;
+    RETURN QUERY
+    WITH spent AS (
+        INSERT INTO budget_spend AS b (budget, scope, win, spent_micros)
+        SELECT k.b, k.s, k.w, p_actual FROM unnest(p_budgets, p_scopes, p_wins) AS k (b, s, w)
+        ON CONFLICT (budget, scope, win) DO UPDATE
+        SET spent_micros = b.spent_micros + EXCLUDED.spent_micros, updated_at = now()
+        RETURNING b.budget, b.scope, b.win, b.spent_micros)
+    SELECT p.budget::text, p.scope::text, p.win::text, p.spent_micros,
+           coalesce((SELECT sum(h.amount) FROM budget_holds h
+                     WHERE h.budget = p.budget AND h.scope = p.scope AND h.win = p.win
+                       AND h.expires_at > now()), 0)::bigint
+    FROM spent p;
 END $$;
 
 -- Alerts already sent, once per marker per window.

@@ -235,21 +235,10 @@ impl ControlStore for PgStore {
         actual: u64,
     ) -> Result<Vec<LedgerLevel>> {
         let c = columns(lines);
-        // One statement: the hold goes and the spend is added together. The statement's
-        // snapshot still sees the deleted hold, so the level leaves it out by id.
         let rows = sqlx::query(
-            "WITH gone AS (DELETE FROM budget_holds WHERE hold_id = $4),
-             spent AS (
-                 INSERT INTO budget_spend (budget, scope, win, spent_micros)
-                 SELECT k.b, k.s, k.w, $5 FROM unnest($1::text[], $2::text[], $3::text[]) AS k (b, s, w)
-                 ON CONFLICT (budget, scope, win) DO UPDATE
-                 SET spent_micros = budget_spend.spent_micros + EXCLUDED.spent_micros, updated_at = now()
-                 RETURNING budget, scope, win, spent_micros)
-             SELECT p.budget, p.scope, p.win, p.spent_micros,
-                    coalesce((SELECT sum(h.amount) FROM budget_holds h
-                              WHERE h.budget = p.budget AND h.scope = p.scope AND h.win = p.win
-                                AND h.hold_id <> $4 AND h.expires_at > now()), 0)::bigint AS held
-             FROM spent p",
+            "SELECT o_budget AS budget, o_scope AS scope, o_win AS win,
+                    o_spent AS spent_micros, o_held AS held
+             FROM sluice_budget_settle($4, $1, $2, $3, $5)",
         )
         .bind(&c.budgets)
         .bind(&c.scopes)
