@@ -6,10 +6,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
-use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, PROBLEM_JSON, Problem};
+use super::{ApiDoc, AppState};
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -25,15 +26,52 @@ pub(crate) fn install_metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// `GET /healthz`: the process is up.
-pub(crate) async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// Body of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    status: &'static str,
 }
 
-/// `GET /readyz`: the store answers (migrations are applied when it opens).
+/// Liveness: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "The process is up", body = Health))
+)]
+pub(crate) async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// Body of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Ready {
+    /// `ready`.
+    status: &'static str,
+    /// `ok`.
+    store: &'static str,
+}
+
+/// Readiness: the store answers (migrations are applied when it opens).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "The store is unreachable", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     match st.node.store.queue_stats().await {
-        Ok(_) => axum::Json(json!({ "status": "ready", "store": "ok" })).into_response(),
+        Ok(_) => axum::Json(Ready {
+            status: "ready",
+            store: "ok",
+        })
+        .into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-ready",
@@ -44,7 +82,16 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text; queue depths are read from the store at scrape time.
+/// Prometheus metrics: queue depth by state, DLQ depth, jobs, model calls, webhooks.
+///
+/// Queue depths are read from the store at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
     let handle = install_metrics();
     handle.run_upkeep();
@@ -81,10 +128,21 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI document (maintained by hand next to this file).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// `GET /openapi.json`
+/// This document: OpenAPI 3.1, generated from the handlers' annotations.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "The OpenAPI document", body = Object))
+)]
 pub(crate) async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    // Built once: the document is fixed at compile time.
+    static DOC: OnceLock<Result<String, String>> = OnceLock::new();
+    match DOC.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string())) {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response(),
+        Err(e) => {
+            ApiError::internal(format!("rendering the OpenAPI document: {e}")).into_response()
+        }
+    }
 }
