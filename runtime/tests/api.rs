@@ -566,6 +566,7 @@ async fn openapi_documents_every_route() {
 
     let methods = ["get", "put", "post", "patch", "delete"];
     let paths = doc["paths"].as_object().unwrap();
+    let mut operation_ids = std::collections::HashSet::new();
     for &(method, path) in sluice::api::ROUTES {
         let op = &doc["paths"][path][method];
         assert!(
@@ -576,6 +577,12 @@ async fn openapi_documents_every_route() {
         assert!(
             op["summary"].as_str().is_some_and(|s| !s.is_empty()),
             "{method} {path} has no summary"
+        );
+        // Client generators name functions after these.
+        let id = op["operationId"].as_str().unwrap();
+        assert!(
+            operation_ids.insert(id.to_string()),
+            "operationId `{id}` is used twice"
         );
         // Every path parameter is declared.
         for name in path
@@ -844,9 +851,10 @@ async fn jobs_run_with_patched_limits() {
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
 
+    // The time limit counts from the job's deadline, set at claim: a few ms under 300.
     for (plugin, expected) in [
-        ("spin", "time limit of 300 ms"),
-        ("bomb", "memory limit of 16777216 bytes"),
+        ("spin", "exceeded its time limit of 2"),
+        ("bomb", "exceeded its memory limit of 16777216 bytes"),
     ] {
         let (status, job) = h
             .post(
@@ -860,6 +868,9 @@ async fn jobs_run_with_patched_limits() {
         assert_eq!(job["plugin_version"], 2, "{plugin}: {job}");
         let message = job["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(expected), "{plugin}: {message}");
+        if plugin == "spin" {
+            assert_eq!(job["timeout_ms"], 300, "{job}");
+        }
     }
     worker.shutdown(Duration::from_secs(5)).await;
 }

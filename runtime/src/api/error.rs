@@ -176,8 +176,9 @@ impl From<StoreError> for ApiError {
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// The shape of [`ApiError::body`], for the OpenAPI document only: the body itself is built
-/// by `body()`. The optional members are the extensions some problems carry.
+// The shape of `ApiError::body()`, for the OpenAPI document only (the body is built there).
+/// An error (RFC 9457 problem details). The optional members are extensions some problems
+/// carry.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct Problem {

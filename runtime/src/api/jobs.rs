@@ -206,6 +206,7 @@ const PLUGIN: &str = "Plugin name";
 #[utoipa::path(
     post,
     path = "/v1/plugins/{name}/jobs",
+    operation_id = "submit_job",
     tag = "jobs",
     params(
         ("name" = String, Path, description = PLUGIN),
@@ -216,8 +217,8 @@ const PLUGIN: &str = "Plugin name";
     responses(
         (status = 202, description = "Accepted and durable", body = Submitted,
             headers(("Location" = String, description = "The job's URL"))),
-        (status = 200, description = "The finished job (`?wait=`), or an existing job for this idempotency key (then a `Submitted`)",
-            content((JobDoc = "application/json"), (Submitted = "application/json"))),
+        (status = 200, description = "The finished job (`?wait=`), or the existing job this idempotency key names",
+            body = SubmitAnswerDoc),
         (status = 400, description = "Malformed JSON, bad `run_at`, `wait`, webhook URL or key", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
         (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
@@ -456,6 +457,7 @@ pub(crate) async fn find_job(st: &AppState, tenant: &str, id: &str) -> ApiResult
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}",
+    operation_id = "get_job",
     tag = "jobs",
     params(("id" = String, Path, description = JOB_ID)),
     responses(
@@ -512,6 +514,7 @@ pub(crate) struct JobPage {
 #[utoipa::path(
     get,
     path = "/v1/jobs",
+    operation_id = "list_jobs",
     tag = "jobs",
     params(
         ("status" = Option<JobStatusDoc>, Query, description = "Only jobs in this status"),
@@ -596,6 +599,7 @@ pub(crate) struct CancelAnswer {
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancel_job",
     tag = "jobs",
     params(("id" = String, Path, description = JOB_ID)),
     responses(
@@ -733,6 +737,7 @@ impl Redriven {
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/redrive",
+    operation_id = "redrive_job",
     tag = "dlq",
     params(("id" = String, Path, description = JOB_ID)),
     request_body(content = Option<RedriveRequest>, content_type = "application/json",
@@ -893,6 +898,7 @@ pub(crate) struct BatchAnswer {
 #[utoipa::path(
     post,
     path = "/v1/plugins/{name}/jobs/batch",
+    operation_id = "submit_jobs",
     tag = "jobs",
     params(("name" = String, Path, description = PLUGIN)),
     request_body(content = BatchRequest, content_type = "application/json"),
@@ -1022,6 +1028,17 @@ pub(crate) struct JobDoc {
     usage: JobUsage,
     /// Links.
     links: JobLinks,
+}
+
+/// The 200 answer of a submission: with `?wait=`, the finished job; otherwise the existing job
+/// an idempotency key named.
+#[derive(ToSchema)]
+#[schema(as = SubmitAnswer)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum SubmitAnswerDoc {
+    Finished(Box<JobDoc>),
+    Existing(Submitted),
 }
 
 /// A job in a listing (no input, output or attempt log).

@@ -356,6 +356,13 @@ impl DeployedVersion {
     }
 }
 
+// The body of an upload, named for the OpenAPI document only.
+/// A WebAssembly component of world `sluice:plugin/plugin`.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub(crate) struct WasmComponent(Vec<u8>);
+
 /// The plugin name in the path.
 const NAME: &str = "Plugin name: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit";
 
@@ -366,9 +373,10 @@ const NAME: &str = "Plugin name: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a
 #[utoipa::path(
     put,
     path = "/v1/plugins/{name}",
+    operation_id = "upload_plugin",
     tag = "plugins",
     params(("name" = String, Path, description = NAME), UploadParams),
-    request_body(content = [u8], content_type = "application/wasm", description = "A WebAssembly component of world `sluice:plugin/plugin`"),
+    request_body(content = inline(WasmComponent), content_type = "application/wasm"),
     responses(
         (status = 201, description = "A new version, now active", body = DeployedVersion),
         (status = 200, description = "Identical bytes and settings: the existing version, active again", body = DeployedVersion),
@@ -448,6 +456,7 @@ fn max_memory_mb(st: &AppState) -> u64 {
 #[utoipa::path(
     get,
     path = "/v1/plugins",
+    operation_id = "list_plugins",
     tag = "plugins",
     responses(
         (status = 200, description = "Plugins", body = PluginList),
@@ -478,6 +487,7 @@ async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<PluginInfo> 
 #[utoipa::path(
     get,
     path = "/v1/plugins/{name}",
+    operation_id = "get_plugin",
     tag = "plugins",
     params(("name" = String, Path, description = NAME)),
     responses(
@@ -507,6 +517,7 @@ pub(crate) async fn get(
 #[utoipa::path(
     patch,
     path = "/v1/plugins/{name}",
+    operation_id = "patch_plugin_settings",
     tag = "plugins",
     params(("name" = String, Path, description = NAME)),
     request_body(content = SettingsPatch, content_type = "application/json"),
@@ -566,6 +577,7 @@ pub(crate) struct ActivateRequest {
 #[utoipa::path(
     post,
     path = "/v1/plugins/{name}/activate",
+    operation_id = "activate_plugin",
     tag = "plugins",
     params(("name" = String, Path, description = NAME)),
     request_body(content = ActivateRequest, content_type = "application/json"),
@@ -616,6 +628,7 @@ pub(crate) async fn activate(
 #[utoipa::path(
     delete,
     path = "/v1/plugins/{name}",
+    operation_id = "delete_plugin",
     tag = "plugins",
     params(("name" = String, Path, description = NAME)),
     responses(
