@@ -702,6 +702,16 @@ async fn answers_fit_their_documented_schemas() {
     assert_fits(&doc, "UsageReport", &usage);
     let (_, problem) = h.get(&key, "/v1/plugins/nope").await;
     assert_fits(&doc, "Problem", &problem);
+    let (_, problem) = h.patch(&key, "noop", r#"{"memory_mb": 0}"#).await;
+    assert_fits(&doc, "Problem", &problem);
+    let (_, problem) = h
+        .post(
+            &key,
+            &format!("/v1/jobs/{}/cancel", job["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_fits(&doc, "Problem", &problem);
     worker.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -201,6 +201,8 @@ pub(crate) struct Problem {
     job_id: Option<String>,
     /// `job-finished`, `job-not-dead`: the job's status.
     job_status: Option<String>,
+    /// `invalid-settings`: the offending plugin setting.
+    field: Option<String>,
     /// Batch submissions: the index of the offending job.
     index: Option<u32>,
 }

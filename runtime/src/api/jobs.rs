@@ -964,7 +964,7 @@ pub(crate) struct BatchItem {
 }
 
 // The shapes below are for the OpenAPI document only: job bodies are the store's records
-// serialized (see `job_view`, `summary_view`), and `tests/openapi.rs` checks that real
+// serialized (see `job_view`, `summary_view`), and `tests/api.rs` checks that real
 // answers and these schemas have the same fields.
 
 /// A job.

@@ -58,8 +58,8 @@ pub fn is_loopback(listen: &str) -> bool {
 
 /// Declares every route once. From one list it makes [`ROUTES`], the router [`app`] serves and
 /// [`ApiDoc`], whose `paths(...)` names every routed handler: a handler without
-/// `#[utoipa::path]` does not compile, and `tests/openapi.rs` checks that each annotation has
-/// the method and path of its route.
+/// `#[utoipa::path]` does not compile, and `openapi_documents_every_route` (`tests/api.rs`)
+/// checks that each annotation has the method and path of its route.
 macro_rules! api {
     ($( $method:ident $path:literal => $module:ident :: $handler:ident, )*) => {
         /// `(method, path)` of every route [`app`] serves; paths as routed (`{param}`), methods
@@ -89,7 +89,8 @@ macro_rules! api {
     };
 }
 
-// Add routes here, and only here.
+// Add routes here, and only here: a route added to `app()` directly would be missing from
+// `ROUTES` and from the document.
 api! {
     get "/healthz" => ops::healthz,
     get "/readyz" => ops::readyz,

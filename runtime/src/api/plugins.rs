@@ -35,7 +35,7 @@ pub(crate) fn check_name(name: &str) -> ApiResult<()> {
 
 /// Memory caps below this cannot even instantiate a Rust guest (its stack alone is 1 MiB), so
 /// every job of the plugin would fail.
-pub(crate) const MIN_MEMORY_MB: u64 = 2;
+const MIN_MEMORY_MB: u64 = 2;
 
 /// MiB to bytes; an absurd value saturates (and then fails the maximum check) instead of
 /// wrapping round to a small one.
