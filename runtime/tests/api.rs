@@ -476,3 +476,419 @@ async fn end_to_end_with_the_worker() {
     assert!(text.contains("event: result"), "{text}");
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+impl Harness {
+    async fn patch(&self, key: &str, name: &str, body: &str) -> (StatusCode, Value) {
+        self.json(
+            Request::patch(format!("/v1/plugins/{name}"))
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn post(&self, key: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.json(
+            Request::post(uri)
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn openapi(&self) -> Value {
+        let (status, headers, body) = self
+            .send(Request::get("/openapi.json").body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        serde_json::from_slice(&body).expect("/openapi.json is not JSON")
+    }
+}
+
+/// The schema named `name` in the document's components.
+fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    let s = &doc["components"]["schemas"][name];
+    assert!(s.is_object(), "no schema `{name}` in the document");
+    s
+}
+
+/// `value` has exactly the fields the schema `name` documents: nothing undocumented, nothing
+/// required missing. Top level only: nested shapes have their own checks where they matter.
+fn assert_fits(doc: &Value, name: &str, value: &Value) {
+    let s = schema(doc, name);
+    let props = s["properties"]
+        .as_object()
+        .expect("schema without properties");
+    let got = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"));
+    for k in got.keys() {
+        assert!(
+            props.contains_key(k),
+            "`{k}` is not documented in `{name}`: {value}"
+        );
+    }
+    for k in s["required"].as_array().into_iter().flatten() {
+        let k = k.as_str().unwrap();
+        assert!(
+            got.contains_key(k),
+            "`{name}` requires `{k}` but the answer lacks it: {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let h = harness().await;
+    let doc = h.openapi().await;
+
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    let bearer = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(bearer["type"], "http");
+    assert_eq!(bearer["scheme"], "bearer");
+    assert!(
+        doc["security"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"bearer": []})),
+        "bearer is not the default requirement: {}",
+        doc["security"]
+    );
+
+    let methods = ["get", "put", "post", "patch", "delete"];
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operation_ids = std::collections::HashSet::new();
+    for &(method, path) in sluice::api::ROUTES {
+        let op = &doc["paths"][path][method];
+        assert!(
+            op.is_object(),
+            "{} {path} is routed but not documented",
+            method.to_uppercase()
+        );
+        assert!(
+            op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{method} {path} has no summary"
+        );
+        // Client generators name functions after these.
+        let id = op["operationId"].as_str().unwrap();
+        assert!(
+            operation_ids.insert(id.to_string()),
+            "operationId `{id}` is used twice"
+        );
+        // Every path parameter is declared.
+        for name in path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        {
+            let declared = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["in"] == "path" && p["name"] == name && p["required"] == true);
+            assert!(
+                declared,
+                "{method} {path} does not declare path parameter `{name}`"
+            );
+        }
+        // Errors are documented as problem documents.
+        for (code, res) in op["responses"].as_object().unwrap() {
+            if code.starts_with('4') || code.starts_with('5') {
+                assert!(
+                    res["content"]["application/problem+json"].is_object(),
+                    "{method} {path} {code} is not documented as application/problem+json"
+                );
+            }
+        }
+        // API operations need a key; only the ops endpoints may waive it.
+        if path.starts_with("/v1/") {
+            assert!(
+                op.get("security").is_none(),
+                "{method} {path} overrides the bearer requirement"
+            );
+        }
+    }
+    // Nothing is documented that is not routed.
+    for (path, item) in paths {
+        for method in methods {
+            if item.get(method).is_some() {
+                assert!(
+                    sluice::api::ROUTES.contains(&(method, path.as_str())),
+                    "{method} {path} is documented but not routed"
+                );
+            }
+        }
+    }
+    // And the router agrees with the list: every other method on a routed path is a 405, so a
+    // method routed outside the list would show up here.
+    let mut routed_paths: Vec<&str> = sluice::api::ROUTES.iter().map(|r| r.1).collect();
+    routed_paths.dedup();
+    for path in routed_paths {
+        let uri = path
+            .replace("{name}", "noop")
+            .replace("{id}", &uuid::Uuid::now_v7().to_string());
+        for method in methods {
+            let routed = sluice::api::ROUTES.contains(&(method, path));
+            let (status, _, _) = h
+                .send(
+                    Request::builder()
+                        .method(method.to_uppercase().as_str())
+                        .uri(&uri)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(
+                status == StatusCode::METHOD_NOT_ALLOWED,
+                !routed,
+                "{method} {path}: {status} (listed in ROUTES: {routed})"
+            );
+        }
+    }
+    assert!(sluice::api::ROUTES.contains(&("patch", "/v1/plugins/{name}")));
+}
+
+#[tokio::test]
+async fn answers_fit_their_documented_schemas() {
+    let h = harness().await;
+    let key = h.key("acme", &["admin"]).await;
+    let doc = h.openapi().await;
+    let worker = sluice::worker::spawn(h.node.clone());
+
+    let (_, uploaded) = h.upload(&key, "noop", component("noop")).await;
+    assert_fits(&doc, "DeployedVersion", &uploaded);
+    let (_, patched) = h.patch(&key, "noop", r#"{"timeout_ms": 5000}"#).await;
+    assert_fits(&doc, "DeployedVersion", &patched);
+    let (_, plugin) = h.get(&key, "/v1/plugins/noop").await;
+    assert_fits(&doc, "PluginView", &plugin);
+    assert_fits(&doc, "VersionView", &plugin["versions"][1]);
+    assert_fits(&doc, "SettingsView", &plugin["versions"][1]["settings"]);
+
+    let (_, submitted) = h
+        .submit(
+            &key,
+            "noop",
+            json!({"input": {}, "run_at": "2100-01-01T00:00:00Z"}),
+            None,
+        )
+        .await;
+    assert_fits(&doc, "Submitted", &submitted);
+    let (status, job) = h
+        .post(
+            &key,
+            "/v1/plugins/noop/jobs?wait=10s",
+            json!({"input": {"a": 1}, "tags": {"user": "u1"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_fits(&doc, "Job", &job);
+    assert_fits(&doc, "Attempt", &job["attempts"][0]);
+    assert_fits(&doc, "Timings", &job["timings"]);
+    assert_fits(&doc, "JobUsage", &job["usage"]);
+    let (_, page) = h.get(&key, "/v1/jobs").await;
+    assert_fits(&doc, "JobPage", &page);
+    assert_fits(&doc, "JobSummary", &page["items"][0]);
+    let (_, dead) = h.get(&key, "/v1/dlq").await;
+    assert_fits(&doc, "DeadPage", &dead);
+    let (_, usage) = h.get(&key, "/v1/usage").await;
+    assert_fits(&doc, "UsageReport", &usage);
+    let (_, problem) = h.get(&key, "/v1/plugins/nope").await;
+    assert_fits(&doc, "Problem", &problem);
+    let (_, problem) = h.patch(&key, "noop", r#"{"memory_mb": 0}"#).await;
+    assert_fits(&doc, "Problem", &problem);
+    let (_, problem) = h
+        .post(
+            &key,
+            &format!("/v1/jobs/{}/cancel", job["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_fits(&doc, "Problem", &problem);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn patching_settings_makes_a_new_active_version() {
+    let h = harness().await;
+    let key = h.key("acme", &["deploy", "invoke", "read"]).await;
+    let (_, v1) = h.upload(&key, "noop", component("noop")).await;
+
+    let (status, v2) = h
+        .patch(
+            &key,
+            "noop",
+            r#"{"timeout_ms": 1234, "memory_mb": 32, "max_attempts": 2, "allowed_models": ["fast"]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v2}");
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["digest"], v1["digest"], "same code, new settings");
+    assert_eq!(v2["existing"], false);
+    assert_eq!(v2["settings"]["timeout_ms"], 1234);
+    assert_eq!(v2["settings"]["memory_limit_bytes"], 32 << 20);
+    assert_eq!(v2["settings"]["allowed_models"], json!(["fast"]));
+
+    let (_, plugin) = h.get(&key, "/v1/plugins/noop").await;
+    assert_eq!(plugin["active_version"], 2);
+    assert_eq!(plugin["versions"].as_array().unwrap().len(), 2);
+    assert!(
+        plugin["versions"][0]["settings"]
+            .get("timeout_ms")
+            .is_none(),
+        "v1 is unchanged"
+    );
+    assert_eq!(plugin["versions"][1]["settings"]["max_attempts"], 2);
+
+    // A merge: absent fields are kept, `null` resets one to the default.
+    let (status, v3) = h.patch(&key, "noop", r#"{"max_attempts": null}"#).await;
+    assert_eq!(status, StatusCode::OK, "{v3}");
+    assert_eq!(v3["version"], 3);
+    assert_eq!(v3["settings"]["timeout_ms"], 1234);
+    assert!(v3["settings"].get("max_attempts").is_none(), "{v3}");
+
+    // Nothing to change: no new version.
+    let (status, same) = h.patch(&key, "noop", r#"{"timeout_ms": 1234}"#).await;
+    assert_eq!(status, StatusCode::OK, "{same}");
+    assert_eq!(same["version"], 3);
+    assert_eq!(same["existing"], true);
+
+    // New jobs get the new settings.
+    let later = json!({"input": {}, "run_at": "2100-01-01T00:00:00Z"});
+    let (_, job) = h.submit(&key, "noop", later.clone(), None).await;
+    let (_, job) = h.get(&key, job["links"]["self"].as_str().unwrap()).await;
+    assert_eq!(job["plugin_version"], 3);
+    assert_eq!(job["timeout_ms"], 1234);
+
+    // Rolling back to the upload brings back its settings.
+    let (status, plugin) = h
+        .post(&key, "/v1/plugins/noop/activate", json!({"version": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{plugin}");
+    let (_, job) = h.submit(&key, "noop", later, None).await;
+    let (_, job) = h.get(&key, job["links"]["self"].as_str().unwrap()).await;
+    assert_eq!(job["plugin_version"], 1);
+    assert_ne!(job["timeout_ms"], 1234);
+}
+
+#[tokio::test]
+async fn bad_settings_patches_are_rejected() {
+    let h = harness().await;
+    let key = h.key("acme", &["deploy", "read"]).await;
+    h.upload(&key, "noop", component("noop")).await;
+
+    for (body, status, kind) in [
+        (r#"{"timeout": 5}"#, 422, "invalid-body"),
+        (r#"{"timeout_ms": "soon"}"#, 422, "invalid-body"),
+        (r#"{"timeout_ms": 0}"#, 422, "invalid-settings"),
+        (r#"{"max_attempts": 0}"#, 422, "invalid-settings"),
+        (r#"{"concurrency": 0}"#, 422, "invalid-settings"),
+        (r#"{"memory_mb": 1}"#, 422, "invalid-settings"),
+        // Above `engine.max_memory_mb` (256 by default), and so large it would wrap as bytes.
+        (r#"{"memory_mb": 257}"#, 422, "invalid-settings"),
+        (
+            r#"{"memory_mb": 18446744073709551615}"#,
+            422,
+            "invalid-settings",
+        ),
+        (r#"{"allowed_models": [""]}"#, 422, "invalid-settings"),
+        (r#"{"timeout_ms": "#, 400, "malformed-json"),
+    ] {
+        let (got, v) = h.patch(&key, "noop", body).await;
+        assert_eq!(got.as_u16(), status, "{body}: {v}");
+        assert_eq!(
+            v["type"],
+            format!("https://sluice.dev/problems/{kind}"),
+            "{body}: {v}"
+        );
+    }
+    let (_, plugin) = h.get(&key, "/v1/plugins/noop").await;
+    assert_eq!(
+        plugin["versions"].as_array().unwrap().len(),
+        1,
+        "a rejected patch changed nothing"
+    );
+
+    // Uploads take the same settings as query parameters, checked the same way.
+    let (status, v) = h
+        .json(
+            Request::put("/v1/plugins/noop?timeout_ms=0")
+                .header("authorization", format!("Bearer {key}"))
+                .body(Body::from(component("noop")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["field"], "timeout_ms");
+
+    let (status, _) = h.patch(&key, "nope", r#"{"timeout_ms": 5}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Another tenant's plugin does not exist for you.
+    let other = h.key("someone-else", &["admin"]).await;
+    let (status, v) = h.patch(&other, "noop", r#"{"timeout_ms": 5}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    // Reading is not deploying.
+    let reader = h.key("acme", &["read"]).await;
+    let (status, _) = h.patch(&reader, "noop", r#"{"timeout_ms": 5}"#).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, plugin) = h.get(&key, "/v1/plugins/noop").await;
+    assert_eq!(plugin["versions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn jobs_run_with_patched_limits() {
+    let h = harness().await;
+    let key = h.key("acme", &["admin"]).await;
+    let worker = sluice::worker::spawn(h.node.clone());
+    h.upload(&key, "spin", component("busy-loop")).await;
+    h.upload(&key, "bomb", component("memory-bomb")).await;
+
+    // The time limit comes with the job; the memory cap from the node's per-version settings.
+    let (status, v) = h
+        .patch(&key, "spin", r#"{"timeout_ms": 300, "max_attempts": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = h
+        .patch(&key, "bomb", r#"{"memory_mb": 16, "max_attempts": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    for (plugin, expected) in [
+        ("spin", "exceeded its time limit of "),
+        ("bomb", "exceeded its memory limit of 16777216 bytes"),
+    ] {
+        let (status, job) = h
+            .post(
+                &key,
+                &format!("/v1/plugins/{plugin}/jobs?wait=30s"),
+                json!({"input": {}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{plugin}: {job}");
+        assert_eq!(job["status"], "dead", "{plugin}: {job}");
+        assert_eq!(job["plugin_version"], 2, "{plugin}: {job}");
+        let message = job["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{plugin}: {message}");
+        if plugin == "spin" {
+            assert_eq!(job["timeout_ms"], 300, "{job}");
+            // The limit counts down from the deadline set at claim, so it can be a few ms
+            // under 300; the default would be 300000.
+            let limit: u64 = message
+                .split("time limit of ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no limit in `{message}`"));
+            assert!(limit <= 300, "{message}");
+        }
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}

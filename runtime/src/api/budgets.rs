@@ -4,48 +4,119 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
 use sluice_store::{BudgetRecord, LedgerWindow};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::{Json, Path};
 use crate::node::budgets::{self, BudgetSpec};
+
+const NAME: &str = "The budget's name: 1-64 of letters, digits, `-`, `_`, `.`";
+
+/// A budget rule (the body of `PUT /v1/budgets/{name}`; documentation of [`BudgetSpec`]).
+#[derive(ToSchema)]
+#[schema(as = BudgetSpec)]
+#[allow(dead_code)] // Only describes the JSON `BudgetSpec` reads.
+pub(crate) struct BudgetSpecDoc {
+    /// What is counted: `tenant` (all your jobs), `plugin`, `tag` or `job` (each job on its own).
+    #[schema(example = "tag")]
+    scope: String,
+    /// The tag key, for `scope = "tag"` (e.g. `user`, `feature`).
+    tag: Option<String>,
+    /// Only this plugin or tag value; absent: every value gets its own budget of this size.
+    value: Option<String>,
+    /// When spend resets: `day`, `month` (UTC) or `total`.
+    #[schema(example = "month")]
+    period: String,
+    /// Hard limit in US dollars.
+    #[schema(example = 5.0)]
+    limit_usd: f64,
+    /// Fractions of the limit at which an alert fires, once per window each (default
+    /// `[0.5, 0.8, 1.0]`).
+    alerts: Option<Vec<f64>>,
+    /// Also POST alerts here (`{"url": …}`), signed like job webhooks.
+    #[schema(value_type = Option<Object>)]
+    webhook: Option<Value>,
+}
+
+/// One budget window's money.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WindowView {
+    /// What is counted in this window (`tenant:acme`, `tag:user=alice`, `job:<id>`).
+    scope: String,
+    /// The period window: `2026-11-27`, `2026-11` or `total`.
+    window: String,
+    /// Spent, US dollars.
+    spent_usd: f64,
+    /// Held by model calls in flight, US dollars.
+    reserved_usd: f64,
+    /// Left before calls are refused, US dollars.
+    remaining_usd: f64,
+    /// Spent, micro-dollars.
+    spent_micros: u64,
+    /// Held, micro-dollars.
+    reserved_micros: u64,
+}
+
+/// A budget with its recent windows.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BudgetView {
+    /// The budget's name.
+    name: String,
+    /// The rule.
+    #[schema(value_type = BudgetSpecDoc)]
+    spec: Value,
+    /// Windows with spend or holds, most recently used first.
+    windows: Vec<WindowView>,
+    /// When it was first set.
+    created_at: DateTime<Utc>,
+    /// When it was last changed.
+    updated_at: DateTime<Utc>,
+}
+
+/// The tenant's budgets.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BudgetList {
+    /// By name.
+    budgets: Vec<BudgetView>,
+}
 
 fn usd(micros: u64) -> f64 {
     micros as f64 / 1e6
 }
 
-fn window_view(w: &LedgerWindow, limit_micros: u64) -> Value {
+fn window_view(w: &LedgerWindow, limit_micros: u64) -> WindowView {
     let used = w.level.spent_micros + w.level.reserved_micros;
-    json!({
-        "scope": w.scope,
-        "window": w.window,
-        "spent_usd": usd(w.level.spent_micros),
-        "reserved_usd": usd(w.level.reserved_micros),
-        "remaining_usd": usd(limit_micros.saturating_sub(used)),
-        "spent_micros": w.level.spent_micros,
-        "reserved_micros": w.level.reserved_micros,
-    })
+    WindowView {
+        scope: w.scope.clone(),
+        window: w.window.clone(),
+        spent_usd: usd(w.level.spent_micros),
+        reserved_usd: usd(w.level.reserved_micros),
+        remaining_usd: usd(limit_micros.saturating_sub(used)),
+        spent_micros: w.level.spent_micros,
+        reserved_micros: w.level.reserved_micros,
+    }
 }
 
-async fn view(st: &AppState, rec: &BudgetRecord, windows: u32) -> ApiResult<Value> {
-    let spec: Option<BudgetSpec> = serde_json::from_value(rec.spec.clone()).ok();
-    let limit = spec
-        .as_ref()
+async fn view(st: &AppState, rec: &BudgetRecord, windows: u32) -> ApiResult<BudgetView> {
+    let limit = serde_json::from_value::<BudgetSpec>(rec.spec.clone())
         .map(|s| (s.limit_usd * 1e6).round() as u64)
         .unwrap_or(0);
     // The gateway keeps a tenant's rule under `<tenant>/<name>` in the ledger.
     let ledger_name = format!("{}/{}", rec.tenant, rec.name);
     let spend = st.node.store.ledger_windows(&ledger_name, windows).await?;
-    Ok(json!({
-        "name": rec.name,
-        "spec": rec.spec,
-        "windows": spend.iter().map(|w| window_view(w, limit)).collect::<Vec<_>>(),
-        "created_at": rec.created_at,
-        "updated_at": rec.updated_at,
-    }))
+    Ok(BudgetView {
+        name: rec.name.clone(),
+        spec: rec.spec.clone(),
+        windows: spend.iter().map(|w| window_view(w, limit)).collect(),
+        created_at: rec.created_at,
+        updated_at: rec.updated_at,
+    })
 }
 
 async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<BudgetRecord> {
@@ -65,37 +136,77 @@ async fn reload(st: &AppState) {
     }
 }
 
-/// `GET /v1/budgets`
+/// The tenant's budgets with their current spend.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets",
+    operation_id = "list_budgets",
+    tag = "budgets",
+    responses(
+        (status = 200, description = "Budgets", body = BudgetList),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn list(
     State(st): State<AppState>,
     principal: Principal,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<BudgetList>> {
     principal.require(Scope::Read)?;
-    let mut out = Vec::new();
+    let mut budgets = Vec::new();
     for rec in st.node.store.list_budgets(Some(&principal.tenant)).await? {
-        out.push(view(&st, &rec, 10).await?);
+        budgets.push(view(&st, &rec, 10).await?);
     }
-    Ok(axum::Json(json!({ "budgets": out })))
+    Ok(axum::Json(BudgetList { budgets }))
 }
 
-/// `GET /v1/budgets/{name}`
+/// One budget and its spend per window.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/{name}",
+    operation_id = "get_budget",
+    tag = "budgets",
+    params(("name" = String, Path, description = NAME)),
+    responses(
+        (status = 200, description = "The budget", body = BudgetView),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such budget for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<BudgetView>> {
     principal.require(Scope::Read)?;
     let rec = find(&st, &principal.tenant, &name).await?;
     Ok(axum::Json(view(&st, &rec, 100).await?))
 }
 
-/// `PUT /v1/budgets/{name}`: create or replace.
+/// Create or replace a budget. Enforced at once on this node, within seconds on the others.
+#[utoipa::path(
+    put,
+    path = "/v1/budgets/{name}",
+    operation_id = "put_budget",
+    tag = "budgets",
+    params(("name" = String, Path, description = NAME)),
+    request_body(content = BudgetSpecDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = BudgetView),
+        (status = 200, description = "Replaced", body = BudgetView),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `admin` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown fields, a bad rule or a refused webhook URL", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn put(
     State(st): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
     Json(spec): Json<BudgetSpec>,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<BudgetView>)> {
     principal.require(Scope::Admin)?;
     spec.validate(&principal.tenant, &name).map_err(|reason| {
         ApiError::new(
@@ -131,7 +242,20 @@ pub(crate) async fn put(
     Ok((status, axum::Json(view(&st, &rec, 10).await?)))
 }
 
-/// `DELETE /v1/budgets/{name}`: stop enforcing it (its spend history stays).
+/// Stop enforcing a budget (its spend history stays in the ledger).
+#[utoipa::path(
+    delete,
+    path = "/v1/budgets/{name}",
+    operation_id = "delete_budget",
+    tag = "budgets",
+    params(("name" = String, Path, description = NAME)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `admin` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such budget for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn delete(
     State(st): State<AppState>,
     principal: Principal,

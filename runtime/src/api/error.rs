@@ -175,3 +175,34 @@ impl From<StoreError> for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+// The shape of `ApiError::body()`, for the OpenAPI document only (the body is built there).
+/// An error (RFC 9457 problem details). The optional members are extensions some problems
+/// carry.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Problem {
+    /// `https://sluice.dev/problems/<kind>`: stable, for programs to switch on.
+    #[schema(rename = "type", format = "uri")]
+    type_: String,
+    /// Short summary of the problem type.
+    title: String,
+    /// The HTTP status.
+    status: u16,
+    /// What happened in this occurrence, for people.
+    detail: String,
+    /// `invalid-component`: why the component was rejected (`not_wasm`, `wrong_world`, …).
+    kind: Option<String>,
+    /// `forbidden`: the scope the API key lacks.
+    required_scope: Option<String>,
+    /// `idempotency-conflict`: the key, and the job it already names.
+    idempotency_key: Option<String>,
+    /// `idempotency-conflict`: the job the key already names.
+    job_id: Option<String>,
+    /// `job-finished`, `job-not-dead`: the job's status.
+    job_status: Option<String>,
+    /// `invalid-settings`: the offending plugin setting.
+    field: Option<String>,
+    /// Batch submissions: the index of the offending job.
+    index: Option<u32>,
+}

@@ -1,56 +1,74 @@
 //! `/v1/plugins/{name}/jobs` and `/v1/jobs…`: submit (optionally waiting for the result),
 //! get, list, cancel, redrive and the dead-letter queue.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sluice_store::{
     CancelOutcome, DeadFilter, JobFilter, JobRecord, JobStatus, JobSummary, NewJob, PageRequest,
     RedriveOptions, RedriveTarget,
 };
 use sluice_types::{JobEvent, Tags};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::{Json, Path, Query};
 
 /// Longest `?wait=` honoured.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Body of a job submission.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitRequest {
+    /// The handler's input (any JSON).
     #[serde(default)]
+    #[schema(value_type = Value)]
     input: Value,
+    /// Attribution tags (`user`, `feature`, …): usage is grouped by them, jobs listed by them.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     tags: Tags,
+    /// Higher runs first.
     #[serde(default)]
     priority: i32,
+    /// Run no earlier than this RFC 3339 time.
+    #[schema(format = DateTime)]
     run_at: Option<String>,
+    /// Attempt timeout in ms (default: the plugin's, then the server's).
+    #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
+    /// Attempts allowed (default: the plugin's, then the server's).
+    #[schema(minimum = 1)]
     max_attempts: Option<u32>,
+    /// Where to POST the signed outcome.
     webhook: Option<WebhookSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A webhook for a job's outcome.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WebhookSpec {
+pub(crate) struct WebhookSpec {
+    /// An `http(s)` URL; private and link-local addresses are refused outside dev mode.
     url: String,
 }
 
 /// Query of a submission.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SubmitParams {
-    /// `30s`, `500ms`, `2m` or plain seconds; capped at [`MAX_WAIT`].
+    /// Wait up to this long for the job to finish and answer with it: `30s`, `500ms`, `2m` or
+    /// plain seconds, at most 60s.
     wait: Option<String>,
 }
 
@@ -142,15 +160,75 @@ fn new_job(
     })
 }
 
-fn links(id: Uuid) -> Value {
-    json!({
-        "self": format!("/v1/jobs/{id}"),
-        "events": format!("/v1/jobs/{id}/events"),
-        "cancel": format!("/v1/jobs/{id}/cancel"),
-    })
+/// Where to go from a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobLinks {
+    /// The job.
+    #[serde(rename = "self")]
+    this: String,
+    /// Its Server-Sent Events.
+    events: String,
+    /// Cancel it.
+    cancel: String,
 }
 
-/// `POST /v1/plugins/{name}/jobs`
+fn links(id: Uuid) -> JobLinks {
+    JobLinks {
+        this: format!("/v1/jobs/{id}"),
+        events: format!("/v1/jobs/{id}/events"),
+        cancel: format!("/v1/jobs/{id}/cancel"),
+    }
+}
+
+/// The answer to a submission that did not wait for the result.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Submitted {
+    /// Job id.
+    id: Uuid,
+    /// Its status now (`queued`, `scheduled`, … or later for an existing job).
+    status: String,
+    /// True when the idempotency key named an existing job (nothing was inserted).
+    existing: bool,
+    /// Links.
+    links: JobLinks,
+}
+
+/// The job id in the path.
+const JOB_ID: &str = "Job id (UUID)";
+/// The plugin name in the path.
+const PLUGIN: &str = "Plugin name";
+
+/// Submit a job.
+///
+/// 202 once the job is durably queued. With `?wait=`, answers with the finished job instead
+/// (200) if it finishes in time. The same `Idempotency-Key` and body answer 200 with the same
+/// job; the same key with another body is a 409.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    params(
+        ("name" = String, Path, description = PLUGIN),
+        SubmitParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the submission idempotent for the server's retention window"),
+    ),
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted and durable", body = Submitted,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 200, description = "The finished job (`?wait=`), or the existing job this idempotency key names",
+            body = SubmitAnswerDoc),
+        (status = 400, description = "Malformed JSON, bad `run_at`, `wait`, webhook URL or key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such plugin (or no active version) for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The idempotency key names a job with another body", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body or input too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Not `application/json`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn submit(
     State(st): State<AppState>,
     principal: Principal,
@@ -201,12 +279,12 @@ pub(crate) async fn submit(
     };
     let mut res = (
         code,
-        axum::Json(json!({
-            "id": enqueued.id,
-            "status": status,
-            "existing": enqueued.existing,
-            "links": links(enqueued.id),
-        })),
+        axum::Json(Submitted {
+            id: enqueued.id,
+            status: status.to_string(),
+            existing: enqueued.existing,
+            links: links(enqueued.id),
+        }),
     )
         .into_response();
     if let Ok(loc) = format!("/v1/jobs/{}", enqueued.id).parse() {
@@ -267,8 +345,34 @@ pub(crate) fn is_terminal_event(event: &JobEvent) -> bool {
         if matches!(status.as_str(), "completed" | "dead" | "cancelled"))
 }
 
+/// What a job's model calls used.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub(crate) struct JobUsage {
+    /// Model calls made.
+    model_calls: u64,
+    /// Tokens in.
+    input_tokens: u64,
+    /// Tokens out.
+    output_tokens: u64,
+    /// Cost in micro-dollars.
+    cost_micros: u64,
+    /// Cost in dollars.
+    cost_usd: f64,
+}
+
+/// How long a job took, in ms (`null` until known).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Timings {
+    /// From due to its first attempt.
+    queue_ms: Option<i64>,
+    /// Its last attempt.
+    last_attempt_ms: Option<i64>,
+    /// From accepted to finished.
+    total_ms: Option<i64>,
+}
+
 /// Sum of the job's persisted model-call events.
-async fn usage_of(st: &AppState, id: Uuid) -> Value {
+async fn usage_of(st: &AppState, id: Uuid) -> JobUsage {
     let (mut calls, mut input, mut output, mut cost) = (0u64, 0u64, 0u64, 0u64);
     let mut after = 0;
     loop {
@@ -295,10 +399,17 @@ async fn usage_of(st: &AppState, id: Uuid) -> Value {
             break;
         }
     }
-    json!({ "model_calls": calls, "input_tokens": input, "output_tokens": output, "cost_micros": cost, "cost_usd": cost as f64 / 1e6 })
+    JobUsage {
+        model_calls: calls,
+        input_tokens: input,
+        output_tokens: output,
+        cost_micros: cost,
+        cost_usd: cost as f64 / 1e6,
+    }
 }
 
-/// The public view of a job record: the record plus usage, timings and links.
+/// The public view of a job record: the record minus `tenant`, plus usage, timings and links
+/// (documented as [`JobDoc`]).
 pub(crate) async fn job_view(st: &AppState, r: &JobRecord) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     if let Value::Object(map) = &mut v {
@@ -314,14 +425,21 @@ pub(crate) async fn job_view(st: &AppState, r: &JobRecord) -> Value {
         let total_ms = r
             .finished_at
             .map(|f| (f - r.created_at).num_milliseconds().max(0));
-        map.insert(
-            "timings".into(),
-            json!({ "queue_ms": queue_ms, "last_attempt_ms": run_ms, "total_ms": total_ms }),
-        );
-        map.insert("usage".into(), usage_of(st, r.id).await);
-        map.insert("links".into(), links(r.id));
+        let timings = Timings {
+            queue_ms,
+            last_attempt_ms: run_ms,
+            total_ms,
+        };
+        map.insert("timings".into(), to_value(&timings));
+        map.insert("usage".into(), to_value(&usage_of(st, r.id).await));
+        map.insert("links".into(), to_value(&links(r.id)));
     }
     v
+}
+
+/// Plain structs of numbers and strings always serialize.
+fn to_value(v: &impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// Load a job of this tenant (another tenant's job is "not found").
@@ -335,7 +453,20 @@ pub(crate) async fn find_job(st: &AppState, tenant: &str, id: &str) -> ApiResult
         .ok_or_else(|| ApiError::not_found("job", id))
 }
 
-/// `GET /v1/jobs/{id}`
+/// A job: status, attempts, output or error, usage, timings, digest.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = JOB_ID)),
+    responses(
+        (status = 200, description = "The job", body = JobDoc),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     principal: Principal,
@@ -350,7 +481,7 @@ fn summary_view(s: &JobSummary) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or_default();
     if let Value::Object(map) = &mut v {
         map.remove("tenant");
-        map.insert("links".into(), links(s.id));
+        map.insert("links".into(), to_value(&links(s.id)));
     }
     v
 }
@@ -369,12 +500,41 @@ fn page_request(cursor: Option<&str>, limit: Option<u32>) -> ApiResult<PageReque
     Ok(PageRequest { limit, before })
 }
 
-/// `GET /v1/jobs?status=&plugin=&tag=k:v&cursor=&limit=` (`tag` may repeat).
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobPage {
+    /// The jobs.
+    #[schema(value_type = Vec<JobSummaryDoc>)]
+    items: Vec<Value>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<Uuid>,
+}
+
+/// List jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(
+        ("status" = Option<JobStatusDoc>, Query, description = "Only jobs in this status"),
+        ("plugin" = Option<String>, Query, description = "Only this plugin's jobs"),
+        ("tag" = Option<Vec<String>>, Query, description = "`key:value`; may repeat, all must match"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "Unknown parameter or bad value", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn list(
     State(st): State<AppState>,
     principal: Principal,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<JobPage>> {
     principal.require(Scope::Read)?;
     let mut filter = JobFilter {
         tenant: Some(principal.tenant.clone()),
@@ -416,13 +576,41 @@ pub(crate) async fn list(
         .store
         .list_jobs(&filter, page_request(cursor, limit)?)
         .await?;
-    Ok(axum::Json(json!({
-        "items": page.items.iter().map(summary_view).collect::<Vec<_>>(),
-        "next_cursor": page.next,
-    })))
+    Ok(axum::Json(JobPage {
+        items: page.items.iter().map(summary_view).collect(),
+        next_cursor: page.next,
+    }))
 }
 
-/// `POST /v1/jobs/{id}/cancel`
+/// The answer to a cancel.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CancelAnswer {
+    /// Job id.
+    id: Uuid,
+    /// `cancelled`, or `cancel_requested` while an attempt is still running.
+    status: &'static str,
+    /// Links.
+    links: JobLinks,
+}
+
+/// Cancel a job.
+///
+/// A queued job is cancelled at once (200); a running one is asked to stop (202).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = JOB_ID)),
+    responses(
+        (status = 200, description = "Cancelled", body = CancelAnswer),
+        (status = 202, description = "Running: cancellation requested", body = CancelAnswer),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "Already finished (`job_status` says how)", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn cancel(
     State(st): State<AppState>,
     principal: Principal,
@@ -448,32 +636,39 @@ pub(crate) async fn cancel(
             status: JobStatus::Cancelled,
         } => (StatusCode::OK, "cancelled"),
         CancelOutcome::AlreadyFinished { status } => {
+            // Not `status`: in a problem document that is the HTTP status.
             return Err(ApiError::conflict(
                 "job-finished",
                 format!("job {id} already finished as {status}"),
             )
-            .with("status", status.as_str()));
+            .with("job_status", status.as_str()));
         }
         CancelOutcome::NotFound => return Err(ApiError::not_found("job", id)),
     };
     Ok((
         code,
-        axum::Json(json!({ "id": r.id, "status": status, "links": links(r.id) })),
+        axum::Json(CancelAnswer {
+            id: r.id,
+            status,
+            links: links(r.id),
+        }),
     )
         .into_response())
 }
 
-/// Body of the redrive endpoints.
-#[derive(Debug, Default, Deserialize)]
+/// Body of the redrive endpoints (optional: empty means the defaults).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedriveRequest {
     /// Only this plugin (DLQ redrive).
     plugin: Option<String>,
     /// Only these jobs (DLQ redrive).
     ids: Option<Vec<Uuid>>,
-    /// At most this many.
+    /// At most this many (DLQ redrive).
     limit: Option<u32>,
-    /// `same` (default), `active`, or a version number.
+    /// Which code to run: `"same"` (default), `"active"`, or a version number (DLQ redrive
+    /// onto a version needs `plugin`).
+    #[schema(value_type = Option<Value>)]
     target: Option<Value>,
     /// New attempt budget.
     max_attempts: Option<u32>,
@@ -520,13 +715,48 @@ async fn optional_body(body: bytes::Bytes) -> ApiResult<RedriveRequest> {
     })
 }
 
-/// `POST /v1/jobs/{id}/redrive`
+/// Jobs put back in the queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Redriven {
+    /// Their ids.
+    redriven: Vec<Uuid>,
+    /// How many.
+    count: usize,
+}
+
+impl Redriven {
+    fn new(redriven: Vec<Uuid>) -> Self {
+        Redriven {
+            count: redriven.len(),
+            redriven,
+        }
+    }
+}
+
+/// Put a dead job back in the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/redrive",
+    operation_id = "redrive_job",
+    tag = "dlq",
+    params(("id" = String, Path, description = JOB_ID)),
+    request_body(content = Option<RedriveRequest>, content_type = "application/json",
+        description = "Optional: `target`, `max_attempts`, `clear_journal`"),
+    responses(
+        (status = 200, description = "Redriven", body = Redriven),
+        (status = 400, description = "Malformed JSON or bad `target`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The job is not dead (`job_status` says what it is)", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn redrive_one(
     State(st): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     super::extract::Body(body): super::extract::Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Redriven>> {
     principal.require(Scope::Invoke)?;
     let req = optional_body(body).await?;
     let r = find_job(&st, &principal.tenant, &id).await?;
@@ -535,7 +765,7 @@ pub(crate) async fn redrive_one(
             "job-not-dead",
             format!("only dead jobs can be redriven; job {id} is {}", r.status),
         )
-        .with("status", r.status.as_str()));
+        .with("job_status", r.status.as_str()));
     }
     let filter = DeadFilter {
         tenant: Some(principal.tenant.clone()),
@@ -544,15 +774,28 @@ pub(crate) async fn redrive_one(
         limit: Some(1),
     };
     let ids = st.node.store.redrive(&filter, &req.options()?).await?;
-    Ok(axum::Json(json!({ "redriven": ids })))
+    Ok(axum::Json(Redriven::new(ids)))
 }
 
-/// `POST /v1/dlq/redrive` with filters `{plugin, ids, limit, target, max_attempts}`.
+/// Redrive dead jobs matching filters (`plugin`, `ids`, `limit`).
+#[utoipa::path(
+    post,
+    path = "/v1/dlq/redrive",
+    tag = "dlq",
+    request_body(content = Option<RedriveRequest>, content_type = "application/json",
+        description = "Optional: filters and how to redrive; empty redrives every dead job of the tenant"),
+    responses(
+        (status = 200, description = "Redriven", body = Redriven),
+        (status = 400, description = "Malformed JSON or bad `target`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn redrive_dead(
     State(st): State<AppState>,
     principal: Principal,
     super::extract::Body(body): super::extract::Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Redriven>> {
     principal.require(Scope::Invoke)?;
     let req = optional_body(body).await?;
     if matches!(req.target, Some(Value::Number(_))) && req.plugin.is_none() {
@@ -567,24 +810,53 @@ pub(crate) async fn redrive_dead(
         limit: req.limit,
     };
     let ids = st.node.store.redrive(&filter, &req.options()?).await?;
-    Ok(axum::Json(json!({ "redriven": ids, "count": ids.len() })))
+    Ok(axum::Json(Redriven::new(ids)))
 }
 
 /// Query of `GET /v1/dlq`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DeadParams {
+    /// Only this plugin's dead jobs.
     plugin: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-/// `GET /v1/dlq?plugin=&cursor=&limit=`
+/// A page of dead jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadPage {
+    /// The jobs, newest first.
+    #[schema(value_type = Vec<JobSummaryDoc>)]
+    items: Vec<Value>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<Uuid>,
+    /// Dead jobs matching the filter, all pages.
+    total: u64,
+}
+
+/// Dead jobs (the dead-letter queue), newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/dlq",
+    tag = "dlq",
+    params(DeadParams),
+    responses(
+        (status = 200, description = "A page of dead jobs", body = DeadPage),
+        (status = 400, description = "Bad query", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn list_dead(
     State(st): State<AppState>,
     principal: Principal,
     Query(p): Query<DeadParams>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<DeadPage>> {
     principal.require(Scope::Read)?;
     let store = &st.node.store;
     let page = store
@@ -597,14 +869,49 @@ pub(crate) async fn list_dead(
     let total = store
         .count_dead(Some(&principal.tenant), p.plugin.as_deref())
         .await?;
-    Ok(axum::Json(json!({
-        "items": page.items.iter().map(summary_view).collect::<Vec<_>>(),
-        "next_cursor": page.next,
-        "total": total,
-    })))
+    Ok(axum::Json(DeadPage {
+        items: page.items.iter().map(summary_view).collect(),
+        next_cursor: page.next,
+        total,
+    }))
 }
 
-/// `POST /v1/plugins/{name}/jobs/batch` with `{"jobs": [SubmitRequest…]}`: all or none.
+/// One job of a batch, as accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchItemAnswer {
+    /// Job id.
+    id: Uuid,
+    /// True when its idempotency key named an existing job.
+    existing: bool,
+    /// Links.
+    links: JobLinks,
+}
+
+/// The answer to a batch submission, in the order of the request.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchAnswer {
+    /// One per submitted job.
+    items: Vec<BatchItemAnswer>,
+}
+
+/// Submit up to 1000 jobs atomically: all are accepted or none.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/jobs/batch",
+    operation_id = "submit_jobs",
+    tag = "jobs",
+    params(("name" = String, Path, description = PLUGIN)),
+    request_body(content = BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "All accepted and durable", body = BatchAnswer),
+        (status = 400, description = "Empty or too large, or a bad job (`index` says which)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "An idempotency key names a job with another body", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn submit_batch(
     State(st): State<AppState>,
     principal: Principal,
@@ -628,25 +935,208 @@ pub(crate) async fn submit_batch(
         .enqueue_batch(jobs)
         .await
         .map_err(plugin_not_found(&plugin))?;
-    let items: Vec<Value> = done
+    let items = done
         .iter()
-        .map(|e| json!({ "id": e.id, "existing": e.existing, "links": links(e.id) }))
+        .map(|e| BatchItemAnswer {
+            id: e.id,
+            existing: e.existing,
+            links: links(e.id),
+        })
         .collect();
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "items": items }))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(BatchAnswer { items })).into_response())
 }
 
 /// Body of a batch submission.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchRequest {
+    /// 1 to 1000 jobs.
     jobs: Vec<BatchItem>,
 }
 
-#[derive(Debug, Deserialize)]
-struct BatchItem {
+/// One job of a batch: a submission plus its idempotency key.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct BatchItem {
+    /// Like the `Idempotency-Key` header of a single submission.
     idempotency_key: Option<String>,
     #[serde(flatten)]
     job: SubmitRequest,
+}
+
+// The shapes below are for the OpenAPI document only: job bodies are the store's records
+// serialized (see `job_view`, `summary_view`), and `tests/api.rs` checks that real
+// answers and these schemas have the same fields.
+
+/// A job.
+#[derive(ToSchema)]
+#[schema(as = Job)]
+#[allow(dead_code)]
+pub(crate) struct JobDoc {
+    /// Id.
+    id: Uuid,
+    /// Plugin name.
+    plugin: String,
+    /// The plugin version it runs.
+    plugin_version: i64,
+    /// The component it runs (`sha256:<hex>`).
+    digest: String,
+    /// Status.
+    status: JobStatusDoc,
+    /// Priority.
+    priority: i32,
+    /// Input.
+    #[schema(value_type = Value)]
+    input: Value,
+    /// Tags.
+    tags: BTreeMap<String, String>,
+    /// Attempts made in the current run.
+    attempt: u32,
+    /// Attempts allowed.
+    max_attempts: u32,
+    /// Redrive generation, from 0.
+    run: u32,
+    /// Attempt timeout.
+    timeout_ms: u64,
+    /// Idempotency key.
+    idempotency_key: Option<String>,
+    /// Webhook for its outcome.
+    webhook_url: Option<String>,
+    /// Worker of the current or last attempt.
+    worker_id: Option<String>,
+    /// Whether a cancel was requested while it ran.
+    cancel_requested: bool,
+    /// Accepted at.
+    created_at: DateTime<Utc>,
+    /// Due at.
+    run_at: DateTime<Utc>,
+    /// Current or last attempt started at.
+    attempted_at: Option<DateTime<Utc>>,
+    /// Lease expiry while running.
+    lease_expires_at: Option<DateTime<Utc>>,
+    /// Finished at.
+    finished_at: Option<DateTime<Utc>>,
+    /// Output (completed).
+    #[schema(value_type = Option<Value>)]
+    output: Option<Value>,
+    /// Final error (dead, cancelled).
+    error: Option<JobErrorDoc>,
+    /// Every attempt, oldest first.
+    attempts: Vec<AttemptDoc>,
+    /// Timings.
+    timings: Timings,
+    /// What its model calls used.
+    usage: JobUsage,
+    /// Links.
+    links: JobLinks,
+}
+
+/// The 200 answer of a submission: with `?wait=`, the finished job; otherwise the existing job
+/// an idempotency key named.
+#[derive(ToSchema)]
+#[schema(as = SubmitAnswer)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum SubmitAnswerDoc {
+    Finished(Box<JobDoc>),
+    Existing(Submitted),
+}
+
+/// A job in a listing (no input, output or attempt log).
+#[derive(ToSchema)]
+#[schema(as = JobSummary)]
+#[allow(dead_code)]
+pub(crate) struct JobSummaryDoc {
+    /// Id.
+    id: Uuid,
+    /// Plugin name.
+    plugin: String,
+    /// The plugin version it runs.
+    plugin_version: i64,
+    /// Status.
+    status: JobStatusDoc,
+    /// Priority.
+    priority: i32,
+    /// Tags.
+    tags: BTreeMap<String, String>,
+    /// Attempts made in the current run.
+    attempt: u32,
+    /// Attempts allowed.
+    max_attempts: u32,
+    /// Redrive generation, from 0.
+    run: u32,
+    /// Accepted at.
+    created_at: DateTime<Utc>,
+    /// Due at.
+    run_at: DateTime<Utc>,
+    /// Finished at.
+    finished_at: Option<DateTime<Utc>>,
+    /// Final error (dead, cancelled).
+    error: Option<JobErrorDoc>,
+    /// Links.
+    links: JobLinks,
+}
+
+/// A job's status (see `docs/job-states.md`).
+#[derive(ToSchema)]
+#[schema(as = JobStatus)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum JobStatusDoc {
+    Scheduled,
+    Queued,
+    Retrying,
+    Running,
+    Completed,
+    Dead,
+    Cancelled,
+}
+
+/// How a job (or an attempt) failed.
+#[derive(ToSchema)]
+#[schema(as = JobError)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum JobErrorDoc {
+    /// May pass on retry.
+    Retryable {
+        /// Why.
+        message: String,
+        /// Least wait before the next attempt.
+        retry_after_ms: Option<u64>,
+    },
+    /// Will not pass on retry.
+    Permanent {
+        /// Why.
+        message: String,
+    },
+}
+
+/// One attempt in a job's history.
+#[derive(ToSchema)]
+#[schema(as = Attempt)]
+#[allow(dead_code)]
+pub(crate) struct AttemptDoc {
+    /// Redrive generation.
+    run: u32,
+    /// Attempt number within the run.
+    attempt: u32,
+    /// Who ran it.
+    worker_id: Option<String>,
+    /// The component it ran.
+    digest: String,
+    /// Claimed at.
+    started_at: DateTime<Utc>,
+    /// Ended (or was declared lost) at.
+    finished_at: DateTime<Utc>,
+    /// `completed`, `failed`, `lease_expired` or `cancelled`.
+    outcome: String,
+    /// Its error, if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<JobErrorDoc>,
+    /// Extra detail the worker supplied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    detail: Option<Value>,
 }
 
 #[cfg(test)]

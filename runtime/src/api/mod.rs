@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::config::Config;
 use crate::node::Node;
@@ -58,6 +58,102 @@ pub fn is_loopback(listen: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Declares every route once. From one list it makes [`ROUTES`], the router [`app`] serves and
+/// [`ApiDoc`], whose `paths(...)` names every routed handler: a handler without
+/// `#[utoipa::path]` does not compile, and `openapi_documents_every_route` (`tests/api.rs`)
+/// checks that each annotation has the method and path of its route.
+macro_rules! api {
+    ($( $method:ident $path:literal => $module:ident :: $handler:ident, )*) => {
+        /// `(method, path)` of every route [`app`] serves; paths as routed (`{param}`), methods
+        /// in lowercase.
+        pub const ROUTES: &[(&str, &str)] = &[$( (stringify!($method), $path), )*];
+
+        fn routes() -> Router<AppState> {
+            Router::new() $( .route($path, axum::routing::$method($module::$handler)) )*
+        }
+
+        /// The OpenAPI document of [`app`], served at `/openapi.json`.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(
+            info(title = "Sluice API", description = API_DESCRIPTION),
+            paths($( $module::$handler, )*),
+            modifiers(&BearerAuth),
+            security(("bearer" = [])),
+            tags(
+                (name = "ops", description = "Health, readiness, metrics and this document; no key needed"),
+                (name = "plugins", description = "Upload, configure, roll back and delete plugins"),
+                (name = "jobs", description = "Submit, follow, cancel and redrive jobs"),
+                (name = "dlq", description = "The dead-letter queue"),
+                (name = "usage", description = "Tokens, cost and latency"),
+                (name = "budgets", description = "Hard budgets and their spend"),
+                (name = "webhooks", description = "Webhook deliveries and their dead letters"),
+            ),
+        )]
+        pub struct ApiDoc;
+    };
+}
+
+// Add routes here, and only here: a route added to `app()` directly would be missing from
+// `ROUTES` and from the document.
+api! {
+    get "/healthz" => ops::healthz,
+    get "/readyz" => ops::readyz,
+    get "/metrics" => ops::metrics,
+    get "/openapi.json" => ops::openapi,
+    get "/v1/plugins" => plugins::list,
+    put "/v1/plugins/{name}" => plugins::upload,
+    get "/v1/plugins/{name}" => plugins::get,
+    patch "/v1/plugins/{name}" => plugins::patch_settings,
+    delete "/v1/plugins/{name}" => plugins::delete,
+    post "/v1/plugins/{name}/activate" => plugins::activate,
+    post "/v1/plugins/{name}/jobs" => jobs::submit,
+    post "/v1/plugins/{name}/jobs/batch" => jobs::submit_batch,
+    get "/v1/jobs" => jobs::list,
+    get "/v1/jobs/{id}" => jobs::get,
+    post "/v1/jobs/{id}/cancel" => jobs::cancel,
+    post "/v1/jobs/{id}/redrive" => jobs::redrive_one,
+    get "/v1/jobs/{id}/events" => sse::events,
+    get "/v1/dlq" => jobs::list_dead,
+    post "/v1/dlq/redrive" => jobs::redrive_dead,
+    get "/v1/usage" => usage::usage,
+    get "/v1/budgets" => budgets::list,
+    get "/v1/budgets/{name}" => budgets::get,
+    put "/v1/budgets/{name}" => budgets::put,
+    delete "/v1/budgets/{name}" => budgets::delete,
+    get "/v1/webhooks/deliveries" => webhooks::list,
+    get "/v1/webhooks/deliveries/{id}" => webhooks::get,
+    post "/v1/webhooks/deliveries/{id}/retry" => webhooks::retry,
+    get "/v1/nodes" => ops::nodes,
+}
+
+const API_DESCRIPTION: &str = "Deploy WebAssembly job handlers and run AI jobs.\n\n\
+Errors are `application/problem+json` (RFC 9457). Every request is scoped to the tenant of its \
+API key; another tenant's resources answer 404.\n\n\
+Webhooks: a POST of the outcome with `Sluice-Signature: t=<unix>,v1=<hex HMAC-SHA256(tenant \
+secret, \"<t>.<body>\")>`, `Sluice-Delivery` and `Sluice-Event`.";
+
+/// Adds the `bearer` scheme that [`ApiDoc`]'s global `security` names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(utoipa::openapi::Components::new)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "An API key from `sluice keys create`: `Authorization: Bearer <key>`. \
+                             Not needed in dev mode (`server.dev` on a loopback address).",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
 /// The API router for `node`.
 pub fn app(node: Node) -> Router {
     let state = AppState {
@@ -65,38 +161,7 @@ pub fn app(node: Node) -> Router {
         node: node.clone(),
     };
     ops::install_metrics();
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/v1/plugins", get(plugins::list))
-        .route(
-            "/v1/plugins/{name}",
-            put(plugins::upload)
-                .get(plugins::get)
-                .delete(plugins::delete),
-        )
-        .route("/v1/plugins/{name}/activate", post(plugins::activate))
-        .route("/v1/plugins/{name}/jobs", post(jobs::submit))
-        .route("/v1/plugins/{name}/jobs/batch", post(jobs::submit_batch))
-        .route("/v1/jobs", get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/redrive", post(jobs::redrive_one))
-        .route("/v1/jobs/{id}/events", get(sse::events))
-        .route("/v1/dlq", get(jobs::list_dead))
-        .route("/v1/dlq/redrive", post(jobs::redrive_dead))
-        .route("/v1/usage", get(usage::usage))
-        .route("/v1/budgets", get(budgets::list))
-        .route(
-            "/v1/budgets/{name}",
-            get(budgets::get).put(budgets::put).delete(budgets::delete),
-        )
-        .route("/v1/webhooks/deliveries", get(webhooks::list))
-        .route("/v1/webhooks/deliveries/{id}", get(webhooks::get))
-        .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
-        .route("/v1/nodes", get(ops::nodes))
+    routes()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(node.config.server.max_body_bytes))

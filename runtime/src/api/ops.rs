@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
-use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
+use super::{ApiDoc, AppState};
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -26,15 +27,52 @@ pub(crate) fn install_metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// `GET /healthz`: the process is up.
-pub(crate) async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// Body of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    status: &'static str,
 }
 
-/// `GET /readyz`: the store answers (migrations are applied when it opens).
+/// Liveness: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "The process is up", body = Health))
+)]
+pub(crate) async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// Body of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Ready {
+    /// `ready`.
+    status: &'static str,
+    /// `ok`.
+    store: &'static str,
+}
+
+/// Readiness: the store answers (migrations are applied when it opens).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "The store is unreachable", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     match st.node.store.queue_stats().await {
-        Ok(_) => axum::Json(json!({ "status": "ready", "store": "ok" })).into_response(),
+        Ok(_) => axum::Json(Ready {
+            status: "ready",
+            store: "ok",
+        })
+        .into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-ready",
@@ -45,7 +83,16 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text; queue depths are read from the store at scrape time.
+/// Prometheus metrics: queue depth by state, DLQ depth, jobs, model calls, webhooks.
+///
+/// Queue depths are read from the store at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
     let handle = install_metrics();
     handle.run_upkeep();
@@ -82,24 +129,80 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI document (maintained by hand next to this file).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// `GET /openapi.json`
+/// This document: OpenAPI 3.1, generated from the handlers' annotations.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "The OpenAPI document", body = Object))
+)]
 pub(crate) async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    // Built once: the document is fixed at compile time.
+    static DOC: OnceLock<Result<String, String>> = OnceLock::new();
+    match DOC.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string())) {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response(),
+        Err(e) => {
+            ApiError::internal(format!("rendering the OpenAPI document: {e}")).into_response()
+        }
+    }
 }
 
-/// `GET /v1/nodes` (admin): the nodes sharing this database, as the limit share sees them.
+/// A node sharing this database.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NodeView {
+    /// Unique per process.
+    id: String,
+    /// The machine's host name.
+    hostname: String,
+    /// Sluice version.
+    version: String,
+    /// Roles it runs (`api,worker`).
+    roles: String,
+    /// When it started.
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// Its last heartbeat.
+    last_seen: chrono::DateTime<chrono::Utc>,
+}
+
+/// The live nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NodeList {
+    /// Oldest first. Nodes running the worker role split every provider rate limit evenly.
+    nodes: Vec<NodeView>,
+}
+
+/// The nodes sharing this database, seen within the last 15 s (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    operation_id = "list_nodes",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Live nodes", body = NodeList),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `admin` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn nodes(
     State(st): State<AppState>,
     principal: Principal,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<NodeList>> {
     principal.require(Scope::Admin)?;
     let nodes = st
         .node
         .store
         .list_nodes(crate::node::cluster::NODE_TTL)
-        .await?;
-    Ok(axum::Json(json!({ "nodes": nodes })))
+        .await?
+        .into_iter()
+        .map(|n| NodeView {
+            id: n.id,
+            hostname: n.hostname,
+            version: n.version,
+            roles: n.roles,
+            started_at: n.started_at,
+            last_seen: n.last_seen,
+        })
+        .collect();
+    Ok(axum::Json(NodeList { nodes }))
 }

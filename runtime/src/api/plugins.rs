@@ -1,15 +1,18 @@
-//! `/v1/plugins`: upload (validate, store by digest, activate), list, get, activate, delete.
+//! `/v1/plugins`: upload (validate, store by digest, activate), list, get, change settings,
+//! activate, delete.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 use sluice_store::{PluginInfo, PluginSettings, PluginVersion};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::{Body, Json, Path, Query};
 use crate::node::PluginLoadError;
 
@@ -30,15 +33,34 @@ pub(crate) fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// Memory caps below this cannot even instantiate a Rust guest (its stack alone is 1 MiB), so
+/// every job of the plugin would fail.
+const MIN_MEMORY_MB: u64 = 2;
+
+/// MiB to bytes; an absurd value saturates (and then fails the maximum check) instead of
+/// wrapping round to a small one.
+fn mib(mb: u64) -> u64 {
+    mb.saturating_mul(1 << 20)
+}
+
 /// Settings given as query parameters of an upload.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UploadParams {
+    /// Attempt timeout of the plugin's jobs, in ms (default: the server's).
+    #[param(minimum = 1)]
     timeout_ms: Option<u64>,
+    /// Memory cap of an instance, in MiB (at most the server's `engine.max_memory_mb`).
+    #[param(minimum = 2)]
     memory_mb: Option<u64>,
+    /// Attempts allowed for its jobs.
+    #[param(minimum = 1)]
     max_attempts: Option<u32>,
+    /// Most of its jobs running at once, across nodes.
+    #[param(minimum = 1)]
     concurrency: Option<u32>,
-    /// Comma-separated model aliases.
+    /// Comma-separated model aliases it may call (default: any).
     allowed_models: Option<String>,
 }
 
@@ -46,7 +68,7 @@ impl UploadParams {
     fn settings(&self) -> PluginSettings {
         PluginSettings {
             timeout_ms: self.timeout_ms,
-            memory_limit_bytes: self.memory_mb.map(|m| m << 20),
+            memory_limit_bytes: self.memory_mb.map(mib),
             max_attempts: self.max_attempts,
             concurrency: self.concurrency,
             allowed_models: self.allowed_models.as_ref().map(|s| {
@@ -61,26 +83,310 @@ impl UploadParams {
     }
 }
 
-fn version_view(v: &PluginVersion) -> Value {
-    json!({
-        "version": v.version,
-        "digest": v.digest,
-        "settings": v.settings,
-        "created_at": v.created_at,
-    })
+/// Body of `PATCH /v1/plugins/{name}`: a JSON merge patch (RFC 7396) of the active version's
+/// settings. An absent field keeps its value; `null` resets it to the server default.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SettingsPatch {
+    /// Attempt timeout of jobs submitted from now on, in ms.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    timeout_ms: Option<Option<u64>>,
+    /// Memory cap of an instance, in MiB (at most the server's `engine.max_memory_mb`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 2)]
+    memory_mb: Option<Option<u64>>,
+    /// Attempts allowed for jobs submitted from now on.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    max_attempts: Option<Option<u32>>,
+    /// Most of the plugin's jobs running at once, across nodes.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    concurrency: Option<Option<u32>>,
+    /// Model aliases or `provider/model` names it may call (`null`: any).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    allowed_models: Option<Option<Vec<String>>>,
 }
 
-fn plugin_view(p: &PluginInfo) -> Value {
-    json!({
-        "name": p.name,
-        "active_version": p.active_version,
-        "active_digest": p.active().map(|v| v.digest.clone()),
-        "versions": p.versions.iter().map(version_view).collect::<Vec<_>>(),
-        "links": { "self": format!("/v1/plugins/{}", p.name), "jobs": format!("/v1/plugins/{}/jobs", p.name) },
-    })
+/// A field that is present (possibly `null`): `Some(value)`. Absent fields get `None` from
+/// `#[serde(default)]`, which is how a merge patch tells "keep" from "reset".
+fn present<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
-/// `PUT /v1/plugins/{name}`
+impl SettingsPatch {
+    /// `base` with this patch applied.
+    fn apply(self, mut base: PluginSettings) -> PluginSettings {
+        if let Some(v) = self.timeout_ms {
+            base.timeout_ms = v;
+        }
+        if let Some(v) = self.memory_mb {
+            base.memory_limit_bytes = v.map(mib);
+        }
+        if let Some(v) = self.max_attempts {
+            base.max_attempts = v;
+        }
+        if let Some(v) = self.concurrency {
+            base.concurrency = v;
+        }
+        if let Some(v) = self.allowed_models {
+            base.allowed_models =
+                v.map(|names| names.into_iter().map(|n| n.trim().to_string()).collect());
+        }
+        base
+    }
+}
+
+/// Reject settings no job could run with (422), whichever way they were given.
+fn check_settings(s: &PluginSettings, max_memory_mb: u64) -> ApiResult<()> {
+    let invalid = |field: &str, detail: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-settings",
+            "Invalid plugin settings",
+            detail,
+        )
+        .with("field", field)
+    };
+    if s.timeout_ms == Some(0) {
+        return Err(invalid(
+            "timeout_ms",
+            "`timeout_ms` must be at least 1".into(),
+        ));
+    }
+    if let Some(bytes) = s.memory_limit_bytes
+        && !(mib(MIN_MEMORY_MB)..=mib(max_memory_mb)).contains(&bytes)
+    {
+        return Err(invalid(
+            "memory_mb",
+            format!(
+                "`memory_mb` must be between {MIN_MEMORY_MB} and {max_memory_mb} (the server's `engine.max_memory_mb`)"
+            ),
+        ));
+    }
+    if s.max_attempts == Some(0) {
+        return Err(invalid(
+            "max_attempts",
+            "`max_attempts` must be at least 1".into(),
+        ));
+    }
+    if s.concurrency == Some(0) {
+        return Err(invalid(
+            "concurrency",
+            "`concurrency` must be at least 1".into(),
+        ));
+    }
+    if let Some(models) = &s.allowed_models
+        && models.iter().any(|m| m.is_empty())
+    {
+        return Err(invalid(
+            "allowed_models",
+            "`allowed_models` must not contain empty names".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A plugin version's settings; an absent field means the server's default.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct SettingsView {
+    /// Attempt timeout of its jobs, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    /// Memory cap of an instance, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_limit_bytes: Option<u64>,
+    /// Attempts allowed for its jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+    /// Most of its jobs running at once, across nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<u32>,
+    /// Model aliases or `provider/model` names it may call (absent: any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_models: Option<Vec<String>>,
+    /// Stored settings this server does not know, shown as they are.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    extra: Map<String, Value>,
+}
+
+impl From<&PluginSettings> for SettingsView {
+    fn from(s: &PluginSettings) -> Self {
+        // No `..`: a new setting must be added here (and so to the document) to compile.
+        let PluginSettings {
+            timeout_ms,
+            memory_limit_bytes,
+            max_attempts,
+            concurrency,
+            allowed_models,
+            extra,
+        } = s.clone();
+        SettingsView {
+            timeout_ms,
+            memory_limit_bytes,
+            max_attempts,
+            concurrency,
+            allowed_models,
+            extra,
+        }
+    }
+}
+
+/// One version of a plugin.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VersionView {
+    /// Version number, from 1.
+    version: i64,
+    /// Component digest (`sha256:<hex>`).
+    digest: String,
+    /// Its settings.
+    settings: SettingsView,
+    /// Created at.
+    created_at: DateTime<Utc>,
+}
+
+impl From<&PluginVersion> for VersionView {
+    fn from(v: &PluginVersion) -> Self {
+        VersionView {
+            version: v.version,
+            digest: v.digest.clone(),
+            settings: (&v.settings).into(),
+            created_at: v.created_at,
+        }
+    }
+}
+
+/// Where to go from a plugin.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PluginLinks {
+    /// The plugin.
+    #[serde(rename = "self")]
+    this: String,
+    /// Submit jobs here.
+    jobs: String,
+}
+
+impl PluginLinks {
+    fn new(name: &str) -> Self {
+        PluginLinks {
+            this: format!("/v1/plugins/{name}"),
+            jobs: format!("/v1/plugins/{name}/jobs"),
+        }
+    }
+}
+
+/// A plugin with every version, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PluginView {
+    /// Name.
+    name: String,
+    /// The version new jobs run.
+    active_version: Option<i64>,
+    /// The active version's digest.
+    active_digest: Option<String>,
+    /// Every version, oldest first.
+    versions: Vec<VersionView>,
+    /// Links.
+    links: PluginLinks,
+}
+
+impl From<&PluginInfo> for PluginView {
+    fn from(p: &PluginInfo) -> Self {
+        PluginView {
+            name: p.name.clone(),
+            active_version: p.active_version,
+            active_digest: p.active().map(|v| v.digest.clone()),
+            versions: p.versions.iter().map(VersionView::from).collect(),
+            links: PluginLinks::new(&p.name),
+        }
+    }
+}
+
+/// The tenant's plugins.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PluginList {
+    /// Plugins, by name.
+    items: Vec<PluginView>,
+}
+
+/// The version an upload or a settings change made (or found) and activated.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeployedVersion {
+    /// Plugin name.
+    name: String,
+    /// Version number.
+    version: i64,
+    /// Component digest (`sha256:<hex>`).
+    digest: String,
+    /// Component size in bytes (uploads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<usize>,
+    /// Always true: new jobs run this version.
+    active: bool,
+    /// True when nothing changed: an identical version already existed.
+    existing: bool,
+    /// Its settings.
+    settings: SettingsView,
+    /// Created at.
+    created_at: DateTime<Utc>,
+    /// Links.
+    links: PluginLinks,
+}
+
+impl DeployedVersion {
+    fn new(name: &str, v: &PluginVersion, size: Option<usize>, existing: bool) -> Self {
+        DeployedVersion {
+            name: name.to_string(),
+            version: v.version,
+            digest: v.digest.clone(),
+            size,
+            active: true,
+            existing,
+            settings: (&v.settings).into(),
+            created_at: v.created_at,
+            links: PluginLinks::new(name),
+        }
+    }
+}
+
+// The body of an upload, named for the OpenAPI document only.
+/// A WebAssembly component of world `sluice:plugin/plugin`.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub(crate) struct WasmComponent(Vec<u8>);
+
+/// The plugin name in the path.
+const NAME: &str = "Plugin name: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit";
+
+/// Upload a component and make it the active version.
+///
+/// The component is validated and precompiled before anything is stored: a rejected upload
+/// leaves nothing behind. Identical bytes and settings answer 200 with the existing version.
+#[utoipa::path(
+    put,
+    path = "/v1/plugins/{name}",
+    operation_id = "upload_plugin",
+    tag = "plugins",
+    params(("name" = String, Path, description = NAME), UploadParams),
+    request_body(content = inline(WasmComponent), content_type = "application/wasm"),
+    responses(
+        (status = 201, description = "A new version, now active", body = DeployedVersion),
+        (status = 200, description = "Identical bytes and settings: the existing version, active again", body = DeployedVersion),
+        (status = 400, description = "Bad name or query", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Larger than `server.max_body_bytes`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Not a valid component (`kind` says why) or invalid settings", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn upload(
     State(st): State<AppState>,
     principal: Principal,
@@ -90,6 +396,8 @@ pub(crate) async fn upload(
 ) -> ApiResult<Response> {
     principal.require(Scope::Deploy)?;
     check_name(&name)?;
+    let settings = params.settings();
+    check_settings(&settings, max_memory_mb(&st))?;
     let size = bytes.len();
     // Validate and precompile before anything is stored: a rejected upload leaves nothing.
     let plugin = st
@@ -109,7 +417,6 @@ pub(crate) async fn upload(
         })?;
     let digest = st.node.store.put_component(&bytes).await?;
     debug_assert_eq!(digest, plugin.digest());
-    let settings = params.settings();
     let store = &st.node.store;
     // Identical bytes and settings: the existing version, made active again.
     if let Some(info) = store.get_plugin(&principal.tenant, &name).await?
@@ -126,7 +433,7 @@ pub(crate) async fn upload(
         }
         return Ok((
             StatusCode::OK,
-            axum::Json(upload_view(&name, v, size, true)),
+            axum::Json(DeployedVersion::new(&name, v, Some(size), true)),
         )
             .into_response());
     }
@@ -136,35 +443,36 @@ pub(crate) async fn upload(
     metrics::counter!("sluice_plugin_uploads_total").increment(1);
     Ok((
         StatusCode::CREATED,
-        axum::Json(upload_view(&name, &v, size, false)),
+        axum::Json(DeployedVersion::new(&name, &v, Some(size), false)),
     )
         .into_response())
 }
 
-fn upload_view(name: &str, v: &PluginVersion, size: usize, existing: bool) -> Value {
-    json!({
-        "name": name,
-        "version": v.version,
-        "digest": v.digest,
-        "size": size,
-        "active": true,
-        "existing": existing,
-        "settings": v.settings,
-        "created_at": v.created_at,
-        "links": { "self": format!("/v1/plugins/{name}"), "jobs": format!("/v1/plugins/{name}/jobs") },
-    })
+fn max_memory_mb(st: &AppState) -> u64 {
+    st.node.config.engine.max_memory_mb as u64
 }
 
-/// `GET /v1/plugins`
+/// List the tenant's plugins.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    operation_id = "list_plugins",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "Plugins", body = PluginList),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn list(
     State(st): State<AppState>,
     principal: Principal,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PluginList>> {
     principal.require(Scope::Read)?;
     let plugins = st.node.store.list_plugins(&principal.tenant).await?;
-    Ok(axum::Json(
-        json!({ "items": plugins.iter().map(plugin_view).collect::<Vec<_>>() }),
-    ))
+    Ok(axum::Json(PluginList {
+        items: plugins.iter().map(PluginView::from).collect(),
+    }))
 }
 
 async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<PluginInfo> {
@@ -175,33 +483,119 @@ async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<PluginInfo> 
         .ok_or_else(|| ApiError::not_found("plugin", name))
 }
 
-/// `GET /v1/plugins/{name}`
+/// A plugin with its versions.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}",
+    operation_id = "get_plugin",
+    tag = "plugins",
+    params(("name" = String, Path, description = NAME)),
+    responses(
+        (status = 200, description = "The plugin", body = PluginView),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PluginView>> {
     principal.require(Scope::Read)?;
-    Ok(axum::Json(plugin_view(
+    Ok(axum::Json(PluginView::from(
         &find(&st, &principal.tenant, &name).await?,
     )))
 }
 
-/// Body of `POST /v1/plugins/{name}/activate`: a version number or a digest.
-#[derive(Debug, Deserialize)]
+/// Change the active version's settings.
+///
+/// Merges the body into the active version's settings and makes a new version with the same
+/// component and the merged settings, now active: jobs submitted from now on use them, jobs
+/// already accepted keep theirs, and `activate` rolls back. A patch that changes nothing makes
+/// no version (`existing: true`).
+#[utoipa::path(
+    patch,
+    path = "/v1/plugins/{name}",
+    operation_id = "patch_plugin_settings",
+    tag = "plugins",
+    params(("name" = String, Path, description = NAME)),
+    request_body(content = SettingsPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new active version (or the unchanged one)", body = DeployedVersion),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The plugin has no active version", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Not `application/json`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field, wrong type, or a value no job could run with", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
+pub(crate) async fn patch_settings(
+    State(st): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Json(patch): Json<SettingsPatch>,
+) -> ApiResult<axum::Json<DeployedVersion>> {
+    principal.require(Scope::Deploy)?;
+    let info = find(&st, &principal.tenant, &name).await?;
+    let active = info.active().ok_or_else(|| {
+        ApiError::conflict(
+            "no-active-version",
+            format!("plugin `{name}` has no active version; activate one first"),
+        )
+    })?;
+    let settings = patch.apply(active.settings.clone());
+    check_settings(&settings, max_memory_mb(&st))?;
+    if settings == active.settings {
+        return Ok(axum::Json(DeployedVersion::new(&name, active, None, true)));
+    }
+    // A new version rather than an edit: versions are immutable, so jobs already accepted keep
+    // the settings they were accepted with, nodes' per-version settings caches stay correct,
+    // and `activate` can roll the change back.
+    let v = st
+        .node
+        .store
+        .create_plugin_version(&principal.tenant, &name, &active.digest, &settings, true)
+        .await?;
+    metrics::counter!("sluice_plugin_settings_changes_total").increment(1);
+    Ok(axum::Json(DeployedVersion::new(&name, &v, None, false)))
+}
+
+/// Body of `POST /v1/plugins/{name}/activate`: exactly one of a version number or a digest.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActivateRequest {
+    /// A version number of this plugin.
     version: Option<i64>,
+    /// A component digest (`sha256:<hex>`): its newest version.
     digest: Option<String>,
 }
 
-/// `POST /v1/plugins/{name}/activate`
+/// Roll back or forward to a version or digest.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/activate",
+    operation_id = "activate_plugin",
+    tag = "plugins",
+    params(("name" = String, Path, description = NAME)),
+    request_body(content = ActivateRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The plugin, with the new active version", body = PluginView),
+        (status = 400, description = "Neither or both of `version` and `digest`, or malformed JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such plugin or version for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn activate(
     State(st): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
     Json(req): Json<ActivateRequest>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PluginView>> {
     principal.require(Scope::Deploy)?;
     let info = find(&st, &principal.tenant, &name).await?;
     let version = match (req.version, req.digest.as_deref()) {
@@ -227,10 +621,23 @@ pub(crate) async fn activate(
         .activate_plugin_version(&principal.tenant, &name, version.version)
         .await?;
     let info = find(&st, &principal.tenant, &name).await?;
-    Ok(axum::Json(plugin_view(&info)))
+    Ok(axum::Json(PluginView::from(&info)))
 }
 
-/// `DELETE /v1/plugins/{name}`
+/// Delete a plugin and its versions (accepted jobs keep their component).
+#[utoipa::path(
+    delete,
+    path = "/v1/plugins/{name}",
+    operation_id = "delete_plugin",
+    tag = "plugins",
+    params(("name" = String, Path, description = NAME)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn delete(
     State(st): State<AppState>,
     principal: Principal,

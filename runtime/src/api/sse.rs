@@ -23,13 +23,33 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::Path;
 use super::jobs::{find_job, is_terminal_event};
 
 const PAGE: u32 = 500;
 
-/// `GET /v1/jobs/{id}/events`
+/// Server-Sent Events of a job.
+///
+/// Persisted events after `Last-Event-ID` (their `id` is the per-job sequence), the current
+/// status, live events until the job finishes, then a final `result` event with the output or
+/// error. Event names: `status`, `progress`, `log`, `token_delta`, `model_call`, `result`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id (UUID)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event `id`"),
+    ),
+    responses(
+        (status = 200, description = "An event stream", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`Last-Event-ID` is not an id this stream sent", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn events(
     State(st): State<AppState>,
     principal: Principal,

@@ -2,22 +2,62 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sluice_store::{UsageGroupBy, UsageQuery};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::Query;
 
 /// Query of `GET /v1/usage`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UsageParams {
+    /// `plugin` (default), `model`, `provider`, `user`, `feature` or `tag:<name>`.
     group_by: Option<String>,
+    /// RFC 3339 time or a duration back from now such as `24h` (default: 30 days before `until`).
     since: Option<String>,
+    /// RFC 3339 time or a duration back from now (default: now).
     until: Option<String>,
+}
+
+/// One group's usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UsageRow {
+    /// The group: a plugin, model, provider or tag value (`null`: jobs without the tag).
+    key: Option<String>,
+    /// Model calls.
+    calls: u64,
+    /// Tokens in.
+    input_tokens: u64,
+    /// Tokens out.
+    output_tokens: u64,
+    /// Tokens in served from the provider's prompt cache.
+    cached_input_tokens: u64,
+    /// Cost in micro-dollars.
+    cost_micros: i64,
+    /// Cost in dollars.
+    cost_usd: f64,
+    /// Median call latency.
+    latency_p50_ms: f64,
+    /// 95th percentile call latency.
+    latency_p95_ms: f64,
+}
+
+/// Usage over a time range, grouped.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UsageReport {
+    /// The grouping asked for.
+    group_by: String,
+    /// Start of the range.
+    since: DateTime<Utc>,
+    /// End of the range.
+    until: DateTime<Utc>,
+    /// One row per group.
+    items: Vec<UsageRow>,
 }
 
 fn time(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
@@ -34,12 +74,24 @@ fn time(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
         })
 }
 
-/// `GET /v1/usage`
+/// Tokens, cost, calls and latency percentiles, grouped.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "usage",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "Usage", body = UsageReport),
+        (status = 400, description = "Bad `group_by`, `since` or `until`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn usage(
     State(st): State<AppState>,
     principal: Principal,
     Query(p): Query<UsageParams>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<UsageReport>> {
     principal.require(Scope::Read)?;
     let by = p.group_by.as_deref().unwrap_or("plugin");
     let group_by = match by {
@@ -81,26 +133,24 @@ pub(crate) async fn usage(
             group_by,
         })
         .await?;
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
-        .map(|r| {
-            json!({
-                "key": r.key,
-                "calls": r.calls,
-                "input_tokens": r.input_tokens,
-                "output_tokens": r.output_tokens,
-                "cached_input_tokens": r.cached_input_tokens,
-                "cost_micros": r.cost_micros,
-                "cost_usd": r.cost_micros as f64 / 1e6,
-                "latency_p50_ms": r.latency_p50_ms,
-                "latency_p95_ms": r.latency_p95_ms,
-            })
+        .map(|r| UsageRow {
+            key: r.key.clone(),
+            calls: r.calls,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cached_input_tokens: r.cached_input_tokens,
+            cost_micros: r.cost_micros,
+            cost_usd: r.cost_micros as f64 / 1e6,
+            latency_p50_ms: r.latency_p50_ms,
+            latency_p95_ms: r.latency_p95_ms,
         })
         .collect();
-    Ok(axum::Json(json!({
-        "group_by": by,
-        "since": since,
-        "until": until,
-        "items": items,
-    })))
+    Ok(axum::Json(UsageReport {
+        group_by: by.to_string(),
+        since,
+        until,
+        items,
+    }))
 }

@@ -3,47 +3,107 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sluice_store::{DeliveryStatus, WebhookDelivery};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::{Path, Query};
 
 /// Query of `GET /v1/webhooks/deliveries`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// Only `pending`, `delivered` or `dead` (the webhook dead letter) deliveries.
     status: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<i64>,
+    /// Page size, 1-500 (default 50).
     limit: Option<u32>,
 }
 
-fn view(d: &WebhookDelivery) -> Value {
-    json!({
-        "id": d.id,
-        "delivery_id": d.delivery_id,
-        "event": d.event,
-        "job_id": d.job_id,
-        "url": d.url,
-        "status": d.status,
-        "attempts": d.attempts,
-        "next_attempt_at": (d.status == DeliveryStatus::Pending).then_some(d.next_attempt_at),
-        "last_error": d.last_error,
-        "payload": d.payload,
-        "created_at": d.created_at,
-        "finished_at": d.finished_at,
-    })
+/// One webhook delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeliveryView {
+    /// The delivery's id in this API.
+    id: i64,
+    /// Sent as `Sluice-Delivery`, the same on every attempt: dedupe on it.
+    delivery_id: Uuid,
+    /// `job.completed`, `job.dead`, `job.cancelled` or `budget.alert`.
+    event: String,
+    /// The job it reports on.
+    job_id: Option<Uuid>,
+    /// The target.
+    url: String,
+    /// `pending`, `delivered` or `dead`.
+    #[schema(example = "dead")]
+    status: String,
+    /// Attempts made.
+    attempts: u32,
+    /// When the next attempt is due (pending only).
+    next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
+    /// The body of a non-job event (job bodies are built from the job when sent).
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+    /// When it was queued.
+    created_at: DateTime<Utc>,
+    /// When it was delivered or given up.
+    finished_at: Option<DateTime<Utc>>,
 }
 
-/// `GET /v1/webhooks/deliveries?status=pending|delivered|dead&cursor=&limit=`
+/// A page of deliveries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeliveryPage {
+    /// The deliveries.
+    deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    next_cursor: Option<i64>,
+}
+
+fn view(d: &WebhookDelivery) -> DeliveryView {
+    DeliveryView {
+        id: d.id,
+        delivery_id: d.delivery_id,
+        event: d.event.clone(),
+        job_id: d.job_id,
+        url: d.url.clone(),
+        status: d.status.as_str().to_string(),
+        attempts: d.attempts,
+        next_attempt_at: (d.status == DeliveryStatus::Pending).then_some(d.next_attempt_at),
+        last_error: d.last_error.clone(),
+        payload: d.payload.clone(),
+        created_at: d.created_at,
+        finished_at: d.finished_at,
+    }
+}
+
+/// The tenant's webhook deliveries, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/deliveries",
+    operation_id = "list_webhook_deliveries",
+    tag = "webhooks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "Deliveries", body = DeliveryPage),
+        (status = 400, description = "Unknown status or bad query", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn list(
     State(st): State<AppState>,
     principal: Principal,
     Query(p): Query<ListParams>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<DeliveryPage>> {
     principal.require(Scope::Read)?;
     let status = p
         .status
@@ -56,13 +116,13 @@ pub(crate) async fn list(
         .store
         .webhook_list(&principal.tenant, status, p.cursor, limit)
         .await?;
-    let next = (rows.len() as u32 == limit)
+    let next_cursor = (rows.len() as u32 == limit)
         .then(|| rows.last().map(|d| d.id))
         .flatten();
-    Ok(axum::Json(json!({
-        "deliveries": rows.iter().map(view).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(axum::Json(DeliveryPage {
+        deliveries: rows.iter().map(view).collect(),
+        next_cursor,
+    }))
 }
 
 fn parse_id(id: &str) -> ApiResult<i64> {
@@ -70,12 +130,25 @@ fn parse_id(id: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::not_found("webhook delivery", id))
 }
 
-/// `GET /v1/webhooks/deliveries/{id}`
+/// One delivery.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/deliveries/{id}",
+    operation_id = "get_webhook_delivery",
+    tag = "webhooks",
+    params(("id" = i64, Path, description = "The delivery's id")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryView),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such delivery for this tenant", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<DeliveryView>> {
     principal.require(Scope::Read)?;
     let d = st
         .node
@@ -86,30 +159,45 @@ pub(crate) async fn get(
     Ok(axum::Json(view(&d)))
 }
 
-/// `POST /v1/webhooks/deliveries/{id}/retry`: send a dead delivery again (same delivery id,
-/// so a receiver that did get it can dedupe).
+/// Send a dead delivery again, with the same `Sluice-Delivery` id so a receiver that did get
+/// it can dedupe.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/deliveries/{id}/retry",
+    operation_id = "retry_webhook_delivery",
+    tag = "webhooks",
+    params(("id" = i64, Path, description = "The delivery's id")),
+    responses(
+        (status = 202, description = "Queued again, due now", body = DeliveryView),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such delivery for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The delivery is not dead", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub(crate) async fn retry(
     State(st): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<DeliveryView>)> {
     principal.require(Scope::Invoke)?;
     let n = parse_id(&id)?;
-    if st.node.store.webhook_retry(&principal.tenant, n).await? {
-        let d = st.node.store.webhook_get(&principal.tenant, n).await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(d.as_ref().map(view).unwrap_or(Value::Null)),
-        ));
-    }
-    match st.node.store.webhook_get(&principal.tenant, n).await? {
-        Some(d) => Err(ApiError::conflict(
+    let retried = st.node.store.webhook_retry(&principal.tenant, n).await?;
+    let d = st
+        .node
+        .store
+        .webhook_get(&principal.tenant, n)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook delivery", &id))?;
+    if retried {
+        Ok((StatusCode::ACCEPTED, axum::Json(view(&d))))
+    } else {
+        Err(ApiError::conflict(
             "not-dead",
             format!(
                 "delivery {id} is {}; only dead deliveries can be retried",
                 d.status
             ),
-        )),
-        None => Err(ApiError::not_found("webhook delivery", &id)),
+        ))
     }
 }

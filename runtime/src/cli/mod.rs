@@ -7,6 +7,7 @@ mod deploy;
 mod dlq;
 mod jobs;
 mod keys;
+mod plugins;
 mod progress;
 mod run;
 mod submit;
@@ -49,6 +50,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Upload a component (or build and upload a plugin directory) to a server.
     Deploy(deploy::DeployArgs),
+    /// Change a deployed plugin's settings (a new version with the same component).
+    Plugins(plugins::PluginsArgs),
     /// Submit a job; `--wait` prints its result, `--follow` streams its events.
     Submit(submit::SubmitArgs),
     /// Inspect, list and cancel jobs.
@@ -89,6 +92,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             up::run(args, crate::config::Config::load(cli.config.as_deref())?).await
         }
         Command::Deploy(args) => deploy::run(args).await,
+        Command::Plugins(args) => plugins::run(args).await,
         Command::Submit(args) => submit::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,

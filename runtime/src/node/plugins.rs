@@ -33,7 +33,8 @@ pub struct PluginCache {
     engine: Engine,
     store: Arc<dyn JobStore>,
     cells: Arc<Mutex<HashMap<String, LoadCell>>>,
-    /// Plugin versions never change, so their settings are cached forever.
+    /// Plugin versions never change, so their settings are cached forever: a settings change
+    /// (`PATCH /v1/plugins/{name}`) makes a new version rather than editing one.
     settings: Arc<Mutex<HashMap<VersionKey, PluginSettings>>>,
 }
 

@@ -121,6 +121,16 @@ pub(crate) fn value_from_str(raw: &str) -> Result<Value> {
 }
 
 /// Most claim statements (rounds) one `claim` call runs.
+/// Micro-dollars from a database `bigint` (never negative in practice; clamped if it were).
+pub(crate) fn micros(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// Micro-dollars as a database `bigint` (saturating: no budget comes near `i64::MAX`).
+pub(crate) fn signed(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
 pub(crate) const MAX_CLAIM_ROUNDS: usize = 4;
 
 /// Whether another claim round may find more: slots are left, and either some tenant used

@@ -12,6 +12,7 @@ use sqlx::types::Json;
 use super::PgStore;
 use crate::control::*;
 use crate::error::Result;
+use crate::util::{micros, signed};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -77,14 +78,6 @@ fn columns(lines: &[LedgerLine]) -> Columns {
         windows: keys.iter().map(|k| k.window.clone()).collect(),
         limits: keys.iter().map(|k| signed(k.limit_micros)).collect(),
     }
-}
-
-fn micros(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-fn signed(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
 }
 
 const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, status, \

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{SqliteStore, ms_of, now_ms, ts, uuid_of};
 use crate::control::*;
 use crate::error::{Result, StoreError};
+use crate::util::{micros, signed};
 
 fn budget_of(r: &SqliteRow) -> Result<BudgetRecord> {
     Ok(BudgetRecord {
@@ -56,14 +57,6 @@ fn node_of(r: &SqliteRow) -> Result<NodeRecord> {
         started_at: ts(r.try_get("started_at")?),
         last_seen: ts(r.try_get("last_seen")?),
     })
-}
-
-fn micros(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-fn signed(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
 }
 
 const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, status, \
