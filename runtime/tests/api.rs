@@ -892,3 +892,49 @@ async fn jobs_run_with_patched_limits() {
     }
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn plugins_call_only_their_allowed_models() {
+    let h = harness().await;
+    let key = h.key("acme", &["admin"]).await;
+    let worker = sluice::worker::spawn(h.node.clone());
+    // summarize calls `smart` for a short text; this version may only call `fast`.
+    let (status, v) = h.upload(&key, "summarize", component("summarize")).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, v) = h
+        .patch(
+            &key,
+            "summarize",
+            r#"{"allowed_models": ["fast"], "max_attempts": 1}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let input = json!({"input": {"text": "Allowed models keep a plugin on the cheap ones."}});
+    let (status, job) = h
+        .post(&key, "/v1/plugins/summarize/jobs?wait=30s", input.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "dead", "{job}");
+    let message = job["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`smart` is not allowed"),
+        "the refusal names the model: {message}"
+    );
+    // Nothing was spent on the refused call.
+    assert_eq!(job["usage"]["model_calls"], 0, "{job}");
+
+    let (status, v) = h
+        .patch(
+            &key,
+            "summarize",
+            r#"{"allowed_models": ["fast", "smart"]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (_, job) = h
+        .post(&key, "/v1/plugins/summarize/jobs?wait=30s", input)
+        .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["usage"]["model_calls"], 1, "{job}");
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -146,6 +146,7 @@ impl ModelBackend for GatewayModels {
         seq: u32,
         request: ChatRequest,
     ) -> Result<ChatResponse, ModelError> {
+        allowed(ctx, &request.model)?;
         let fingerprint = request.fingerprint();
         if let Some(recorded) = self.replay(ctx, seq, &fingerprint).await
             && let Ok(mut response) = serde_json::from_value::<ChatResponse>(recorded)
@@ -194,6 +195,7 @@ impl ModelBackend for GatewayModels {
         seq: u32,
         request: EmbedRequest,
     ) -> Result<EmbedResponse, ModelError> {
+        allowed(ctx, &request.model)?;
         let fingerprint = request.fingerprint();
         if let Some(recorded) = self.replay(ctx, seq, &fingerprint).await
             && let Ok(mut response) = serde_json::from_value::<EmbedResponse>(recorded)
@@ -218,6 +220,19 @@ impl ModelBackend for GatewayModels {
             }
         }
     }
+}
+
+/// Refuse a model the plugin's `allowed_models` setting leaves out, before anything is
+/// reserved or sent.
+fn allowed(ctx: &CallContext, model: &str) -> Result<(), ModelError> {
+    if ctx.may_call(model) {
+        return Ok(());
+    }
+    let list = ctx.allowed_models.as_deref().unwrap_or_default().join(", ");
+    Err(ModelError::invalid(format!(
+        "model `{model}` is not allowed for plugin `{}` (allowed_models: {list})",
+        ctx.job.plugin
+    )))
 }
 
 /// Usage rows are written in batches by one task: a burst of calls costs one insert.

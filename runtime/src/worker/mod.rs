@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_engine::JobLimits;
-use sluice_store::{ClaimRequest, ClaimedJob, Lease};
+use sluice_store::{ClaimRequest, ClaimedJob, Lease, PluginSettings};
 use sluice_types::{CallContext, JobEvent};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -196,7 +196,12 @@ async fn dispatch(
 /// Run one claimed attempt and hand its outcome to the finalizer.
 async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Finalizer) {
     let lease = job.lease;
-    let ctx = CallContext::new(job.job_info(), job.digest.clone());
+    let settings = node
+        .plugins
+        .settings(&job.tenant, &job.plugin, job.plugin_version)
+        .await;
+    let ctx = CallContext::new(job.job_info(), job.digest.clone())
+        .with_allowed_models(settings.as_ref().and_then(|s| s.allowed_models.clone()));
     let lost = Arc::new(AtomicBool::new(false));
     running.lock().expect("running map poisoned").insert(
         lease,
@@ -220,7 +225,7 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
             "load",
         ),
         Ok(plugin) => {
-            let limits = limits_for(&node, &job).await;
+            let limits = limits_for(&node, &job, settings.as_ref());
             let input = job.input.to_string();
             match node
                 .engine
@@ -247,12 +252,9 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
 }
 
 /// The plugin version's memory and time limits for this job.
-async fn limits_for(node: &Node, job: &ClaimedJob) -> JobLimits {
+fn limits_for(node: &Node, job: &ClaimedJob, settings: Option<&PluginSettings>) -> JobLimits {
     let defaults = node.engine.config().default_limits;
-    let memory = node
-        .plugins
-        .settings(&job.tenant, &job.plugin, job.plugin_version)
-        .await
+    let memory = settings
         .and_then(|s| s.memory_limit_bytes)
         .map(|b| b as usize)
         .unwrap_or(defaults.memory_bytes);

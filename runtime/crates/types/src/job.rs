@@ -91,6 +91,9 @@ pub struct CallContext {
     pub digest: String,
     /// Set when the job was cancelled: host calls refuse to continue.
     pub cancelled: Arc<AtomicBool>,
+    /// The model names and aliases the plugin may call (`None`: any configured model). Set
+    /// from the plugin's `allowed_models` setting.
+    pub allowed_models: Option<Arc<[String]>>,
 }
 
 impl CallContext {
@@ -100,7 +103,21 @@ impl CallContext {
             job: Arc::new(job),
             digest: digest.into(),
             cancelled: Arc::default(),
+            allowed_models: None,
         }
+    }
+
+    /// Restrict the models this job may call to `models` (names or aliases as requested).
+    pub fn with_allowed_models(mut self, models: Option<Vec<String>>) -> Self {
+        self.allowed_models = models.map(Arc::from);
+        self
+    }
+
+    /// Whether the job may call `model` (as the handler named it).
+    pub fn may_call(&self, model: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|m| m == model))
     }
 
     /// Whether the job was cancelled.
