@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_engine::{Engine, LoadError, Plugin};
 use sluice_store::{JobStore, PluginSettings};
@@ -27,15 +28,19 @@ type LoadCell = Arc<OnceCell<Arc<Plugin>>>;
 /// (tenant, plugin, version).
 type VersionKey = (String, String, i64);
 
+/// How long a plugin version's settings are trusted before they are read again.
+const SETTINGS_TTL: Duration = Duration::from_secs(10);
+
 /// Loads and keeps compiled plugins. Cheap to clone.
 #[derive(Clone)]
 pub struct PluginCache {
     engine: Engine,
     store: Arc<dyn JobStore>,
     cells: Arc<Mutex<HashMap<String, LoadCell>>>,
-    /// Plugin versions never change, so their settings are cached forever: a settings change
-    /// (`PATCH /v1/plugins/{name}`) makes a new version rather than editing one.
-    settings: Arc<Mutex<HashMap<VersionKey, PluginSettings>>>,
+    /// Plugin versions never change (`PATCH /v1/plugins/{name}` makes a new version), but a
+    /// deleted plugin uploaded again starts again at version 1, possibly with other settings,
+    /// and another node may have done it: entries are re-read after [`SETTINGS_TTL`].
+    settings: Arc<Mutex<HashMap<VersionKey, (PluginSettings, Instant)>>>,
 }
 
 impl PluginCache {
@@ -82,7 +87,9 @@ impl PluginCache {
         version: i64,
     ) -> Option<PluginSettings> {
         let key = (tenant.to_string(), plugin.to_string(), version);
-        if let Some(s) = self.settings.lock().expect("settings poisoned").get(&key) {
+        if let Some((s, at)) = self.settings.lock().expect("settings poisoned").get(&key)
+            && at.elapsed() < SETTINGS_TTL
+        {
             return Some(s.clone());
         }
         let found = self
@@ -93,7 +100,7 @@ impl PluginCache {
         self.settings
             .lock()
             .expect("settings poisoned")
-            .insert(key, found.settings.clone());
+            .insert(key, (found.settings.clone(), Instant::now()));
         Some(found.settings)
     }
 
