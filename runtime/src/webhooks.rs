@@ -112,6 +112,12 @@ pub fn check_url_with(
     Ok(parsed)
 }
 
+/// Whether webhooks may target private, loopback and link-local addresses: in dev mode or
+/// with `webhooks.allow_private`.
+pub fn private_allowed(config: &crate::config::Config) -> bool {
+    config.server.dev || config.webhooks.allow_private
+}
+
 /// The signing secret of `tenant`, derived from the node secret.
 pub fn tenant_secret(node_secret: &str, tenant: &str) -> String {
     let mut mac =
@@ -238,7 +244,7 @@ async fn deliver_job(node: Node, id: Uuid, node_secret: &str) {
     let secret = tenant_secret(node_secret, &job.tenant);
     let event = format!("job.{}", job.status.as_str());
     let cfg = &node.config.webhooks;
-    let open = node.config.server.dev || cfg.allow_private;
+    let open = private_allowed(&node.config);
     let outcome = deliver(&url, &body, &secret, &event, cfg, open).await;
     match outcome {
         Ok(attempts) => {

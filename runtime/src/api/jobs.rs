@@ -120,7 +120,11 @@ fn new_job(
     }
     let webhook_url = match req.webhook {
         Some(w) => {
-            crate::webhooks::check_url(&w.url, st.dev_open).map_err(|reason| {
+            // The same rule delivery applies: accepting a URL that can never be delivered
+            // to (or refusing one that could) would only surface later, as a dead delivery.
+            let cfg = &st.node.config;
+            let open = crate::webhooks::private_allowed(cfg);
+            crate::webhooks::check_url_with(&w.url, open, &cfg.webhooks.allow_hosts).map_err(|reason| {
                 ApiError::bad_request(format!("webhook url rejected: {reason}"))
                     .with("webhook_url", w.url.clone())
             })?;
