@@ -107,7 +107,7 @@ async fn a_job_runs_end_to_end_over_http() {
     assert_eq!(again.ok(200)["existing"], true, "same bytes: same version");
     assert_eq!(again.body["version"], 1);
 
-    // Submit for a moment from now, so the stream below sees the job from `queued` on.
+    // Submit for a moment from now, so the stream below sees the job from `scheduled` on.
     let run_at = (chrono::Utc::now() + chrono::Duration::seconds(3))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let submitted = server
@@ -123,7 +123,7 @@ async fn a_job_runs_end_to_end_over_http() {
         .await;
     let body = submitted.ok(202);
     let id = body["id"].as_str().unwrap().to_string();
-    assert_eq!(body["status"], "queued");
+    assert_eq!(body["status"], "scheduled");
     assert_eq!(
         submitted.headers["location"].to_str().unwrap(),
         format!("/v1/jobs/{id}")
@@ -133,7 +133,7 @@ async fn a_job_runs_end_to_end_over_http() {
     let seen = statuses(&events);
     assert_eq!(
         seen.first().map(String::as_str),
-        Some("queued"),
+        Some("scheduled"),
         "{events:#?}"
     );
     assert!(seen.contains(&"running".to_string()), "{seen:?}");
@@ -327,11 +327,23 @@ async fn tenants_are_isolated_and_keys_are_checked() {
     server.get(a, &format!("/v1/jobs/{id}")).await.ok(200);
     server.get(a_read, &format!("/v1/jobs/{id}")).await.ok(200);
     server.get(a, "/v1/plugins/summarize").await.ok(200);
-    let usage_a = server.get(a, "/v1/usage?group_by=plugin").await;
-    let items = usage_a.ok(200)["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["key"], "summarize");
-    assert!(items[0]["calls"].as_u64().unwrap() >= 1);
+    // Usage rows are written in batches after the calls: wait until the job's calls are in.
+    let started = Instant::now();
+    loop {
+        let usage_a = server.get(a, "/v1/usage?group_by=plugin").await;
+        let items = usage_a.ok(200)["items"].as_array().unwrap().clone();
+        if items.len() == 1 && items[0]["calls"] == job["usage"]["model_calls"] {
+            assert_eq!(items[0]["key"], "summarize");
+            assert_eq!(items[0]["cost_micros"], job["usage"]["cost_micros"]);
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "usage never matched the job's {}: {items:?}",
+            job["usage"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // Tenant B, even with `admin`, does not.
     let not_found = [
@@ -472,7 +484,10 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
         )
     };
     raw("{\"input\": ").await.problem(400, "malformed-json");
-    raw("[1, 2").await.problem(400, "malformed-json");
+    raw("{\"input\": {\"text\": \"never closed")
+        .await
+        .problem(400, "malformed-json");
+    raw("not json at all").await.problem(400, "malformed-json");
     raw("{\"input\": {}, \"colour\": \"red\"}")
         .await
         .problem(422, "invalid-body");

@@ -512,9 +512,12 @@ impl Receiver {
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(
-                move |headers: axum::http::HeaderMap, body: bytes::Bytes| async move {
-                    let _ = tx.send(Delivery { headers, body });
-                    StatusCode::OK
+                move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send(Delivery { headers, body });
+                        StatusCode::OK
+                    }
                 },
             ),
         );
