@@ -203,7 +203,10 @@ async fn a_job_runs_end_to_end_over_http() {
         .await;
     let resumed_ids: Vec<u64> = resumed.iter().filter_map(|e| e.id).collect();
     let later: Vec<u64> = ids.iter().copied().filter(|i| *i > middle).collect();
-    assert_eq!(resumed_ids, later, "exactly the persisted events after {middle}");
+    assert_eq!(
+        resumed_ids, later,
+        "exactly the persisted events after {middle}"
+    );
     assert_eq!(statuses(&resumed), ["completed"]);
     assert_eq!(
         assert_ends_with_result(&resumed, "completed")["output"],
@@ -278,8 +281,7 @@ async fn a_job_runs_end_to_end_over_http() {
     let second = submit(body.clone()).await;
     assert_eq!(second.ok(200)["id"], first_id);
     assert_eq!(second.body["existing"], true);
-    let conflict =
-        submit(json!({"input": {"conversation_id": "e2e-3", "message": "Twice"}})).await;
+    let conflict = submit(json!({"input": {"conversation_id": "e2e-3", "message": "Twice"}})).await;
     let problem = conflict.problem(409, "idempotency-conflict");
     assert_eq!(problem["idempotency_key"], "order-17");
     assert_eq!(problem["job_id"], first_id);
@@ -584,7 +586,11 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
 
     // None of that made a job.
     let jobs = server.get(key, "/v1/jobs").await;
-    assert_eq!(jobs.ok(200)["items"], json!([]), "rejected submissions made jobs");
+    assert_eq!(
+        jobs.ok(200)["items"],
+        json!([]),
+        "rejected submissions made jobs"
+    );
     // And the server still works.
     let ok = server
         .send(

@@ -124,10 +124,12 @@ fn new_job(
             // to (or refusing one that could) would only surface later, as a dead delivery.
             let cfg = &st.node.config;
             let open = crate::webhooks::private_allowed(cfg);
-            crate::webhooks::check_url_with(&w.url, open, &cfg.webhooks.allow_hosts).map_err(|reason| {
-                ApiError::bad_request(format!("webhook url rejected: {reason}"))
-                    .with("webhook_url", w.url.clone())
-            })?;
+            crate::webhooks::check_url_with(&w.url, open, &cfg.webhooks.allow_hosts).map_err(
+                |reason| {
+                    ApiError::bad_request(format!("webhook url rejected: {reason}"))
+                        .with("webhook_url", w.url.clone())
+                },
+            )?;
             Some(w.url)
         }
         None => None,

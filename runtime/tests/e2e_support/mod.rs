@@ -400,19 +400,17 @@ impl Server {
             ) {
                 return body;
             }
-            assert!(started.elapsed() < DEADLINE, "job {id} never finished: {body}");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "job {id} never finished: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Follow `GET /v1/jobs/{id}/events` (resuming after `last_event_id` when given) until
     /// the server ends the stream; every event it sent.
-    pub async fn events(
-        &self,
-        key: &str,
-        id: &str,
-        last_event_id: Option<&str>,
-    ) -> Vec<SseEvent> {
+    pub async fn events(&self, key: &str, id: &str, last_event_id: Option<&str>) -> Vec<SseEvent> {
         let mut req = self
             .request(Method::GET, &format!("/v1/jobs/{id}/events"), Some(key))
             .header("accept", "text/event-stream");
@@ -511,15 +509,13 @@ impl Receiver {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let app = axum::Router::new().route(
             "/hook",
-            axum::routing::post(
-                move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
-                    let tx = tx.clone();
-                    async move {
-                        let _ = tx.send(Delivery { headers, body });
-                        StatusCode::OK
-                    }
-                },
-            ),
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(Delivery { headers, body });
+                    StatusCode::OK
+                }
+            }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
