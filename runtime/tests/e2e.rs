@@ -89,12 +89,12 @@ fn assert_ends_with_result<'a>(events: &'a [SseEvent], status: &str) -> &'a Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_end_to_end_over_http() {
     let site = Site::new(&[("SLUICE_WEBHOOKS__ALLOW_PRIVATE", "true")]).await;
-    let key = site.create_key("acme", "deploy,invoke,read").await;
+    let secret = site.create_key("acme", "deploy,invoke,read").await;
     // Fetched before the server starts, as a receiver's operator would; the node secret it
     // is derived from is created once in the data directory and shared with the server.
     let hook_secret = site.webhook_secret("acme").await;
     let server = site.up("127.0.0.1:0").await;
-    let key = Some(key.as_str());
+    let key = Some(secret.as_str());
 
     // Upload: validated, stored by digest, active.
     let chat = component("chat").await;
@@ -129,7 +129,7 @@ async fn a_job_runs_end_to_end_over_http() {
         format!("/v1/jobs/{id}")
     );
 
-    let events = server.events(key.unwrap(), &id, None).await;
+    let events = server.events(&secret, &id, None).await;
     let seen = statuses(&events);
     assert_eq!(
         seen.first().map(String::as_str),
@@ -198,9 +198,7 @@ async fn a_job_runs_end_to_end_over_http() {
     // Resume after an event in the middle: only what came after it.
     let ids: Vec<u64> = events.iter().filter_map(|e| e.id).collect();
     let middle = ids[ids.len() / 2];
-    let resumed = server
-        .events(key.unwrap(), &id, Some(&middle.to_string()))
-        .await;
+    let resumed = server.events(&secret, &id, Some(&middle.to_string())).await;
     let resumed_ids: Vec<u64> = resumed.iter().filter_map(|e| e.id).collect();
     let later: Vec<u64> = ids.iter().copied().filter(|i| *i > middle).collect();
     assert_eq!(
@@ -214,7 +212,7 @@ async fn a_job_runs_end_to_end_over_http() {
     );
     // Resuming after the last event: nothing but the status and the result.
     let tail = server
-        .events(key.unwrap(), &id, Some(&ids.last().unwrap().to_string()))
+        .events(&secret, &id, Some(&ids.last().unwrap().to_string()))
         .await;
     assert_eq!(
         tail.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
@@ -259,7 +257,7 @@ async fn a_job_runs_end_to_end_over_http() {
     assert_eq!(delivery.headers["sluice-event"], "job.completed");
     assert_eq!(delivery.headers["content-type"], "application/json");
     let outcome: Value = serde_json::from_slice(&delivery.body).unwrap();
-    let finished = server.wait_finished(key.unwrap(), &hooked_id).await;
+    let finished = server.wait_finished(&secret, &hooked_id).await;
     assert_eq!(outcome["id"], hooked_id);
     assert_eq!(outcome["status"], "completed");
     assert_eq!(outcome["plugin"], "chat");
