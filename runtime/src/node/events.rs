@@ -2,6 +2,7 @@
 //! broadcast to live subscribers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_store::JobStore;
 use sluice_types::{EventSink, JobEvent};
@@ -33,6 +34,9 @@ enum Write {
 pub struct EventHub {
     tx: mpsc::UnboundedSender<Write>,
     live: broadcast::Sender<LiveEvent>,
+    /// Events emitted and not yet written: lets [`EventHub::flush`] return at once when
+    /// there are none (a trivial job emits nothing).
+    pending: Arc<AtomicUsize>,
 }
 
 impl EventHub {
@@ -41,6 +45,8 @@ impl EventHub {
         let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
         let (live, _) = broadcast::channel(4096);
         let sender = live.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let written = pending.clone();
         tokio::spawn(async move {
             while let Some(write) = rx.recv().await {
                 let (job, event) = match write {
@@ -59,9 +65,10 @@ impl EventHub {
                 };
                 // No receivers is fine: nobody is watching this job live.
                 let _ = sender.send(LiveEvent { job, seq, event });
+                written.fetch_sub(1, Ordering::AcqRel);
             }
         });
-        EventHub { tx, live }
+        EventHub { tx, live, pending }
     }
 
     /// Broadcast an event to live subscribers without persisting it. Status changes go this
@@ -76,6 +83,9 @@ impl EventHub {
     /// by the time the job is seen finished: an SSE stream replays them before its `result`,
     /// and `GET /v1/jobs/{id}` sums the job's usage from them.
     pub async fn flush(&self) {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let (done, wait) = oneshot::channel();
         if self.tx.send(Write::Flush(done)).is_ok() {
             let _ = wait.await;
@@ -91,7 +101,10 @@ impl EventHub {
 impl EventSink for EventHub {
     fn emit(&self, job: Uuid, event: JobEvent) {
         // The writer task lives as long as the runtime; a send error means shutdown.
-        let _ = self.tx.send(Write::Event(job, event));
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(Write::Event(job, event)).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -120,5 +133,7 @@ mod tests {
         let stored = store.events_after(job, 0, 1000).await.unwrap();
         assert_eq!(stored.len(), 200);
         assert_eq!(stored.last().unwrap().seq, 200);
+        // Nothing pending: returns at once.
+        hub.flush().await;
     }
 }

@@ -134,12 +134,12 @@ impl Site {
         Site { dir, vars: all, db }
     }
 
-    /// `sluice` with this site's settings and nothing of the caller's `SLUICE_*` or
-    /// `RUST_LOG`.
+    /// `sluice` with this site's settings and none of the caller's `SLUICE_*` ones.
+    /// `RUST_LOG` passes through: a server's log is shown when its test fails.
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
         for (k, _) in std::env::vars() {
-            if k.starts_with("SLUICE_") || k == "RUST_LOG" {
+            if k.starts_with("SLUICE_") {
                 c.env_remove(k);
             }
         }
