@@ -179,7 +179,7 @@ impl Site {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
-    /// Start `sluice up --listen <listen> <extra…>` and wait until it is up (its welcome
+    /// Start `sluice up --listen <listen>` and wait until it is up (its welcome
     /// names the address) and ready (`/readyz`).
     pub async fn up(&self, listen: &str) -> Server {
         let mut c = self.command();
@@ -238,11 +238,11 @@ impl Site {
         server
     }
 
-    /// Run `sluice up --listen <listen>` expecting it to refuse to start: its exit code and
-    /// what it printed.
-    pub async fn up_refused(&self, listen: &str) -> (Option<i32>, String) {
+    /// Run `sluice up <args…>` expecting it to refuse to start: its exit code and what it
+    /// printed.
+    pub async fn up_refused(&self, args: &[&str]) -> (Option<i32>, String) {
         let mut c = tokio::process::Command::from(self.command());
-        c.args(["up", "--listen", listen]).kill_on_drop(true);
+        c.arg("up").args(args).kill_on_drop(true);
         let out = tokio::time::timeout(DEADLINE, c.output())
             .await
             .expect("sluice up neither started nor exited")
