@@ -119,10 +119,12 @@ pub fn check_url_with(
 /// Check a webhook target as this node's configuration allows: the allow-list if one is set,
 /// private addresses only in dev mode or with `webhooks.allow_private`.
 pub fn check_target(config: &crate::config::Config, url: &str) -> Result<reqwest::Url, String> {
-    check_url_with(url, open_targets(config), &config.webhooks.allow_hosts)
+    check_url_with(url, private_allowed(config), &config.webhooks.allow_hosts)
 }
 
-fn open_targets(config: &crate::config::Config) -> bool {
+/// Whether webhooks may target private, loopback and link-local addresses: in dev mode or
+/// with `webhooks.allow_private`.
+pub fn private_allowed(config: &crate::config::Config) -> bool {
     config.server.dev || config.webhooks.allow_private
 }
 
@@ -329,7 +331,7 @@ async fn deliver_one(node: &Node, d: WebhookDelivery, node_secret: &str) {
         (None, None) => Err(AttemptError::fatal("the delivery has no body")),
     };
     let secret = tenant_secret(node_secret, &d.tenant);
-    let open = open_targets(&node.config);
+    let open = private_allowed(&node.config);
     let outcome = match body {
         Ok(body) => {
             attempt(

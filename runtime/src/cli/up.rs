@@ -65,6 +65,22 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
     );
     let node = Node::start(config).await?;
 
+    // Beyond loopback every request needs a key; with none, the server would answer nothing
+    // but 401. Refuse early and say how to make one.
+    if args.role != Role::Worker && !crate::api::is_loopback(&listen) {
+        let keys = node.store.count_api_keys().await?;
+        if keys == 0 {
+            eprintln!(
+                "error: refusing to listen on {listen}: there are no API keys, so every request \
+                 would be refused.\n  Create one against this database first:\n    \
+                 sluice keys create --tenant default --scopes admin\n  \
+                 (with the same --config / SLUICE_DATABASE__URL), or listen on 127.0.0.1."
+            );
+            node.store.close().await;
+            return Ok(exit::USAGE);
+        }
+    }
+
     if args.dev && args.role != Role::Worker {
         deploy_dev_plugins(&node, &args.plugins).await?;
     }

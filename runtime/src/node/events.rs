@@ -2,10 +2,11 @@
 //! broadcast to live subscribers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_store::JobStore;
 use sluice_types::{EventSink, JobEvent};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 /// An event as live subscribers see it: persisted, with its per-job sequence number.
@@ -19,22 +20,42 @@ pub struct LiveEvent {
     pub event: JobEvent,
 }
 
+/// What the writer task is handed.
+enum Write {
+    /// Persist and broadcast an event.
+    Event(Uuid, JobEvent),
+    /// Answer once everything sent before has been written.
+    Flush(oneshot::Sender<()>),
+}
+
 /// Publishes job events. `emit` never blocks the handler: events go through a channel to a
 /// single writer task, which keeps each job's events in order.
 #[derive(Clone)]
 pub struct EventHub {
-    tx: mpsc::UnboundedSender<(Uuid, JobEvent)>,
+    tx: mpsc::UnboundedSender<Write>,
     live: broadcast::Sender<LiveEvent>,
+    /// Events emitted and not yet written: lets [`EventHub::flush`] return at once when
+    /// there are none (a trivial job emits nothing).
+    pending: Arc<AtomicUsize>,
 }
 
 impl EventHub {
     /// Start the writer task.
     pub fn new(store: Arc<dyn JobStore>) -> EventHub {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Uuid, JobEvent)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
         let (live, _) = broadcast::channel(4096);
         let sender = live.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let written = pending.clone();
         tokio::spawn(async move {
-            while let Some((job, event)) = rx.recv().await {
+            while let Some(write) = rx.recv().await {
+                let (job, event) = match write {
+                    Write::Event(job, event) => (job, event),
+                    Write::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 let seq = match store.append_event(job, &event).await {
                     Ok(seq) => seq,
                     Err(e) => {
@@ -44,9 +65,10 @@ impl EventHub {
                 };
                 // No receivers is fine: nobody is watching this job live.
                 let _ = sender.send(LiveEvent { job, seq, event });
+                written.fetch_sub(1, Ordering::AcqRel);
             }
         });
-        EventHub { tx, live }
+        EventHub { tx, live, pending }
     }
 
     /// Broadcast an event to live subscribers without persisting it. Status changes go this
@@ -54,6 +76,20 @@ impl EventHub {
     /// would double the cost of a trivial job.
     pub fn publish_live(&self, job: Uuid, event: JobEvent) {
         let _ = self.live.send(LiveEvent { job, seq: 0, event });
+    }
+
+    /// Wait until every event emitted before this call is persisted and broadcast. The
+    /// worker calls it before finalizing an attempt, so all of a job's events are in the store
+    /// by the time the job is seen finished: an SSE stream replays them before its `result`,
+    /// and `GET /v1/jobs/{id}` sums the job's usage from them.
+    pub async fn flush(&self) {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Write::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Subscribe to every event published from now on (filter by job on receipt).
@@ -65,6 +101,39 @@ impl EventHub {
 impl EventSink for EventHub {
     fn emit(&self, job: Uuid, event: JobEvent) {
         // The writer task lives as long as the runtime; a send error means shutdown.
-        let _ = self.tx.send((job, event));
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(Write::Event(job, event)).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_store::StoreConfig;
+
+    #[tokio::test]
+    async fn flush_returns_once_earlier_events_are_stored() {
+        let store = sluice_store::open("sqlite::memory:", StoreConfig::default())
+            .await
+            .unwrap();
+        let hub = EventHub::new(store.clone());
+        let job = Uuid::new_v4();
+        for i in 0..200 {
+            hub.emit(
+                job,
+                JobEvent::Progress {
+                    message: format!("step {i}"),
+                    fraction: None,
+                },
+            );
+        }
+        hub.flush().await;
+        let stored = store.events_after(job, 0, 1000).await.unwrap();
+        assert_eq!(stored.len(), 200);
+        assert_eq!(stored.last().unwrap().seq, 200);
+        // Nothing pending: returns at once.
+        hub.flush().await;
     }
 }

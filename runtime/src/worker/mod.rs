@@ -248,6 +248,8 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
         tracing::info!(job = %job.id, "lease lost while running; dropping the outcome");
         return;
     }
+    // The attempt's events first: once the job is seen finished, they must all be readable.
+    node.events.flush().await;
     finalizer.submit(job, outcome).await;
 }
 

@@ -1762,6 +1762,13 @@ impl JobStore for PgStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn count_api_keys(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn purge(&self) -> Result<PurgeReport> {
         let mut report = PurgeReport::default();
         loop {

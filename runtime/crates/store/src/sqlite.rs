@@ -1692,6 +1692,13 @@ impl JobStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn count_api_keys(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn purge(&self) -> Result<PurgeReport> {
         let now = now_ms();
         let done_before = now.saturating_sub(ms_of(self.config.history_retention));

@@ -190,6 +190,10 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
     /// Revoke a key; true when it existed and was live.
     async fn revoke_api_key(&self, id: Uuid) -> Result<bool>;
 
+    /// How many unrevoked keys exist, across tenants (a server refuses to listen beyond
+    /// loopback with none).
+    async fn count_api_keys(&self) -> Result<u64>;
+
     // -- maintenance -----------------------------------------------------------------------
 
     /// Delete history past retention, expired idempotency keys and expired state.

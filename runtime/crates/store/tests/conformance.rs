@@ -1578,10 +1578,16 @@ mod cases {
         assert_eq!(found.scopes, vec!["jobs:write", "jobs:read"]);
         assert!(s.api_key_by_hash("nope").await.unwrap().is_none());
         assert_eq!(s.list_api_keys(T).await.unwrap().len(), 1);
+        assert_eq!(s.count_api_keys().await.unwrap(), 1);
         assert!(s.revoke_api_key(k.id).await.unwrap());
         assert!(!s.revoke_api_key(k.id).await.unwrap());
         assert!(s.api_key_by_hash(&"ab".repeat(32)).await.unwrap().is_none());
         assert!(s.list_api_keys(T).await.unwrap()[0].revoked);
+        assert_eq!(
+            s.count_api_keys().await.unwrap(),
+            0,
+            "revoked keys do not count"
+        );
     }
 
     pub async fn list_jobs_filters_and_pages(ctx: Ctx) {
