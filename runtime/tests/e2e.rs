@@ -623,3 +623,69 @@ async fn a_public_address_without_keys_refuses_to_start() {
         .problem(401, "unauthorized");
     server.get(Some(&key), "/v1/plugins").await.ok(200);
 }
+
+/// Two servers on one database, as a small cluster runs: they see each other (and split the
+/// provider limits between them), a job's webhook is delivered once by whichever node claims
+/// it from the outbox, and a node stopped with SIGTERM leaves cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_database() {
+    let site = Site::new(&[("SLUICE_WEBHOOKS__ALLOW_PRIVATE", "true")]).await;
+    let key = site.create_key("acme", "admin").await;
+    let key = Some(key.as_str());
+    let a = site.up("127.0.0.1:0").await;
+    let mut b = site.up("127.0.0.1:0").await;
+
+    let deadline = Instant::now() + DEADLINE;
+    let nodes = loop {
+        let nodes = a.get(key, "/v1/nodes").await.ok(200).clone();
+        if nodes["nodes"].as_array().map(Vec::len) == Some(2) {
+            break nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never saw each other: {nodes}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["roles"], "api,worker", "{nodes}");
+    }
+    // A read-only key may not list nodes.
+    let reader = site.create_key("acme", "read").await;
+    a.get(Some(&reader), "/v1/nodes")
+        .await
+        .problem(403, "forbidden");
+
+    // A webhook job submitted through one node: delivered once, whichever node claims it.
+    let mut receiver = e2e_support::Receiver::start().await;
+    b.upload(key, "noop", component("noop").await).await.ok(201);
+    let job = a
+        .send(
+            a.request(Method::POST, "/v1/plugins/noop/jobs?wait=60s", key)
+                .json(&json!({"input": {"n": 1}, "webhook": {"url": receiver.url}})),
+        )
+        .await;
+    let id = job.ok(200)["id"].as_str().unwrap().to_string();
+    let got = receiver.next().await;
+    let body: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["id"], id.as_str());
+    let delivered = loop {
+        let list = b.get(key, "/v1/webhooks/deliveries").await.ok(200).clone();
+        let first = list["deliveries"][0].clone();
+        if first["status"] == "delivered" {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "never marked delivered: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivered["attempts"], 1, "one attempt in all: {delivered}");
+    assert_eq!(
+        got.headers["sluice-delivery"].to_str().unwrap(),
+        delivered["delivery_id"].as_str().unwrap()
+    );
+
+    // SIGTERM: b finishes its work, leaves the node list, and exits 0.
+    assert_eq!(b.terminate().await, Some(0));
+    let nodes = a.get(key, "/v1/nodes").await.ok(200).clone();
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(1), "{nodes}");
+}
