@@ -166,6 +166,10 @@ const COMPLETE_SQL: &str = concat!(
     USING unnest($1::uuid[], $2::uuid[], $3::text[]) AS c(id, token, output)
     WHERE j.id = c.id AND j.lease_token = c.token AND j.state = 'running'
     RETURNING j.*, c.output AS new_output
+),
+w AS (
+    INSERT INTO webhook_deliveries (tenant, job_id, url, event)
+    SELECT d.tenant, d.id, d.webhook_url, 'job.completed' FROM d WHERE d.webhook_url IS NOT NULL
 )
 INSERT INTO job_history (",
     hist_insert_cols!(),
@@ -187,6 +191,11 @@ d AS (
     DELETE FROM jobs j USING m
     WHERE j.id = m.id AND ($5::uuid IS NULL OR j.lease_token = $5)
     RETURNING j.*, m.new_state, m.error AS new_error, m.entry
+),
+w AS (
+    INSERT INTO webhook_deliveries (tenant, job_id, url, event)
+    SELECT d.tenant, d.id, d.webhook_url, 'job.' || d.new_state FROM d
+    WHERE d.webhook_url IS NOT NULL
 )
 INSERT INTO job_history (",
     hist_insert_cols!(),
@@ -1262,7 +1271,10 @@ impl JobStore for PgStore {
         for _ in 0..3 {
             // Waiting → cancelled, in one statement guarded by state.
             let moved: Vec<Uuid> = sqlx::query_scalar(concat!(
-                "WITH d AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *)
+                "WITH d AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
+                 w AS (INSERT INTO webhook_deliveries (tenant, job_id, url, event)
+                       SELECT d.tenant, d.id, d.webhook_url, 'job.cancelled' FROM d
+                       WHERE d.webhook_url IS NOT NULL)
                  INSERT INTO job_history (",
                 hist_insert_cols!(),
                 ", attempt_log, state, output, error, finished_at) SELECT ",

@@ -2231,6 +2231,44 @@ mod cases {
         let got = s.webhook_get(T, d.id).await.unwrap().unwrap();
         assert_eq!(got.status, DeliveryStatus::Delivered);
 
+        // Dead and cancelled jobs report too, with their own event.
+        let mut dying = NewJob::new(T, P, json!(3));
+        dying.webhook_url = Some("https://hooks.example.com/dead".into());
+        dying.max_attempts = Some(1);
+        let dying = s.enqueue(dying).await.unwrap().id;
+        for c in claim_n(s, &req(1), 1).await {
+            s.fail(c.lease, &Failure::new(JobError::permanent("boom")))
+                .await
+                .unwrap();
+        }
+        let mut waiting = NewJob::new(T, P, json!(4));
+        waiting.webhook_url = Some("https://hooks.example.com/cancel".into());
+        let waiting = s.enqueue(waiting).await.unwrap().id;
+        assert_eq!(s.cancel(waiting).await.unwrap(), CancelOutcome::Cancelled);
+        let mut events: Vec<(Option<Uuid>, String)> = s
+            .webhook_claim(10, lease)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.job_id, d.event))
+            .collect();
+        events.sort();
+        let mut want = vec![
+            (Some(dying), "job.dead".to_string()),
+            (Some(waiting), "job.cancelled".to_string()),
+        ];
+        want.sort();
+        assert_eq!(events, want);
+        for d in s
+            .webhook_list(T, Some(DeliveryStatus::Pending), None, 10)
+            .await
+            .unwrap()
+        {
+            s.webhook_finish(d.id, &DeliveryResult::Delivered)
+                .await
+                .unwrap();
+        }
+
         // Non-job events carry their own body.
         let alert = s
             .webhook_enqueue(&NewDelivery {
@@ -2247,10 +2285,10 @@ mod cases {
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].id, alert.id);
         let all = s.webhook_list(T, None, None, 10).await.unwrap();
-        assert_eq!(all.len(), 2);
-        assert!(all[0].id > all[1].id, "newest first");
+        assert_eq!(all.len(), 4);
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
         let page = s.webhook_list(T, None, Some(all[0].id), 10).await.unwrap();
-        assert_eq!(page.len(), 1);
+        assert_eq!(page.len(), 3);
     }
 
     pub async fn nodes_count_live(ctx: Ctx) {

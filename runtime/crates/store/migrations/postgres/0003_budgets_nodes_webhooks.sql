@@ -122,7 +122,9 @@ CREATE TABLE nodes (
 );
 
 -- The webhook outbox. A finished job with a webhook URL gets its delivery row in the same
--- transaction that finishes it (the trigger below), so no outcome is lost to a crash.
+-- statement that moves it to job_history (a CTE in each of those statements, not a trigger: a
+-- trigger on job_history, row or statement level, cost 8-12 % of burn-down throughput even
+-- when no job had a webhook), so no outcome is lost to a crash.
 CREATE TABLE webhook_deliveries (
     id               bigserial PRIMARY KEY,
     delivery_id      uuid NOT NULL DEFAULT gen_random_uuid(),
@@ -142,14 +144,3 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_tenant ON webhook_deliveries (tenant, status, id);
-
-CREATE FUNCTION sluice_webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO webhook_deliveries (tenant, job_id, url, event)
-    VALUES (NEW.tenant, NEW.id, NEW.webhook_url, 'job.' || NEW.state);
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER job_history_webhook AFTER INSERT ON job_history
-    FOR EACH ROW WHEN (NEW.webhook_url IS NOT NULL)
-    EXECUTE FUNCTION sluice_webhook_outbox();
