@@ -90,23 +90,39 @@ impl CallRecord {
     /// The record of a call answered from the job's journal on replay (no provider call, no
     /// charge): for the host, which does journal replay in front of the gateway.
     pub fn replayed(request: &ChatRequest, response: &ChatResponse) -> Self {
-        CallRecord {
-            provider: Some(response.provider.clone()),
-            response_model: Some(response.model.clone()),
-            usage: response.usage,
-            source: ResponseSource::Journal,
-            ..CallRecord::new("chat", &request.model)
-        }
+        Self::journaled(
+            "chat",
+            &request.model,
+            &response.provider,
+            &response.model,
+            response.usage,
+        )
     }
 
     /// The record of an embedding served from the job's journal: no provider call, no cost.
     pub fn replayed_embed(request: &EmbedRequest, response: &EmbedResponse) -> Self {
+        Self::journaled(
+            "embeddings",
+            &request.model,
+            &response.provider,
+            &response.model,
+            response.usage,
+        )
+    }
+
+    fn journaled(
+        operation: &str,
+        requested_model: &str,
+        provider: &str,
+        model: &str,
+        usage: Usage,
+    ) -> Self {
         CallRecord {
-            provider: Some(response.provider.clone()),
-            response_model: Some(response.model.clone()),
-            usage: response.usage,
+            provider: Some(provider.to_string()),
+            response_model: Some(model.to_string()),
+            usage,
             source: ResponseSource::Journal,
-            ..CallRecord::new("embeddings", &request.model)
+            ..CallRecord::new(operation, requested_model)
         }
     }
 

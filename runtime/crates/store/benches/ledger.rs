@@ -16,21 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_store::*;
-use sqlx::Connection;
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
+mod support;
+use support::{BenchDb, env, pct};
 
 async fn run(name: &str, store: Arc<dyn JobStore>, calls: u64, concurrency: usize) {
     let next = Arc::new(AtomicU64::new(0));
@@ -102,30 +89,15 @@ async fn run(name: &str, store: Arc<dyn JobStore>, calls: u64, concurrency: usiz
 }
 
 async fn postgres(calls: u64, concurrency: usize) {
-    let admin = std::env::var("SLUICE_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("sluice_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to Postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    let db = BenchDb::create().await;
     let config = StoreConfig {
         max_connections: concurrency as u32 + 2,
         ..StoreConfig::default()
     };
-    let store = open(&format!("{base}/{name}"), config).await.unwrap();
+    let store = open(&db.url, config).await.unwrap();
     run("postgres", store.clone(), calls, concurrency).await;
     store.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.drop_db().await;
 }
 
 async fn sqlite(calls: u64, concurrency: usize) {

@@ -16,14 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_store::*;
-use sqlx::Connection;
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod support;
+use support::{BenchDb, env, pct};
 
 struct Params {
     jobs: usize,
@@ -31,13 +25,6 @@ struct Params {
     claim: u32,
     insert_batch: usize,
     inserters: usize,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
@@ -146,31 +133,15 @@ async fn burn(name: &str, store: Arc<dyn JobStore>, p: &Params) {
 }
 
 async fn postgres(p: &Params) {
-    let admin = std::env::var("SLUICE_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("sluice_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to Postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    let url = format!("{base}/{name}");
+    let db = BenchDb::create().await;
     let config = StoreConfig {
         max_connections: (p.workers + p.inserters + 4) as u32,
         ..StoreConfig::default()
     };
-    let store = open(&url, config).await.unwrap();
+    let store = open(&db.url, config).await.unwrap();
     burn("postgres", store.clone(), p).await;
     store.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.drop_db().await;
 }
 
 async fn sqlite(p: &Params) {
