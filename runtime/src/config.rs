@@ -219,6 +219,11 @@ pub struct WorkerConfig {
     pub poll_ms: u64,
     /// Attempts for jobs that set none.
     pub default_max_attempts: u32,
+    /// The largest share of the cluster's worker slots (this node's `slots` times the live
+    /// worker nodes) one tenant's jobs may hold at once, from 0.0 to 1.0. The rest stays free
+    /// for other tenants, so one tenant's flood of slow jobs cannot stall everyone else.
+    /// 1.0 turns the cap off (a single-tenant deployment).
+    pub tenant_share: f64,
 }
 
 impl Default for WorkerConfig {
@@ -228,7 +233,20 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             poll_ms: 1000,
             default_max_attempts: 5,
+            tenant_share: 0.75,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The most jobs one tenant may run at once across `live_nodes` worker nodes (`None`:
+    /// no cap). At least one, so every tenant can make progress.
+    pub fn tenant_cap(&self, live_nodes: u32) -> Option<u32> {
+        if self.tenant_share >= 1.0 || self.tenant_share.is_nan() {
+            return None;
+        }
+        let total = f64::from(self.slots) * f64::from(live_nodes.max(1));
+        Some(((total * self.tenant_share.max(0.0)).floor() as u32).max(1))
     }
 }
 

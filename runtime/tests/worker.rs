@@ -315,3 +315,140 @@ where
     }
     false
 }
+
+/// A usage backend that panics when asked for a job's spend: a host bug reachable from a
+/// handler's call.
+struct PanickingUsage;
+
+#[async_trait::async_trait]
+impl sluice_types::UsageBackend for PanickingUsage {
+    async fn report_cost(
+        &self,
+        _ctx: &sluice_types::CallContext,
+        _description: &str,
+        _cost_micros: u64,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    async fn job_spend(&self, _ctx: &sluice_types::CallContext) -> sluice_types::backend::Spend {
+        panic!("injected host bug")
+    }
+    async fn budget_remaining(&self, _ctx: &sluice_types::CallContext) -> Option<u64> {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_panic_fails_only_its_own_job_and_releases_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node(dir.path()).await;
+    node.services.usage = std::sync::Arc::new(PanickingUsage);
+    let once = PluginSettings {
+        max_attempts: Some(1),
+        ..PluginSettings::default()
+    };
+    deploy(&node, "state-effects", "state-effects", once).await;
+    deploy(&node, "noop", "noop", PluginSettings::default()).await;
+    let worker = sluice::worker::spawn(node.clone());
+
+    let id = node
+        .store
+        .enqueue(NewJob::new(
+            "acme",
+            "state-effects",
+            serde_json::json!({"prefix": "panic/"}),
+        ))
+        .await
+        .unwrap()
+        .id;
+    // Dead at once under its lease (not renewed by a heartbeat forever, not waiting for the
+    // lease to expire), with the panic as its reason.
+    let job = wait_terminal(&node, id).await;
+    assert_eq!(job.status, JobStatus::Dead, "{job:?}");
+    let reason = job.error.as_ref().unwrap().message().to_string();
+    assert!(reason.contains("injected host bug"), "{reason}");
+    assert_eq!(job.attempts.len(), 1);
+
+    // The worker goes on: other jobs run as before.
+    for i in 0..20 {
+        let id = node
+            .store
+            .enqueue(NewJob::new("acme", "noop", serde_json::json!({ "i": i })))
+            .await
+            .unwrap()
+            .id;
+        assert_eq!(wait_terminal(&node, id).await.status, JobStatus::Completed);
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_hold_every_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.database.url = Some(format!(
+        "sqlite://{}",
+        dir.path().join("sluice.db").display()
+    ));
+    config.database.data_dir = dir.path().to_path_buf();
+    config.worker.poll_ms = 100;
+    config.worker.slots = 4;
+    config.worker.tenant_share = 0.5;
+    config.engine.max_instances = 16;
+    let node = Node::start(config).await.unwrap();
+    let bytes = plugins::component("busy-loop");
+    let spin = node.store.put_component(&bytes).await.unwrap();
+    let noop = node
+        .store
+        .put_component(&plugins::component("noop"))
+        .await
+        .unwrap();
+    node.store
+        .create_plugin_version("hog", "spin", &spin, &PluginSettings::default(), true)
+        .await
+        .unwrap();
+    node.store
+        .create_plugin_version("small", "noop", &noop, &PluginSettings::default(), true)
+        .await
+        .unwrap();
+    // The hog fills the queue first with jobs that spin for a minute each.
+    let mut hog = Vec::new();
+    for _ in 0..12 {
+        let mut job = NewJob::new("hog", "spin", serde_json::json!({}));
+        job.timeout_ms = Some(60_000);
+        job.max_attempts = Some(1);
+        hog.push(node.store.enqueue(job).await.unwrap().id);
+    }
+    let worker = sluice::worker::spawn(node.clone());
+    // Wait until the hog holds what it may.
+    let mut running = 0;
+    for _ in 0..200 {
+        running = node.store.queue_stats().await.unwrap().running;
+        if running >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running, 2, "the hog holds half of the 4 slots");
+
+    // Another tenant's jobs run at once in the slots left, long before any hog job ends.
+    let mut small = Vec::new();
+    for i in 0..10 {
+        let job = NewJob::new("small", "noop", serde_json::json!({ "i": i }));
+        small.push(node.store.enqueue(job).await.unwrap().id);
+    }
+    for id in small {
+        let job = wait_terminal(&node, id).await;
+        assert_eq!(job.status, JobStatus::Completed);
+        assert_eq!(job.attempts.len(), 1);
+    }
+    for id in &hog {
+        let job = node.store.get_job(*id).await.unwrap().unwrap();
+        assert!(
+            matches!(job.status, JobStatus::Running | JobStatus::Queued),
+            "hog job {id} is {:?}",
+            job.status
+        );
+    }
+    worker.shutdown(Duration::from_millis(100)).await;
+}

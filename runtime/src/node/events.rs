@@ -20,6 +20,36 @@ pub struct LiveEvent {
     pub event: JobEvent,
 }
 
+/// Most events written in one statement. Many jobs' events share a batch, so a job that
+/// emits a flood (bounded per attempt by the engine's event limits) costs others one batch's
+/// wait, not one insert per flooded event.
+const WRITE_BATCH: usize = 512;
+
+/// Persist a batch in one store call; if that fails, event by event, so one event the store
+/// refuses costs only itself. Returns each event's sequence number (0: not persisted).
+async fn persist(store: &dyn JobStore, events: &[(Uuid, JobEvent)]) -> Vec<u64> {
+    if events.is_empty() {
+        return Vec::new();
+    }
+    match store.append_events(events).await {
+        Ok(seqs) => seqs,
+        Err(e) => {
+            tracing::warn!(events = events.len(), error = %e, "could not persist a batch of job events; writing them one by one");
+            let mut seqs = Vec::with_capacity(events.len());
+            for (job, event) in events {
+                seqs.push(match store.append_event(*job, event).await {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        tracing::warn!(%job, error = %e, "could not persist job event");
+                        0
+                    }
+                });
+            }
+            seqs
+        }
+    }
+}
+
 /// What the writer task is handed.
 enum Write {
     /// Persist and broadcast an event.
@@ -48,24 +78,28 @@ impl EventHub {
         let pending = Arc::new(AtomicUsize::new(0));
         let written = pending.clone();
         tokio::spawn(async move {
-            while let Some(write) = rx.recv().await {
-                let (job, event) = match write {
-                    Write::Event(job, event) => (job, event),
-                    Write::Flush(done) => {
-                        let _ = done.send(());
-                        continue;
+            let mut writes = Vec::with_capacity(WRITE_BATCH);
+            let mut events = Vec::with_capacity(WRITE_BATCH);
+            let mut flushes = Vec::new();
+            while rx.recv_many(&mut writes, WRITE_BATCH).await > 0 {
+                for write in writes.drain(..) {
+                    match write {
+                        Write::Event(job, event) => events.push((job, event)),
+                        // Answered after this batch is written: it holds everything sent
+                        // before the flush.
+                        Write::Flush(done) => flushes.push(done),
                     }
-                };
-                let seq = match store.append_event(job, &event).await {
-                    Ok(seq) => seq,
-                    Err(e) => {
-                        tracing::warn!(%job, error = %e, "could not persist job event");
-                        0
-                    }
-                };
-                // No receivers is fine: nobody is watching this job live.
-                let _ = sender.send(LiveEvent { job, seq, event });
-                written.fetch_sub(1, Ordering::AcqRel);
+                }
+                let seqs = persist(store.as_ref(), &events).await;
+                let n = events.len();
+                for ((job, event), seq) in events.drain(..).zip(seqs) {
+                    // No receivers is fine: nobody is watching this job live.
+                    let _ = sender.send(LiveEvent { job, seq, event });
+                }
+                written.fetch_sub(n, Ordering::AcqRel);
+                for done in flushes.drain(..) {
+                    let _ = done.send(());
+                }
             }
         });
         EventHub { tx, live, pending }

@@ -79,29 +79,32 @@ impl PluginCache {
         Ok(plugin.clone())
     }
 
-    /// The settings of a plugin version (`None` if it is gone or the store failed).
+    /// The settings of a plugin version (`None` if the plugin is gone).
     pub async fn settings(
         &self,
         tenant: &str,
         plugin: &str,
         version: i64,
-    ) -> Option<PluginSettings> {
+    ) -> Result<Option<PluginSettings>, PluginLoadError> {
         let key = (tenant.to_string(), plugin.to_string(), version);
         if let Some((s, at)) = self.settings.lock().expect("settings poisoned").get(&key)
             && at.elapsed() < SETTINGS_TTL
         {
-            return Some(s.clone());
+            return Ok(Some(s.clone()));
         }
-        let found = self
+        let Some(found) = self
             .store
             .get_plugin_version(tenant, plugin, version)
             .await
-            .ok()??;
+            .map_err(|e| PluginLoadError::Store(e.to_string()))?
+        else {
+            return Ok(None);
+        };
         self.settings
             .lock()
             .expect("settings poisoned")
             .insert(key, (found.settings.clone(), Instant::now()));
-        Some(found.settings)
+        Ok(Some(found.settings))
     }
 
     /// Validate and compile component bytes (off the async threads).

@@ -57,11 +57,11 @@ impl Finalizer {
                 let result = retry_store(|| self.node.store.fail(job.lease, &failure)).await;
                 self.finished.notify_one();
                 match result {
-                    Some(finalized) => {
+                    Ok(finalized) => {
                         announce(&self.node, &job, finalized, Some(failure.error.message()))
                     }
-                    None => {
-                        tracing::error!(job = %job.id, "could not record the failure; the lease will expire and the job will be retried")
+                    Err(e) => {
+                        tracing::error!(job = %job.id, error = %e, "could not record the failure; the lease will expire and the job will be retried")
                     }
                 }
             }
@@ -76,50 +76,126 @@ async fn complete_loop(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let items: Vec<Completion> = batch
-            .iter()
-            .map(|(job, output)| Completion {
-                lease: job.lease,
-                // The engine checked the output is JSON.
-                output: serde_json::from_str(output).unwrap_or(serde_json::Value::Null),
-            })
-            .collect();
-        let result = retry_store(|| node.store.complete_many(&items)).await;
-        finished.notify_one();
-        match result {
-            Some(outcomes) => {
-                for ((job, _), finalized) in batch.iter().zip(outcomes) {
-                    announce(&node, job, finalized, None);
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for (job, output) in batch.drain(..) {
+            // A NUL can only be in the text as an escape: one search spares the walk.
+            let suspect = output.contains("\\u0000");
+            // The engine checked the output is JSON.
+            let output = serde_json::from_str(&output).unwrap_or(serde_json::Value::Null);
+            match suspect.then(|| unstorable(&output)).flatten() {
+                // This job's own classified failure; the rest of the batch goes on.
+                Some(reason) => fail_one(&node, &finished, job, reason).await,
+                None => {
+                    items.push(Completion {
+                        lease: job.lease,
+                        output,
+                    });
+                    jobs.push(job);
                 }
             }
-            None => tracing::error!(
-                jobs = batch.len(),
-                "could not record completions; their leases will expire and they will run again"
-            ),
         }
-        batch.clear();
+        if !items.is_empty() {
+            complete_batch(&node, &finished, jobs, items).await;
+        }
+    }
+}
+
+/// Store a batch of completions in one statement. When the statement fails for a reason that
+/// is not an outage (one row the database refuses), each job is completed on its own, so one
+/// job's bad data fails only that job.
+async fn complete_batch(
+    node: &Node,
+    finished: &Notify,
+    jobs: Vec<ClaimedJob>,
+    items: Vec<Completion>,
+) {
+    let result = retry_store(|| node.store.complete_many(&items)).await;
+    finished.notify_one();
+    match result {
+        Ok(outcomes) => {
+            for (job, finalized) in jobs.iter().zip(outcomes) {
+                announce(node, job, finalized, None);
+            }
+        }
+        Err(e) if jobs.len() > 1 && !e.is_transient() => {
+            tracing::warn!(jobs = jobs.len(), error = %e, "a completion batch failed; completing its jobs one by one");
+            for (job, item) in jobs.into_iter().zip(items) {
+                let one = [item];
+                match retry_store(|| node.store.complete_many(&one)).await {
+                    Ok(outcomes) => {
+                        for finalized in outcomes {
+                            announce(node, &job, finalized, None);
+                        }
+                    }
+                    Err(e) if !e.is_transient() => {
+                        let reason =
+                            JobError::permanent(format!("the output could not be stored: {e}"));
+                        fail_one(node, finished, job, reason).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %job.id, error = %e, "could not record the completion; its lease will expire and it will run again")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::error!(
+            jobs = jobs.len(),
+            error = %e,
+            "could not record completions; their leases will expire and they will run again"
+        ),
+    }
+}
+
+/// Why an output cannot be stored on every backend, if it cannot: Postgres' `jsonb` refuses
+/// the NUL character, so no backend accepts it (a job behaves the same on both).
+fn unstorable(output: &serde_json::Value) -> Option<JobError> {
+    sluice_store::has_nul(output).then(|| {
+        JobError::permanent(
+            "the output contains a NUL character (\\u0000) in a string, which the job store \
+             cannot hold; remove or escape it in the handler",
+        )
+    })
+}
+
+/// Record one job's failure under its lease and announce it.
+async fn fail_one(node: &Node, finished: &Notify, job: ClaimedJob, error: JobError) {
+    let failure = Failure {
+        error,
+        detail: Some(serde_json::json!({ "kind": "bad_output" })),
+    };
+    let result = retry_store(|| node.store.fail(job.lease, &failure)).await;
+    finished.notify_one();
+    match result {
+        Ok(finalized) => announce(node, &job, finalized, Some(failure.error.message())),
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "could not record the failure; the lease will expire and the job will be retried")
+        }
     }
 }
 
 /// Retry a store call through a short outage (a database restart): the job stays leased
-/// meanwhile, and if we give up the rescuer returns it to the queue.
-async fn retry_store<T, F, Fut>(mut f: F) -> Option<T>
+/// meanwhile, and if we give up the rescuer returns it to the queue. An error that is not an
+/// outage is returned at once: repeating the same statement would fail the same way.
+async fn retry_store<T, F, Fut>(mut f: F) -> sluice_store::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sluice_store::Result<T>>,
 {
     let mut delay = Duration::from_millis(100);
-    for _ in 0..8 {
+    let mut tries = 0;
+    loop {
         match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && tries < 8 => {
                 tracing::warn!(error = %e, retry_in = ?delay, "store call failed while finalizing");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+                tries += 1;
             }
+            Err(e) => return Err(e),
         }
     }
-    None
 }
 
 fn announce(node: &Node, job: &ClaimedJob, finalized: Finalized, reason: Option<&str>) {

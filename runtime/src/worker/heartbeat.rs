@@ -18,18 +18,13 @@ pub(crate) async fn heartbeat(node: Node, running: RunningMap, stop: Cancellatio
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        let leases: Vec<Lease> = running
-            .lock()
-            .expect("running map poisoned")
-            .keys()
-            .copied()
-            .collect();
+        let leases: Vec<Lease> = super::lock(&running).keys().copied().collect();
         if leases.is_empty() {
             continue;
         }
         match node.store.heartbeat(&leases, lease).await {
             Ok(statuses) => {
-                let map = running.lock().expect("running map poisoned");
+                let map = super::lock(&running);
                 for (lease, status) in leases.iter().zip(statuses) {
                     let Some(r) = map.get(lease) else { continue };
                     match status {

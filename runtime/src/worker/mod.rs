@@ -16,10 +16,12 @@ mod finalize;
 mod heartbeat;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use sluice_engine::JobLimits;
 use sluice_store::{ClaimRequest, ClaimedJob, Lease, PluginSettings};
 use sluice_types::{CallContext, JobEvent};
@@ -95,6 +97,17 @@ pub fn spawn(node: Node) -> WorkerHandle {
     }
 }
 
+/// Worker nodes sharing the database, as cluster membership last counted them (the gateway's
+/// rate-limit share is one over that count).
+fn live_worker_nodes(node: &Node) -> u32 {
+    let share = node.gateway.limit_share();
+    if share > 0.0 && share <= 1.0 {
+        (1.0 / share).round() as u32
+    } else {
+        1
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
@@ -149,6 +162,7 @@ async fn dispatch(
         }
         let mut request = ClaimRequest::new(worker_id.clone(), free, lease);
         request.plugin_caps = caps.clone();
+        request.tenant_cap = node.config.worker.tenant_cap(live_worker_nodes(&node));
         let claimed = match node.store.claim(&request).await {
             Ok(c) => {
                 backoff = Duration::from_millis(50);
@@ -195,16 +209,26 @@ async fn dispatch(
 
 /// Run one claimed attempt and hand its outcome to the finalizer.
 async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Finalizer) {
-    let lease = job.lease;
     let settings = node
         .plugins
         .settings(&job.tenant, &job.plugin, job.plugin_version)
         .await;
+    // `allowed_models` fails closed: a deleted plugin's queued job still runs its recorded
+    // code, but may call no model, since nothing says which models it may call.
+    let allowed_models = match &settings {
+        Ok(Some(s)) => s.allowed_models.clone(),
+        Ok(None) | Err(_) => Some(Vec::new()),
+    };
     let ctx = CallContext::new(job.job_info(), job.digest.clone())
-        .with_allowed_models(settings.as_ref().and_then(|s| s.allowed_models.clone()));
+        .with_allowed_models(allowed_models)
+        // A redriven job keeps its journal (unless redriven fresh): replay it from attempt 1.
+        .with_journal_replay(job.attempt > 1 || job.run > 1);
     let lost = Arc::new(AtomicBool::new(false));
-    running.lock().expect("running map poisoned").insert(
-        lease,
+    // Removes the lease from the heartbeat's map however this task ends (a panic included),
+    // so a job is never renewed forever by a task that is gone.
+    let _tracked = Tracked::insert(
+        &running,
+        job.lease,
         Running {
             cancelled: ctx.cancelled.clone(),
             lost: lost.clone(),
@@ -219,28 +243,57 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
             reason: None,
         },
     );
-    let outcome = match node.plugins.get(&job.digest).await {
-        Err(e) => Outcome::Failed(
-            sluice_types::JobError::retryable(format!("could not load the plugin: {e}")),
-            "load",
-        ),
-        Ok(plugin) => {
-            let limits = limits_for(&node, &job, settings.as_ref());
-            let input = job.input.to_string();
-            match node
-                .engine
-                .run(&plugin, ctx.clone(), &input, limits, node.services.clone())
-                .await
-            {
-                Ok(output) => Outcome::Completed(output),
-                Err(e) => {
-                    tracing::info!(job = %job.id, attempt = job.attempt, kind = e.kind(), error = %e, "attempt failed");
-                    Outcome::Failed(e.to_job_error(), e.kind())
-                }
+    let attempt = async {
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Failed(
+                    sluice_types::JobError::retryable(format!(
+                        "could not read the plugin's settings: {e}"
+                    )),
+                    "load",
+                );
+            }
+        };
+        let plugin = match node.plugins.get(&job.digest).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Outcome::Failed(
+                    sluice_types::JobError::retryable(format!("could not load the plugin: {e}")),
+                    "load",
+                );
+            }
+        };
+        let limits = limits_for(&node, &job, settings.as_ref());
+        let input = job.input.to_string();
+        match node
+            .engine
+            .run(&plugin, ctx.clone(), &input, limits, node.services.clone())
+            .await
+        {
+            Ok(output) => Outcome::Completed(output),
+            Err(e) => {
+                tracing::info!(job = %job.id, attempt = job.attempt, kind = e.kind(), error = %e, "attempt failed");
+                Outcome::Failed(e.to_job_error(), e.kind())
             }
         }
     };
-    running.lock().expect("running map poisoned").remove(&lease);
+    // A panic in the host while running this job (a bug, reachable from its data) fails this
+    // attempt under its lease like any other error; it never takes the worker down.
+    let outcome = match AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic_text(panic.as_ref());
+            tracing::error!(job = %job.id, attempt = job.attempt, panic = %message, "host panicked while running a job");
+            metrics::counter!("sluice_worker_panics_total").increment(1);
+            Outcome::Failed(
+                sluice_types::JobError::retryable(format!(
+                    "the host failed while running this attempt: {message}"
+                )),
+                "host_panic",
+            )
+        }
+    };
     node.spend.take(job.id);
     if lost.load(Ordering::Relaxed) {
         // Another worker owns the job now; our outcome must not land (it would not: the
@@ -253,15 +306,56 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     finalizer.submit(job, outcome).await;
 }
 
+/// A running attempt's entry in the heartbeat's map, removed on drop.
+struct Tracked<'a> {
+    running: &'a RunningMap,
+    lease: Lease,
+}
+
+impl<'a> Tracked<'a> {
+    fn insert(running: &'a RunningMap, lease: Lease, entry: Running) -> Self {
+        lock(running).insert(lease, entry);
+        Tracked { running, lease }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        lock(self.running).remove(&self.lease);
+    }
+}
+
+/// The running map, even if a thread panicked while holding it: its entries are plain
+/// flags, always consistent, so a poisoned lock must not stop every later job.
+pub(crate) fn lock(running: &RunningMap) -> std::sync::MutexGuard<'_, HashMap<Lease, Running>> {
+    running
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into())
+}
+
 /// The plugin version's memory and time limits for this job.
 fn limits_for(node: &Node, job: &ClaimedJob, settings: Option<&PluginSettings>) -> JobLimits {
     let defaults = node.engine.config().default_limits;
     let memory = settings
         .and_then(|s| s.memory_limit_bytes)
-        .map(|b| b as usize)
+        .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
         .unwrap_or(defaults.memory_bytes);
     JobLimits {
         memory_bytes: memory,
-        timeout: Duration::from_millis(job.timeout_ms),
+        // Bounded at submit; the ceiling here keeps a row written before that bound from
+        // overflowing the engine's deadline arithmetic.
+        timeout: Duration::from_millis(job.timeout_ms.min(MAX_ATTEMPT_TIMEOUT_MS)),
+        ..defaults
     }
 }
+
+/// No attempt runs longer than a day, whatever its row says.
+const MAX_ATTEMPT_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;

@@ -277,9 +277,13 @@ pub struct ClaimedJob {
 
 impl ClaimedJob {
     /// When this attempt must end: claim time + timeout.
+    /// Saturates instead of overflowing: `timeout_ms` comes from a tenant and is bounded at
+    /// submit, but a row written before that bound (or by another version) must not panic.
     pub fn deadline(&self) -> DateTime<Utc> {
-        self.attempted_at
-            + chrono::Duration::milliseconds(self.timeout_ms.min(i64::MAX as u64) as i64)
+        let ms = i64::try_from(self.timeout_ms).unwrap_or(i64::MAX);
+        chrono::TimeDelta::try_milliseconds(ms)
+            .and_then(|d| self.attempted_at.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// What the handler is told about the job.

@@ -670,7 +670,7 @@ impl PgStore {
         }
         if !filter.tags.is_empty() {
             qb.push(" AND tags @> ")
-                .push_bind(Json(filter.tags.clone()))
+                .push_bind(util::to_pg_json(&filter.tags))
                 .push("::jsonb");
         }
         if let Some(b) = before {
@@ -1180,7 +1180,7 @@ impl JobStore for PgStore {
         }
         let ids: Vec<Uuid> = items.iter().map(|c| c.lease.id).collect();
         let tokens: Vec<Uuid> = items.iter().map(|c| c.lease.token).collect();
-        let outputs: Vec<String> = items.iter().map(|c| util::to_json(&c.output)).collect();
+        let outputs: Vec<String> = items.iter().map(|c| util::to_pg_json(&c.output)).collect();
         let done: Vec<Uuid> = sqlx::query_scalar(COMPLETE_SQL)
             .bind(&ids)
             .bind(&tokens)
@@ -1224,7 +1224,7 @@ impl JobStore for PgStore {
             Some(failure.error.clone()),
             failure.detail.clone(),
         );
-        let entry = util::to_json(&entry);
+        let entry = util::to_pg_json(&entry);
         let outcome = match decision {
             Decision::Retry { run_at } => {
                 sqlx::query(
@@ -1248,7 +1248,7 @@ impl JobStore for PgStore {
                     &mut *tx,
                     &[lease.id],
                     &[state],
-                    &[Some(util::to_json(&failure.error))],
+                    &[Some(util::to_pg_json(&failure.error))],
                     &[Some(entry)],
                     Some(lease.token),
                 )
@@ -1282,7 +1282,7 @@ impl JobStore for PgStore {
                 ", d.attempt_log, 'cancelled', NULL, $2::jsonb, now() FROM d RETURNING id"
             ))
             .bind(id)
-            .bind(util::to_json(&machine::cancelled_error()))
+            .bind(util::to_pg_json(&machine::cancelled_error()))
             .fetch_all(&self.pool)
             .await?;
             if !moved.is_empty() {
@@ -1345,7 +1345,7 @@ impl JobStore for PgStore {
                 Decision::Cancelled => AttemptOutcome::Cancelled,
                 _ => AttemptOutcome::LeaseExpired,
             };
-            let entry = util::to_json(&machine::attempt_record(
+            let entry = util::to_pg_json(&machine::attempt_record(
                 &job,
                 now,
                 outcome,
@@ -1362,7 +1362,7 @@ impl JobStore for PgStore {
                 Decision::Dead | Decision::Cancelled => {
                     m_ids.push(id);
                     m_state.push(decision.terminal_state().unwrap_or("dead"));
-                    m_err.push(Some(util::to_json(&error)));
+                    m_err.push(Some(util::to_pg_json(&error)));
                     m_entry.push(Some(entry));
                     if decision == Decision::Dead {
                         report.dead.push(id);
@@ -1564,7 +1564,7 @@ impl JobStore for PgStore {
 
     async fn journal_put(&self, entry: &JournalEntry) -> Result<()> {
         sqlx::query(
-            "INSERT INTO journal (job_id, seq, fingerprint, response, usage) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO journal (job_id, seq, fingerprint, response, usage) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)
              ON CONFLICT (job_id, seq) DO UPDATE
                 SET fingerprint = EXCLUDED.fingerprint, response = EXCLUDED.response,
                     usage = EXCLUDED.usage, created_at = now()",
@@ -1572,8 +1572,8 @@ impl JobStore for PgStore {
         .bind(entry.job_id)
         .bind(entry.seq.min(i32::MAX as u32) as i32)
         .bind(&entry.fingerprint)
-        .bind(Json(&entry.response))
-        .bind(Json(&entry.usage))
+        .bind(util::to_pg_json(&entry.response))
+        .bind(util::to_pg_json(&entry.usage))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1612,11 +1612,12 @@ impl JobStore for PgStore {
         qb.push_values(records, |mut b, r| {
             b.push_bind(r.job_id)
                 .push_bind(r.attempt.min(i32::MAX as u32) as i32)
-                .push_bind(r.plugin.clone())
-                .push_bind(r.tenant.clone())
-                .push_bind(Json(r.tags.clone()))
-                .push_bind(r.provider.clone())
-                .push_bind(r.model.clone())
+                .push_bind(util::pg_text(&r.plugin).into_owned())
+                .push_bind(util::pg_text(&r.tenant).into_owned())
+                .push_bind(util::to_pg_json(&r.tags))
+                .push_unseparated("::jsonb")
+                .push_bind(util::pg_text(&r.provider).into_owned())
+                .push_bind(util::pg_text(&r.model).into_owned())
                 .push_bind(r.input_tokens.min(i64::MAX as u64) as i64)
                 .push_bind(r.output_tokens.min(i64::MAX as u64) as i64)
                 .push_bind(r.cached_input_tokens.min(i64::MAX as u64) as i64)
@@ -1624,7 +1625,7 @@ impl JobStore for PgStore {
                 .push_bind(r.latency_ms.min(i32::MAX as u32) as i32)
                 .push_bind(r.ttft_ms.map(|t| t.min(i32::MAX as u32) as i32))
                 .push_bind(source_str(r.source))
-                .push_bind(r.outcome.clone())
+                .push_bind(util::pg_text(&r.outcome).into_owned())
                 .push_bind(r.created_at);
         });
         qb.build().execute(&self.pool).await?;
@@ -1683,11 +1684,11 @@ impl JobStore for PgStore {
         loop {
             let res = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO job_events (job_id, seq, event)
-                 SELECT $1, coalesce(max(seq), 0) + 1, $2 FROM job_events WHERE job_id = $1
+                 SELECT $1, coalesce(max(seq), 0) + 1, $2::jsonb FROM job_events WHERE job_id = $1
                  RETURNING seq",
             )
             .bind(job)
-            .bind(Json(event))
+            .bind(util::to_pg_json(event))
             .fetch_one(&self.pool)
             .await;
             match res {
@@ -1696,6 +1697,44 @@ impl JobStore for PgStore {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    async fn append_events(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let jobs: Vec<Uuid> = events.iter().map(|(j, _)| *j).collect();
+        let bodies: Vec<String> = events.iter().map(|(_, e)| util::to_pg_json(e)).collect();
+        let mut tries = 0;
+        let rows: Vec<(Uuid, i64)> = loop {
+            // One statement for the whole batch: each job's events numbered after its last
+            // stored one, in input order.
+            let res = sqlx::query_as(
+                "WITH input AS (
+                    SELECT u.job_id, u.event::jsonb AS event, u.ord
+                    FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(job_id, event, ord)
+                 ),
+                 numbered AS (
+                    SELECT i.job_id, i.event, i.ord,
+                           coalesce((SELECT max(x.seq) FROM job_events x WHERE x.job_id = i.job_id), 0)
+                             + row_number() OVER (PARTITION BY i.job_id ORDER BY i.ord) AS seq
+                    FROM input i
+                 )
+                 INSERT INTO job_events (job_id, seq, event)
+                 SELECT job_id, seq, event FROM numbered ORDER BY ord
+                 RETURNING job_id, seq",
+            )
+            .bind(&jobs)
+            .bind(&bodies)
+            .fetch_all(&self.pool)
+            .await;
+            match res {
+                Ok(rows) => break rows,
+                Err(e) if is_unique_violation(&e) && tries < 20 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(util::seqs_in_input_order(&jobs, rows))
     }
 
     async fn events_after(&self, job: Uuid, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -1615,6 +1615,28 @@ impl JobStore for SqliteStore {
         Ok(seq.max(0) as u64)
     }
 
+    async fn append_events(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
+        // One transaction on the writer: one fsync for the batch, not one per event.
+        let mut tx = self.writer.begin().await?;
+        let now = now_ms();
+        let mut seqs = Vec::with_capacity(events.len());
+        for (job, event) in events {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO job_events (job_id, seq, event, created_at)
+                 SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3 FROM job_events WHERE job_id = ?1
+                 RETURNING seq",
+            )
+            .bind(job.to_string())
+            .bind(util::to_json(event))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            seqs.push(seq.max(0) as u64);
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
     async fn events_after(&self, job: Uuid, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT job_id, seq, event, created_at FROM job_events

@@ -173,6 +173,16 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
     /// Persist an event; returns its per-job sequence number (from 1).
     async fn append_event(&self, job: Uuid, event: &JobEvent) -> Result<u64>;
 
+    /// Persist many events (of any jobs) at once; returns each one's per-job sequence
+    /// number, in input order. A job's events are numbered in input order.
+    async fn append_events(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
+        let mut seqs = Vec::with_capacity(events.len());
+        for (job, event) in events {
+            seqs.push(self.append_event(*job, event).await?);
+        }
+        Ok(seqs)
+    }
+
     /// A job's events with `seq > after`, in order, at most `limit`.
     async fn events_after(&self, job: Uuid, after: u64, limit: u32) -> Result<Vec<StoredEvent>>;
 

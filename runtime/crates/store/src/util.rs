@@ -55,6 +55,12 @@ pub(crate) fn prepare(job: NewJob, max_input: usize) -> Result<Prepared> {
     // serde_json's map is a BTreeMap (no `preserve_order`), so this is canonical.
     let input =
         serde_json::to_string(&job.input).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    // Neither backend may hold what the other cannot: Postgres' jsonb refuses NUL.
+    if input.contains("\\u0000") && has_nul(&job.input) {
+        return Err(StoreError::Invalid(
+            "input contains a NUL character (\\u0000) in a string, which cannot be stored".into(),
+        ));
+    }
     if input.len() > max_input {
         return Err(StoreError::InputTooLarge {
             size: input.len(),
@@ -110,6 +116,83 @@ pub(crate) fn parse_attempt_log(raw: &str) -> Result<Vec<AttemptRecord>> {
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Serializing our own plain types cannot fail.
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// JSON text Postgres `jsonb` accepts. `jsonb` (and `text`) cannot hold the NUL character, so
+/// a `\u0000` in any string or key, which a handler or a provider can put in an error message
+/// or an event, would fail the statement; written into a batch, it would fail every other
+/// job's row too. NUL becomes U+FFFD (the replacement character) instead. The common case
+/// pays one substring search.
+pub(crate) fn to_pg_json<T: serde::Serialize>(v: &T) -> String {
+    let text = to_json(v);
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    match serde_json::to_value(v) {
+        Ok(mut value) => {
+            replace_nul(&mut value);
+            to_json(&value)
+        }
+        Err(_) => text,
+    }
+}
+
+/// Text Postgres accepts in a `text` column (see [`to_pg_json`]).
+pub(crate) fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Whether any string or key in `v` holds a NUL character, which no backend stores (Postgres'
+/// `jsonb` refuses it; SQLite is held to the same rule so a job behaves the same on both).
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+fn replace_nul(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if s.contains('\0') {
+                *s = s.replace('\0', "\u{FFFD}");
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                let entries = std::mem::take(map);
+                for (k, mut v) in entries {
+                    replace_nul(&mut v);
+                    map.insert(k.replace('\0', "\u{FFFD}"), v);
+                }
+            } else {
+                map.values_mut().for_each(replace_nul);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sequence numbers returned by a batched insert (in no particular order) matched back to the
+/// input: within a job they were assigned in input order.
+pub(crate) fn seqs_in_input_order(jobs: &[uuid::Uuid], rows: Vec<(uuid::Uuid, i64)>) -> Vec<u64> {
+    let mut by_job: HashMap<uuid::Uuid, VecDeque<u64>> = HashMap::new();
+    for (job, seq) in rows {
+        by_job.entry(job).or_default().push_back(seq.max(0) as u64);
+    }
+    for seqs in by_job.values_mut() {
+        seqs.make_contiguous().sort_unstable();
+    }
+    jobs.iter()
+        .map(|j| by_job.get_mut(j).and_then(VecDeque::pop_front).unwrap_or(0))
+        .collect()
 }
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {

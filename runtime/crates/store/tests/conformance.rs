@@ -214,6 +214,8 @@ conformance!(
     state_backend_semantics,
     usage_aggregates,
     events_resume_after_seq,
+    events_batch_in_one_call,
+    nul_characters_are_contained,
     api_keys,
     list_jobs_filters_and_pages,
     purge_respects_retention,
@@ -1508,6 +1510,131 @@ mod cases {
             ..q(UsageGroupBy::Provider)
         };
         assert_eq!(s.usage_summary(&all).await.unwrap()[0].calls, 7);
+    }
+
+    pub async fn events_batch_in_one_call(ctx: Ctx) {
+        let s = &ctx.store;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let ev = |m: &str| JobEvent::Progress {
+            message: m.into(),
+            fraction: None,
+        };
+        s.append_event(a, &ev("a1")).await.unwrap();
+        s.append_event(a, &ev("a2")).await.unwrap();
+        // Two jobs interleaved: each numbered after its own last event, in input order.
+        let seqs = s
+            .append_events(&[(a, ev("a3")), (b, ev("b1")), (a, ev("a4")), (b, ev("b2"))])
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![3, 1, 4, 2]);
+        let stored = s.events_after(a, 0, 10).await.unwrap();
+        let messages: Vec<_> = stored
+            .iter()
+            .map(|e| match &e.event {
+                JobEvent::Progress { message, .. } => message.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(messages, ["a1", "a2", "a3", "a4"]);
+        assert_eq!(s.events_after(b, 0, 10).await.unwrap().len(), 2);
+        assert!(s.append_events(&[]).await.unwrap().is_empty());
+    }
+
+    /// Postgres refuses NUL in `jsonb` and `text`: what a handler or a provider controls must
+    /// not fail a statement that other jobs' rows share, and both backends behave alike.
+    pub async fn nul_characters_are_contained(ctx: Ctx) {
+        let s = &ctx.store;
+        ctx.plugin(T, P, PluginSettings::default()).await;
+        // Input: refused at submit on both backends, with a clear reason.
+        let err = s
+            .enqueue(NewJob::new(T, P, json!({"text": "a\u{0}b"})))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+        // A key with NUL is refused too.
+        assert!(
+            s.enqueue(NewJob::new(T, P, json!({"a\u{0}": 1})))
+                .await
+                .is_err()
+        );
+
+        // A handler's error message with NUL: the job still becomes dead, readable.
+        s.enqueue(NewJob::new(T, P, json!({"n": 1}))).await.unwrap();
+        let c = s.claim(&req(1)).await.unwrap().remove(0);
+        let finalized = s
+            .fail(c.lease, &Failure::new(JobError::permanent("bad\u{0}input")))
+            .await
+            .unwrap();
+        assert_eq!(finalized, Finalized::Dead);
+        let rec = s.get_job(c.id).await.unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Dead);
+        assert!(rec.error.unwrap().message().starts_with("bad"));
+
+        // One row with NUL in a batch of completions does not fail the others.
+        for n in 0..3 {
+            s.enqueue(NewJob::new(T, P, json!({ "i": n })))
+                .await
+                .unwrap();
+        }
+        let held = s.claim(&req(3)).await.unwrap();
+        assert_eq!(held.len(), 3);
+        let items: Vec<Completion> = held
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Completion {
+                lease: c.lease,
+                output: if i == 1 {
+                    json!({"text": "x\u{0}y"})
+                } else {
+                    json!({ "ok": i })
+                },
+            })
+            .collect();
+        let outcomes = s.complete_many(&items).await.unwrap();
+        assert_eq!(outcomes, vec![Finalized::Completed; 3]);
+        let clean = s.get_job(held[0].id).await.unwrap().unwrap();
+        assert_eq!(clean.output, Some(json!({"ok": 0})));
+
+        // Events and usage rows with NUL are stored (Postgres: as U+FFFD), never dropped.
+        let job = Uuid::now_v7();
+        let ev = JobEvent::Progress {
+            message: "nul\u{0}here".into(),
+            fraction: None,
+        };
+        assert_eq!(s.append_event(job, &ev).await.unwrap(), 1);
+        assert_eq!(s.append_events(&[(job, ev)]).await.unwrap(), vec![2]);
+        let usage = UsageRecord {
+            job_id: Some(job),
+            attempt: 1,
+            plugin: P.into(),
+            tenant: T.into(),
+            tags: [("user".to_string(), "u\u{0}1".to_string())]
+                .into_iter()
+                .collect(),
+            provider: "sim".into(),
+            model: "model\u{0}name".into(),
+            input_tokens: 1,
+            output_tokens: 1,
+            cached_input_tokens: 0,
+            cost_micros: 1,
+            latency_ms: 1,
+            ttft_ms: None,
+            source: ResponseSource::Provider,
+            outcome: "ok".into(),
+            created_at: chrono::Utc::now(),
+        };
+        s.record_usage(&[usage]).await.unwrap();
+        let summary = s
+            .usage_summary(&UsageQuery {
+                tenant: Some(T.into()),
+                from: chrono::Utc::now() - chrono::Duration::hours(1),
+                to: chrono::Utc::now() + chrono::Duration::hours(1),
+                group_by: UsageGroupBy::Model,
+            })
+            .await
+            .unwrap();
+        assert_eq!(summary.len(), 1);
+        assert!(summary[0].key.as_deref().unwrap().starts_with("model"));
     }
 
     pub async fn events_resume_after_seq(ctx: Ctx) {

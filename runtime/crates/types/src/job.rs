@@ -94,17 +94,28 @@ pub struct CallContext {
     /// The model names and aliases the plugin may call (`None`: any configured model). Set
     /// from the plugin's `allowed_models` setting.
     pub allowed_models: Option<Arc<[String]>>,
+    /// Whether model calls consult the job's journal before calling a provider: true on a
+    /// retry, and on the first attempt of a redriven job (its journal is kept unless the
+    /// redrive asked for a fresh run), so work already paid for is not paid again.
+    pub replay_journal: bool,
 }
 
 impl CallContext {
     /// A context for `job` running component `digest`.
     pub fn new(job: JobInfo, digest: impl Into<String>) -> Self {
         CallContext {
+            replay_journal: job.attempt > 1,
             job: Arc::new(job),
             digest: digest.into(),
             cancelled: Arc::default(),
             allowed_models: None,
         }
+    }
+
+    /// Consult the journal on this attempt (see [`CallContext::replay_journal`]).
+    pub fn with_journal_replay(mut self, replay: bool) -> Self {
+        self.replay_journal = replay;
+        self
     }
 
     /// Restrict the models this job may call to `models` (names or aliases as requested).
