@@ -452,3 +452,66 @@ async fn one_tenant_cannot_hold_every_slot() {
     }
     worker.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_job_replays_its_journal_unless_asked_fresh() {
+    use sluice_store::{DeadFilter, RedriveOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let once = PluginSettings {
+        max_attempts: Some(1),
+        ..PluginSettings::default()
+    };
+    deploy(&node, "state-effects", "state-effects", once).await;
+    let worker = sluice::worker::spawn(node.clone());
+
+    // Makes one model call, then fails on attempt 1: dead, with the call in its journal.
+    let input = serde_json::json!({ "fail_attempts": 1, "chat_model": "fast", "prefix": "r/" });
+    let id = node
+        .store
+        .enqueue(NewJob::new("acme", "state-effects", input))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(wait_terminal(&node, id).await.status, JobStatus::Dead);
+    let outcomes = |events: Vec<sluice_store::StoredEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .filter_map(|e| match e.event {
+                sluice_types::JobEvent::ModelCall { outcome, .. } => Some(outcome),
+                _ => None,
+            })
+            .collect()
+    };
+    let filter = DeadFilter {
+        ids: Some(vec![id]),
+        ..DeadFilter::default()
+    };
+    let mut seen = node.store.events_after(id, 0, 1000).await.unwrap();
+    assert_eq!(outcomes(seen.clone()), ["provider"]);
+
+    // Redriven: attempt 1 again, and the call is answered from the journal (no new cost).
+    node.store
+        .redrive(&filter, &RedriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(wait_terminal(&node, id).await.status, JobStatus::Dead);
+    let after = seen.last().map_or(0, |e| e.seq);
+    seen = node.store.events_after(id, after, 1000).await.unwrap();
+    assert_eq!(outcomes(seen.clone()), ["journal"]);
+
+    // Redriven fresh: the journal is forgotten, so the call goes to the gateway again (where
+    // the response cache may answer it: the cache is not the journal).
+    let fresh = RedriveOptions {
+        clear_journal: true,
+        ..RedriveOptions::default()
+    };
+    node.store.redrive(&filter, &fresh).await.unwrap();
+    assert_eq!(wait_terminal(&node, id).await.status, JobStatus::Dead);
+    let after = seen.last().map_or(after, |e| e.seq);
+    seen = node.store.events_after(id, after, 1000).await.unwrap();
+    let fresh_outcomes = outcomes(seen);
+    assert_eq!(fresh_outcomes.len(), 1);
+    assert_ne!(fresh_outcomes[0], "journal");
+    worker.shutdown(Duration::from_secs(5)).await;
+}

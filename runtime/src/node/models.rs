@@ -102,7 +102,8 @@ impl GatewayModels {
         seq: u32,
         fingerprint: &str,
     ) -> Option<serde_json::Value> {
-        if ctx.job.attempt <= 1 {
+        // A fresh job has no journal: spare the lookup. A retry or a redriven job may.
+        if !ctx.replay_journal {
             return None;
         }
         match self.store.journal_get(ctx.job.id, seq).await {

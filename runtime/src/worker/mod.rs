@@ -222,7 +222,7 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     let ctx = CallContext::new(job.job_info(), job.digest.clone())
         .with_allowed_models(allowed_models)
         // A redriven job keeps its journal (unless redriven fresh): replay it from attempt 1.
-        .with_journal_replay(job.attempt > 1 || job.run > 1);
+        .with_journal_replay(job.attempt > 1 || job.run > 0);
     let lost = Arc::new(AtomicBool::new(false));
     // Removes the lease from the heartbeat's map however this task ends (a panic included),
     // so a job is never renewed forever by a task that is gone.
