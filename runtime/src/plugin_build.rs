@@ -101,7 +101,9 @@ pub fn ensure_wasm_target(dir: &Path) -> Result<(), BuildError> {
     {
         return Ok(());
     }
-    eprintln!("sluice: the Rust target {WASM_TARGET} is missing; adding it with `rustup target add {WASM_TARGET}`");
+    eprintln!(
+        "sluice: the Rust target {WASM_TARGET} is missing; adding it with `rustup target add {WASM_TARGET}`"
+    );
     let added = Command::new("rustup")
         .args(["target", "add", WASM_TARGET])
         .current_dir(dir)

@@ -30,6 +30,11 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// Postgres: at most one `NOTIFY` per this interval per process. Default 10 ms.
     pub notify_debounce: Duration,
+    /// Most jobs one tenant may have waiting or running at once (`None`: no limit), so one
+    /// tenant cannot fill the database. Checked at enqueue against a count at most
+    /// [`crate::QUOTA_COUNT_TTL`] old, plus what this process enqueued since. Default
+    /// 1,000,000.
+    pub max_waiting_jobs_per_tenant: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -45,6 +50,7 @@ impl Default for StoreConfig {
             backoff: BackoffPolicy::default(),
             max_connections: 16,
             notify_debounce: Duration::from_millis(10),
+            max_waiting_jobs_per_tenant: Some(1_000_000),
         }
     }
 }

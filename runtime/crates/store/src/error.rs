@@ -32,6 +32,20 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
+    /// A tenant already has as many jobs waiting as it may
+    /// ([`crate::StoreConfig::max_waiting_jobs_per_tenant`]).
+    #[error(
+        "tenant `{tenant}` has {waiting} jobs waiting or running; the limit is {limit}: \
+         let some finish before submitting more"
+    )]
+    QuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// Jobs it has waiting or running (at most a second old).
+        waiting: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The request cannot be carried out as asked (bad URL, bad argument, …).
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -44,7 +44,7 @@ pub use model::*;
 pub use pg::{NOTIFY_CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
 pub use store::{Backend, JobStore, WorkSignal};
-pub use util::{MAX_KEY_BYTES, component_digest, has_nul};
+pub use util::{MAX_KEY_BYTES, QUOTA_COUNT_TTL, component_digest, has_nul};
 
 /// Open the store at `url` and apply migrations: `postgres://…` / `postgresql://…` for
 /// Postgres, `sqlite://path`, `sqlite:path` or `sqlite::memory:` for SQLite.

@@ -233,6 +233,7 @@ pub struct PgStore {
     signal: Signal,
     notify: Arc<Notify>,
     rr_cursor: Mutex<String>,
+    quota: util::WaitingQuota,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: std::sync::Once,
 }
@@ -298,6 +299,7 @@ impl PgStore {
             signal: Signal::new(),
             notify,
             rr_cursor: Mutex::new(String::new()),
+            quota: util::WaitingQuota::default(),
             tasks: Mutex::new(vec![notifier]),
             listening: std::sync::Once::new(),
         })
@@ -384,6 +386,27 @@ impl PgStore {
             Some(r) => not_found_plugin(r.try_get("tenant")?, r.try_get("plugin")?),
             None => StoreError::Invalid("enqueue failed: a plugin changed concurrently".into()),
         })
+    }
+
+    /// Enqueue within each tenant's waiting-jobs quota.
+    async fn enqueue_admitted(&self, prepared: Vec<Prepared>) -> Result<Vec<Enqueued>> {
+        let by_tenant = self
+            .quota
+            .admit(
+                self.config.max_waiting_jobs_per_tenant,
+                &prepared,
+                |tenant| async move {
+                    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant = $1")
+                        .bind(tenant)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(n.max(0) as u64)
+                },
+            )
+            .await?;
+        let out = self.enqueue_prepared(prepared).await?;
+        self.quota.added(by_tenant);
+        Ok(out)
     }
 
     async fn enqueue_prepared(&self, prepared: Vec<Prepared>) -> Result<Vec<Enqueued>> {
@@ -1089,7 +1112,7 @@ impl JobStore for PgStore {
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let prepared = util::prepare(job, self.config.max_input_bytes)?;
-        let mut out = self.enqueue_prepared(vec![prepared]).await?;
+        let mut out = self.enqueue_admitted(vec![prepared]).await?;
         out.pop()
             .ok_or_else(|| StoreError::Invalid("enqueue returned nothing".into()))
     }
@@ -1099,7 +1122,7 @@ impl JobStore for PgStore {
             .into_iter()
             .map(|j| util::prepare(j, self.config.max_input_bytes))
             .collect::<Result<Vec<_>>>()?;
-        self.enqueue_prepared(prepared).await
+        self.enqueue_admitted(prepared).await
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedJob>> {

@@ -113,6 +113,7 @@ pub struct SqliteStore {
     config: StoreConfig,
     signal: Signal,
     rr_cursor: Mutex<String>,
+    quota: util::WaitingQuota,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -185,6 +186,7 @@ impl SqliteStore {
             config,
             signal: Signal::new(),
             rr_cursor: Mutex::new(String::new()),
+            quota: util::WaitingQuota::default(),
         })
     }
 
@@ -221,6 +223,27 @@ impl SqliteStore {
                 )))
             }
         }
+    }
+
+    /// Enqueue within each tenant's waiting-jobs quota.
+    async fn enqueue_admitted(&self, prepared: Vec<Prepared>) -> Result<Vec<Enqueued>> {
+        let by_tenant = self
+            .quota
+            .admit(
+                self.config.max_waiting_jobs_per_tenant,
+                &prepared,
+                |tenant| async move {
+                    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant = ?1")
+                        .bind(tenant)
+                        .fetch_one(&self.reader)
+                        .await?;
+                    Ok(n.max(0) as u64)
+                },
+            )
+            .await?;
+        let out = self.enqueue_prepared(prepared).await?;
+        self.quota.added(by_tenant);
+        Ok(out)
     }
 
     async fn enqueue_prepared(&self, prepared: Vec<Prepared>) -> Result<Vec<Enqueued>> {
@@ -961,7 +984,7 @@ impl JobStore for SqliteStore {
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let prepared = util::prepare(job, self.config.max_input_bytes)?;
-        let mut out = self.enqueue_prepared(vec![prepared]).await?;
+        let mut out = self.enqueue_admitted(vec![prepared]).await?;
         out.pop()
             .ok_or_else(|| StoreError::Invalid("enqueue returned nothing".into()))
     }
@@ -971,7 +994,7 @@ impl JobStore for SqliteStore {
             .into_iter()
             .map(|j| util::prepare(j, self.config.max_input_bytes))
             .collect::<Result<Vec<_>>>()?;
-        self.enqueue_prepared(prepared).await
+        self.enqueue_admitted(prepared).await
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedJob>> {

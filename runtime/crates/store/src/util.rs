@@ -24,6 +24,79 @@ pub(crate) fn body_hash(plugin: &str, input_json: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// How old a tenant's waiting-job count may be when an enqueue is checked against its quota.
+pub const QUOTA_COUNT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Each tenant's waiting-job count, as last read plus what this process enqueued since, so
+/// that the quota check costs one `count(*)` per tenant per [`QUOTA_COUNT_TTL`], not one per
+/// enqueue. Other processes' enqueues show up at the next read: the limit can be overshot by
+/// what the cluster accepts in that second, never without bound.
+#[derive(Debug, Default)]
+pub(crate) struct WaitingQuota {
+    counts: std::sync::Mutex<HashMap<String, (u64, std::time::Instant)>>,
+}
+
+impl WaitingQuota {
+    /// Refuse `prepared` if it would take a tenant past `limit`; `count` reads a tenant's
+    /// waiting jobs from the database when the cached count is stale. Returns the jobs per
+    /// tenant, for [`WaitingQuota::added`] once they are in.
+    pub(crate) async fn admit<F, Fut>(
+        &self,
+        limit: Option<u64>,
+        prepared: &[Prepared],
+        count: F,
+    ) -> Result<HashMap<String, u64>>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        let mut by: HashMap<String, u64> = HashMap::new();
+        let Some(limit) = limit else { return Ok(by) };
+        for p in prepared {
+            *by.entry(p.job.tenant.clone()).or_default() += 1;
+        }
+        for (tenant, n) in &by {
+            let cached = self
+                .lock()
+                .get(tenant)
+                .filter(|(_, at)| at.elapsed() < QUOTA_COUNT_TTL)
+                .map(|(c, _)| *c);
+            let waiting = match cached {
+                Some(c) => c,
+                None => {
+                    let c = count(tenant.clone()).await?;
+                    self.lock()
+                        .insert(tenant.clone(), (c, std::time::Instant::now()));
+                    c
+                }
+            };
+            if waiting.saturating_add(*n) > limit {
+                return Err(StoreError::QuotaExceeded {
+                    tenant: tenant.clone(),
+                    waiting,
+                    limit,
+                });
+            }
+        }
+        Ok(by)
+    }
+
+    /// Count what was just enqueued until the next read.
+    pub(crate) fn added(&self, by_tenant: HashMap<String, u64>) {
+        let mut counts = self.lock();
+        for (tenant, n) in by_tenant {
+            if let Some((c, _)) = counts.get_mut(&tenant) {
+                *c = c.saturating_add(n);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, std::time::Instant)>> {
+        // Plain counts: a panic elsewhere cannot leave them inconsistent.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A validated job about to be inserted: serialized once, checked once.
 pub(crate) struct Prepared {
     pub id: uuid::Uuid,

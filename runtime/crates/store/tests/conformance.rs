@@ -216,6 +216,7 @@ conformance!(
     events_resume_after_seq,
     events_batch_in_one_call,
     nul_characters_are_contained,
+    waiting_jobs_quota_per_tenant,
     api_keys,
     list_jobs_filters_and_pages,
     purge_respects_retention,
@@ -1635,6 +1636,54 @@ mod cases {
             .unwrap();
         assert_eq!(summary.len(), 1);
         assert!(summary[0].key.as_deref().unwrap().starts_with("model"));
+    }
+
+    pub async fn waiting_jobs_quota_per_tenant(ctx: Ctx) {
+        ctx.plugin(T, P, PluginSettings::default()).await;
+        ctx.plugin("other", P, PluginSettings::default()).await;
+        let cfg = StoreConfig {
+            max_waiting_jobs_per_tenant: Some(3),
+            ..StoreConfig::default()
+        };
+        let s = ctx.reopen(cfg).await;
+        for i in 0..3 {
+            s.enqueue(NewJob::new(T, P, json!({ "i": i })))
+                .await
+                .unwrap();
+        }
+        let err = s
+            .enqueue(NewJob::new(T, P, json!({ "i": 3 })))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::QuotaExceeded {
+                    waiting: 3,
+                    limit: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A batch that would cross the limit is refused whole.
+        assert!(
+            s.enqueue_batch(vec![NewJob::new(T, P, json!({ "b": 1 }))])
+                .await
+                .is_err()
+        );
+        // Another tenant is not affected.
+        s.enqueue(NewJob::new("other", P, json!({}))).await.unwrap();
+        // Finished jobs free the quota (once the cached count is re-read).
+        // (One claim of two takes one job of each tenant.)
+        for c in s.claim(&req(2)).await.unwrap() {
+            s.complete(c.lease, &json!({})).await.unwrap();
+        }
+        tokio::time::sleep(sluice_store::QUOTA_COUNT_TTL).await;
+        s.enqueue(NewJob::new(T, P, json!({ "i": 4 })))
+            .await
+            .unwrap();
+        assert_eq!(s.queue_stats().await.unwrap().queued, 3);
     }
 
     pub async fn events_resume_after_seq(ctx: Ctx) {
