@@ -226,9 +226,17 @@ impl ClaimRequest {
         }
     }
 
-    /// Whether any cap applies (Postgres serializes capped claims across nodes).
+    /// Whether any cap applies.
     pub fn has_caps(&self) -> bool {
-        !self.plugin_caps.is_empty() || self.tenant_cap.is_some() || !self.tenant_caps.is_empty()
+        self.has_exact_caps() || self.tenant_cap.is_some()
+    }
+
+    /// Whether a cap applies that must hold exactly across nodes (a plugin's `concurrency`,
+    /// a tenant override): Postgres serializes such claims. The default per-tenant cap is a
+    /// fair-share bound, not a promise: nodes claiming at the same instant may overshoot it by
+    /// one claim's worth, and claims carrying only it take no lock.
+    pub fn has_exact_caps(&self) -> bool {
+        !self.plugin_caps.is_empty() || !self.tenant_caps.is_empty()
     }
 }
 

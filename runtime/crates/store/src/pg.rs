@@ -626,7 +626,7 @@ impl PgStore {
             .bind(req.tenant_cap.map(i64::from))
             .bind(req.worker_id.as_str())
             .bind(Self::ms(req.lease));
-        let rows = if req.has_caps() {
+        let rows = if req.has_exact_caps() {
             // Serialize capped claims across nodes so two cannot both take the last slot.
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(7242031077)")
