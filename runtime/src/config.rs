@@ -200,6 +200,7 @@ impl EngineSection {
             default_limits: sluice_engine::JobLimits {
                 memory_bytes: self.default_memory_mb << 20,
                 timeout: Duration::from_secs(self.default_timeout_secs),
+                ..sluice_engine::JobLimits::default()
             },
             cache_dir: data_dir.map(|d| d.join("artifacts")),
             ..sluice_engine::EngineConfig::default()

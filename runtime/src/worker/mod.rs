@@ -263,5 +263,6 @@ fn limits_for(node: &Node, job: &ClaimedJob, settings: Option<&PluginSettings>) 
     JobLimits {
         memory_bytes: memory,
         timeout: Duration::from_millis(job.timeout_ms),
+        ..defaults
     }
 }

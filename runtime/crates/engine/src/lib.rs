@@ -34,7 +34,7 @@ mod config;
 mod engine;
 mod error;
 mod host;
-mod limits;
+pub mod limits;
 pub mod memory;
 mod run;
 

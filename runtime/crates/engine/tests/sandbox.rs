@@ -49,6 +49,7 @@ fn limits(timeout_ms: u64) -> JobLimits {
     JobLimits {
         memory_bytes: 32 << 20,
         timeout: Duration::from_millis(timeout_ms),
+        ..JobLimits::default()
     }
 }
 
@@ -159,6 +160,7 @@ async fn a_memory_bomb_hits_the_cap() {
     let limits = JobLimits {
         memory_bytes: 16 << 20,
         timeout: Duration::from_secs(20),
+        ..JobLimits::default()
     };
     let err = run(&engine(), "memory-bomb", "{}", limits, memory::services())
         .await
@@ -223,6 +225,7 @@ async fn the_engine_keeps_serving_after_every_kind_of_failure() {
     let small = JobLimits {
         memory_bytes: 8 << 20,
         timeout: Duration::from_secs(20),
+        ..JobLimits::default()
     };
     assert!(
         run(&e, "memory-bomb", "{}", small, services.clone())
