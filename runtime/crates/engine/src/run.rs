@@ -201,17 +201,17 @@ fn finish(
                 Err(e) => Err(RunError::BadOutput(e.to_string())),
             }
         }
-        Err(RawJobError::Retryable(r)) => Err(RunError::Handler(
-            sluice_types::JobError::Retryable {
+        Err(RawJobError::Retryable(r)) => {
+            Err(RunError::Handler(sluice_types::JobError::Retryable {
                 message: cut(&text(&r.message)?),
                 retry_after_ms: r.retry_after_ms,
-            },
-        )),
-        Err(RawJobError::Permanent(m)) => Err(RunError::Handler(
-            sluice_types::JobError::Permanent {
+            }))
+        }
+        Err(RawJobError::Permanent(m)) => {
+            Err(RunError::Handler(sluice_types::JobError::Permanent {
                 message: cut(&text(&m)?),
-            },
-        )),
+            }))
+        }
     }
 }
 

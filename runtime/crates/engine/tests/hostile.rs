@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_engine::{Engine, EngineConfig, JobLimits, RunError, memory};
-use sluice_types::{CallContext, HostServices, JobEvent, JobInfo, UsageBackend};
+use sluice_types::{CallContext, HostServices, JobEvent, JobInfo};
 
 /// The most the process's resident set may grow while one hostile job and 100 noop jobs
 /// run. It includes the hostile guest's own linear memory (up to its 64 MiB cap) and the
@@ -142,7 +142,8 @@ async fn hostile(
     .unwrap();
 
     let watch = RssWatch::start();
-    let hostile_ctx = ctx(name, "attacker", limits.timeout);
+    // The job's own deadline is later than its limit, so the limit is what stops it.
+    let hostile_ctx = ctx(name, "attacker", limits.timeout + Duration::from_secs(10));
     let job = hostile_ctx.job.id;
     if let Some(after) = cancel_after {
         let flag = hostile_ctx.cancelled.clone();
@@ -229,7 +230,9 @@ async fn an_event_flood_keeps_a_capped_prefix_and_reports_the_rest() {
     let kept_bytes: usize = kept
         .iter()
         .map(|e| match e {
-            JobEvent::Log { message, fields, .. } => {
+            JobEvent::Log {
+                message, fields, ..
+            } => {
                 assert!(fields.is_empty());
                 message.len()
             }
@@ -399,12 +402,18 @@ async fn the_same_raw_call_under_the_cap_goes_through_and_is_cut() {
         .unwrap();
     assert_eq!(json(&out)["entries"], 3);
     match events.of(job).as_slice() {
-        [JobEvent::Log {
-            message, fields, ..
-        }] => {
+        [
+            JobEvent::Log {
+                message, fields, ..
+            },
+        ] => {
             assert_eq!(message, "amplified");
             assert_eq!(fields.len(), 3);
-            assert!(fields.iter().all(|(k, v)| k == "k" && v.len() <= 8 * 1024 + 3));
+            assert!(
+                fields
+                    .iter()
+                    .all(|(k, v)| k == "k" && v.len() <= 8 * 1024 + 3)
+            );
         }
         other => panic!("expected one log event, got {other:?}"),
     }

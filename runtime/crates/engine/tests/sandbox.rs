@@ -358,3 +358,22 @@ async fn effects_run_once_across_attempts() {
     // State written by attempt 1 is visible to attempt 2.
     assert_eq!(second["before"]["attempt"], 1, "{second}");
 }
+
+#[tokio::test]
+async fn a_handler_error_value_keeps_its_kind_and_delay() {
+    let err = run(
+        &engine(),
+        "state-effects",
+        r#"{"fail_attempts":1,"prefix":"handler-error/"}"#,
+        limits(10_000),
+        memory::services(),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        RunError::Handler(sluice_types::JobError::Retryable { retry_after_ms, .. }) => {
+            assert_eq!(*retry_after_ms, Some(10), "{err:?}")
+        }
+        other => panic!("expected a retryable handler error, got {other:?}"),
+    }
+}

@@ -199,7 +199,9 @@ mod tests {
         assert!(matches!(&seen[2], JobEvent::Log { message, .. } if message == "line 2"));
         match &seen[3] {
             JobEvent::EventsTruncated {
-                dropped, max_events, ..
+                dropped,
+                max_events,
+                ..
             } => {
                 assert_eq!(*dropped, 8);
                 assert_eq!(*max_events, 3);
