@@ -83,10 +83,9 @@ impl Engine {
         let job = convert::job_info(&ctx.job);
         let cancelled = ctx.cancelled.clone();
 
-        let mut store = Store::new(
-            &self.inner.wasmtime,
-            HostState::new(ctx, services, limits, memory),
-        );
+        let host = HostState::new(ctx, services, limits, memory);
+        let committing = host.committing.clone();
+        let mut store = Store::new(&self.inner.wasmtime, host);
         store.limiter(|s| &mut s.limiter);
         set_transfer_limits(&mut store, limits.max_hostcall_bytes, memory);
         store.set_epoch_deadline(1);
@@ -131,7 +130,8 @@ impl Engine {
             },
             // A guest blocked in a host or WASI call (a provider, `thread::sleep`) never
             // reaches an epoch check: drop the call instead.
-            () = until_set(&cancelled) => Err(RunError::Cancelled),
+            // An effect being committed is let finish (its commit is one store write).
+            () = until_cancellable(&cancelled, &committing) => Err(RunError::Cancelled),
         };
         store.data_mut().finish_events();
         outcome
@@ -164,13 +164,14 @@ fn set_transfer_limits(store: &mut Store<HostState>, hostcall_bytes: usize, memo
     });
 }
 
-/// Resolve once `flag` is set, checking every [`CANCEL_POLL`].
-async fn until_set(flag: &Arc<AtomicBool>) {
+/// Resolve once `cancelled` is set and no effect is being committed, checking every
+/// [`CANCEL_POLL`].
+async fn until_cancellable(cancelled: &Arc<AtomicBool>, committing: &Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(CANCEL_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if flag.load(Ordering::Relaxed) {
+        if cancelled.load(Ordering::Relaxed) && !committing.load(Ordering::Relaxed) {
             return;
         }
     }

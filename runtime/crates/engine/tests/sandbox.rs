@@ -377,3 +377,62 @@ async fn a_handler_error_value_keeps_its_kind_and_delay() {
         other => panic!("expected a retryable handler error, got {other:?}"),
     }
 }
+
+/// An effect journal whose commits are slow, and which cancels the job as a commit starts.
+struct SlowCommits {
+    inner: memory::MemoryEffects,
+    cancel: std::sync::Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+#[async_trait::async_trait]
+impl sluice_types::EffectsBackend for SlowCommits {
+    async fn lookup(
+        &self,
+        job: uuid::Uuid,
+        key: &str,
+    ) -> Result<Option<String>, sluice_types::EffectError> {
+        self.inner.lookup(job, key).await
+    }
+
+    async fn commit(
+        &self,
+        job: uuid::Uuid,
+        key: &str,
+        result: &str,
+    ) -> Result<(), sluice_types::EffectError> {
+        if let Some(flag) = self.cancel.lock().unwrap().take() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.inner.commit(job, key, result).await
+    }
+}
+
+#[tokio::test]
+async fn cancelling_waits_for_an_effect_commit_in_flight() {
+    let e = engine();
+    let plugin = e.load(&plugins::component("state-effects")).unwrap();
+    let c = ctx("state-effects", Duration::from_secs(30));
+    let job = c.job.id;
+    let effects = Arc::new(SlowCommits {
+        inner: memory::MemoryEffects::default(),
+        cancel: std::sync::Mutex::new(Some(c.cancelled.clone())),
+    });
+    let mut services = memory::services();
+    services.effects = effects.clone();
+    let err = e
+        .run(&plugin, c, "{}", limits(30_000), services)
+        .await
+        .unwrap_err();
+    assert_eq!(err, RunError::Cancelled);
+    // The commit that was in flight when the job was cancelled was let finish: a redrive
+    // will not run the effect again.
+    use sluice_types::EffectsBackend;
+    assert!(
+        effects
+            .lookup(job, "state-effects-once")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -41,6 +41,9 @@ pub struct HostState {
     pub(crate) model_calls: u32,
     /// Cost reported through `usage::report-cost` so far in this attempt, in micro-dollars.
     pub(crate) reported_cost_micros: u64,
+    /// Set while an effect's result is being committed: cancellation waits for it, or a
+    /// redrive would run the effect again.
+    pub(crate) committing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The trap raised by a host call of a cancelled job.
@@ -78,6 +81,7 @@ impl HostState {
             events: events::EventBudget::default(),
             model_calls: 0,
             reported_cost_micros: 0,
+            committing: Default::default(),
         }
     }
 
