@@ -63,7 +63,7 @@ impl Engine {
     /// cap, and a deadline of `limits.timeout` (or the job's own deadline, if sooner)
     /// enforced twice: by epoch interruption while guest code runs, and by an outer timeout
     /// that also covers time spent waiting in host calls. Cancellation is seen within one
-    /// epoch tick in guest code and within [`CANCEL_POLL`] in a host or WASI call. What the
+    /// epoch tick in guest code and within 20 ms in a host or WASI call. What the
     /// guest sends the host is bounded by the rest of `limits`. Whatever the handler does,
     /// this returns; a failure is classified in [`RunError`].
     pub async fn run(
