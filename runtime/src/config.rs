@@ -176,6 +176,9 @@ pub struct EngineSection {
     pub default_memory_mb: usize,
     /// Time limit for plugins that set none, in seconds.
     pub default_timeout_secs: u64,
+    /// What one job attempt may send the host (`docs/limits.md`). A plugin's settings may
+    /// lower these, never raise them.
+    pub limits: GuestLimits,
 }
 
 impl Default for EngineSection {
@@ -186,6 +189,46 @@ impl Default for EngineSection {
             max_memory_mb: 256,
             default_memory_mb: 64,
             default_timeout_secs: 300,
+            limits: GuestLimits::default(),
+        }
+    }
+}
+
+/// `[engine.limits]`: per-attempt bounds on what a handler sends the host.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestLimits {
+    /// Events (progress and log lines) per attempt; past it they are dropped and counted.
+    pub max_events: u32,
+    /// Bytes of event text per attempt; past it, as for `max_events`.
+    pub max_event_bytes: usize,
+    /// Bytes of output; larger output fails the job (`output_too_large`).
+    pub max_output_bytes: usize,
+    /// Model calls per attempt; past it a call returns `invalid-request`.
+    pub max_model_calls: u32,
+    /// Requests in one chat batch; a longer batch is refused whole.
+    pub max_chat_batch: u32,
+    /// Micro-dollars in one `report-cost` call.
+    pub max_cost_per_report_micros: u64,
+    /// Micro-dollars reported by one attempt.
+    pub max_reported_cost_micros: u64,
+    /// Bytes of arguments in one host call, checked while they are copied from the guest;
+    /// past it the job fails (`hostcall_too_large`).
+    pub max_hostcall_bytes: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        let d = sluice_engine::JobLimits::default();
+        GuestLimits {
+            max_events: d.max_events,
+            max_event_bytes: d.max_event_bytes,
+            max_output_bytes: d.max_output_bytes,
+            max_model_calls: d.max_model_calls,
+            max_chat_batch: d.max_chat_batch,
+            max_cost_per_report_micros: d.max_cost_per_report_micros,
+            max_reported_cost_micros: d.max_reported_cost_micros,
+            max_hostcall_bytes: d.max_hostcall_bytes,
         }
     }
 }
@@ -200,6 +243,14 @@ impl EngineSection {
             default_limits: sluice_engine::JobLimits {
                 memory_bytes: self.default_memory_mb << 20,
                 timeout: Duration::from_secs(self.default_timeout_secs),
+                max_events: self.limits.max_events,
+                max_event_bytes: self.limits.max_event_bytes,
+                max_output_bytes: self.limits.max_output_bytes,
+                max_model_calls: self.limits.max_model_calls,
+                max_chat_batch: self.limits.max_chat_batch,
+                max_cost_per_report_micros: self.limits.max_cost_per_report_micros,
+                max_reported_cost_micros: self.limits.max_reported_cost_micros,
+                max_hostcall_bytes: self.limits.max_hostcall_bytes,
             },
             cache_dir: data_dir.map(|d| d.join("artifacts")),
             ..sluice_engine::EngineConfig::default()

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
-use sluice_store::{PluginInfo, PluginSettings, PluginVersion};
+use sluice_store::{PluginInfo, PluginLimits, PluginSettings, PluginVersion};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
@@ -78,6 +78,7 @@ impl UploadParams {
                     .map(str::to_string)
                     .collect()
             }),
+            limits: Default::default(),
             extra: Default::default(),
         }
     }
@@ -108,6 +109,13 @@ pub(crate) struct SettingsPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>)]
     allowed_models: Option<Option<Vec<String>>>,
+    /// Tighter limits on what one attempt may send the host (`max_events`,
+    /// `max_event_bytes`, `max_output_bytes`, `max_model_calls`, `max_chat_batch`,
+    /// `max_cost_per_report_micros`, `max_reported_cost_micros`, `max_hostcall_bytes`); each
+    /// only lowers the server's `[engine.limits]` (`null`: the server's).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    limits: Option<Option<PluginLimits>>,
 }
 
 /// A field that is present (possibly `null`): `Some(value)`. Absent fields get `None` from
@@ -138,6 +146,9 @@ impl SettingsPatch {
         if let Some(v) = self.allowed_models {
             base.allowed_models =
                 v.map(|names| names.into_iter().map(|n| n.trim().to_string()).collect());
+        }
+        if let Some(v) = self.limits {
+            base.limits = v.unwrap_or_default();
         }
         base
     }
@@ -211,6 +222,10 @@ pub(crate) struct SettingsView {
     /// Model aliases or `provider/model` names it may call (absent: any).
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed_models: Option<Vec<String>>,
+    /// Its own tighter limits on what one attempt may send the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    limits: Option<PluginLimits>,
     /// Stored settings this server does not know, shown as they are.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -226,6 +241,7 @@ impl From<&PluginSettings> for SettingsView {
             max_attempts,
             concurrency,
             allowed_models,
+            limits,
             extra,
         } = s.clone();
         SettingsView {
@@ -234,6 +250,7 @@ impl From<&PluginSettings> for SettingsView {
             max_attempts,
             concurrency,
             allowed_models,
+            limits: (!limits.is_empty()).then_some(limits),
             extra,
         }
     }

@@ -128,6 +128,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let limits = JobLimits {
         memory_bytes: args.memory_mb << 20,
         timeout: Duration::from_secs(args.timeout),
+        ..JobLimits::default()
     };
     let job = JobInfo {
         id: uuid::Uuid::now_v7(),

@@ -341,19 +341,45 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with no message".into())
 }
 
-/// The plugin version's memory and time limits for this job.
+/// The plugin version's limits for this job: its memory cap and the job's timeout, and the
+/// node's guest limits, each lowered where the plugin asks for less (never raised).
 fn limits_for(node: &Node, job: &ClaimedJob, settings: Option<&PluginSettings>) -> JobLimits {
-    let defaults = node.engine.config().default_limits;
+    let d = node.engine.config().default_limits;
     let memory = settings
         .and_then(|s| s.memory_limit_bytes)
         .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
-        .unwrap_or(defaults.memory_bytes);
+        .unwrap_or(d.memory_bytes);
+    let p = settings.map(|s| s.limits).unwrap_or_default();
+    let bytes = |v: Option<u64>, default: usize| {
+        v.map_or(default, |v| {
+            usize::try_from(v).unwrap_or(usize::MAX).min(default)
+        })
+    };
     JobLimits {
         memory_bytes: memory,
         // Bounded at submit; the ceiling here keeps a row written before that bound from
         // overflowing the engine's deadline arithmetic.
         timeout: Duration::from_millis(job.timeout_ms.min(MAX_ATTEMPT_TIMEOUT_MS)),
-        ..defaults
+        max_events: p.max_events.map_or(d.max_events, |v| v.min(d.max_events)),
+        max_event_bytes: bytes(p.max_event_bytes, d.max_event_bytes),
+        max_output_bytes: bytes(p.max_output_bytes, d.max_output_bytes),
+        max_model_calls: p
+            .max_model_calls
+            .map_or(d.max_model_calls, |v| v.min(d.max_model_calls)),
+        max_chat_batch: p
+            .max_chat_batch
+            .map_or(d.max_chat_batch, |v| v.min(d.max_chat_batch)),
+        max_cost_per_report_micros: p
+            .max_cost_per_report_micros
+            .map_or(d.max_cost_per_report_micros, |v| {
+                v.min(d.max_cost_per_report_micros)
+            }),
+        max_reported_cost_micros: p
+            .max_reported_cost_micros
+            .map_or(d.max_reported_cost_micros, |v| {
+                v.min(d.max_reported_cost_micros)
+            }),
+        max_hostcall_bytes: bytes(p.max_hostcall_bytes, d.max_hostcall_bytes),
     }
 }
 

@@ -21,6 +21,7 @@ fn bench(c: &mut Criterion) {
     let limits = JobLimits {
         memory_bytes: 16 << 20,
         timeout: Duration::from_secs(10),
+        ..JobLimits::default()
     };
     let job = JobInfo {
         id: uuid::Uuid::new_v4(),

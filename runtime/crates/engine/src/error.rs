@@ -73,6 +73,29 @@ pub enum RunError {
     /// The host could not set up the instance (e.g. the instance pool is exhausted).
     #[error("could not start the handler: {0}")]
     Instantiate(String),
+    /// The handler returned more output than
+    /// [`JobLimits::max_output_bytes`](crate::JobLimits::max_output_bytes). Measured as soon
+    /// as it is copied from the guest (never more than the job's memory cap), before it is
+    /// parsed or stored.
+    #[error("handler output of {size} bytes exceeds the limit of {limit} bytes")]
+    OutputTooLarge {
+        /// The cap.
+        limit: usize,
+        /// The output's size.
+        size: usize,
+    },
+    /// One host call's arguments exceeded
+    /// [`JobLimits::max_hostcall_bytes`](crate::JobLimits::max_hostcall_bytes): wasmtime
+    /// stopped copying them out of the guest when the call's hostcall fuel ran out, and the
+    /// attempt trapped.
+    #[error(
+        "handler passed more than {limit} bytes of arguments to one host call \
+         (a string or list too large, or a list of many entries)"
+    )]
+    HostCallTooLarge {
+        /// The cap.
+        limit: usize,
+    },
 }
 
 impl RunError {
@@ -88,16 +111,22 @@ impl RunError {
             RunError::Cancelled => "cancelled",
             RunError::BadOutput(_) => "bad_output",
             RunError::Instantiate(_) => "instantiate",
+            RunError::OutputTooLarge { .. } => "output_too_large",
+            RunError::HostCallTooLarge { .. } => "hostcall_too_large",
         }
     }
 
     /// How the queue should treat this failure. Traps, panics, timeouts and memory
     /// exhaustion fail the attempt (retried while attempts remain, like an activity failure
-    /// in Temporal); output that is not JSON is a contract violation retrying won't fix.
+    /// in Temporal); output that is not JSON, output over its cap and arguments over theirs
+    /// are contract violations retrying won't fix.
     pub fn to_job_error(&self) -> JobError {
         match self {
             RunError::Handler(e) => e.clone(),
-            RunError::BadOutput(_) | RunError::Cancelled => JobError::permanent(self.to_string()),
+            RunError::BadOutput(_)
+            | RunError::Cancelled
+            | RunError::OutputTooLarge { .. }
+            | RunError::HostCallTooLarge { .. } => JobError::permanent(self.to_string()),
             _ => JobError::retryable(self.to_string()),
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Loads plugin components (validated against the `sluice:plugin` world, compiled once per
 //! content digest, optionally cached on disk) and runs one job attempt per fresh instance,
-//! with a memory cap and a deadline enforced by epoch interruption and an outer timeout.
+//! with a memory cap and a deadline enforced by epoch interruption and an outer timeout,
+//! and a named bound on everything the guest sends the host (events, output, model calls,
+//! reported costs, host-call arguments: see [`limits`]).
 //! Host imports forward to the backend traits of `sluice-types`, so the same engine runs on
 //! in-memory backends or on the real store and gateway.
 //!
@@ -34,7 +36,7 @@ mod config;
 mod engine;
 mod error;
 mod host;
-mod limits;
+pub mod limits;
 pub mod memory;
 mod run;
 

@@ -158,7 +158,17 @@ impl MemoryUsage {
     /// Add a model call's usage to a job's spend.
     pub fn record(&self, job: Uuid, usage: Usage, cost_micros: u64) {
         let mut map = self.spend.lock().expect("usage poisoned");
-        map.entry(job).or_default().add_call(usage, cost_micros);
+        // Saturating, not `Spend::add_call`'s `+=`: an overflow under the lock would panic
+        // (debug) and poison it for every later job, or wrap (release).
+        let spend = map.entry(job).or_default();
+        spend.cost_micros = spend.cost_micros.saturating_add(cost_micros);
+        spend.input_tokens = spend
+            .input_tokens
+            .saturating_add(u64::from(usage.input_tokens));
+        spend.output_tokens = spend
+            .output_tokens
+            .saturating_add(u64::from(usage.output_tokens));
+        spend.calls = spend.calls.saturating_add(1);
     }
 
     /// A job's spend so far.
@@ -181,7 +191,8 @@ impl UsageBackend for MemoryUsage {
         cost_micros: u64,
     ) -> Result<(), String> {
         let mut map = self.spend.lock().expect("usage poisoned");
-        map.entry(ctx.job.id).or_default().cost_micros += cost_micros;
+        let spend = map.entry(ctx.job.id).or_default();
+        spend.cost_micros = spend.cost_micros.saturating_add(cost_micros);
         Ok(())
     }
 

@@ -49,6 +49,7 @@ fn limits(timeout_ms: u64) -> JobLimits {
     JobLimits {
         memory_bytes: 32 << 20,
         timeout: Duration::from_millis(timeout_ms),
+        ..JobLimits::default()
     }
 }
 
@@ -68,6 +69,28 @@ async fn noop_echoes_its_input() {
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["a"][2],
         3
     );
+}
+
+/// The output is read before the guest frees it (its post-return runs inside the call):
+/// every length comes back byte for byte.
+#[tokio::test]
+async fn outputs_of_every_small_length_come_back_whole() {
+    let e = engine();
+    let plugin = e.load(&plugins::component("noop")).unwrap();
+    for n in 0..300 {
+        let input = serde_json::json!({ "i": n, "pad": "x".repeat(n % 37) }).to_string();
+        let out = e
+            .run(
+                &plugin,
+                ctx("noop", Duration::from_secs(5)),
+                &input,
+                limits(5_000),
+                memory::services(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, input);
+    }
 }
 
 #[tokio::test]
@@ -159,6 +182,7 @@ async fn a_memory_bomb_hits_the_cap() {
     let limits = JobLimits {
         memory_bytes: 16 << 20,
         timeout: Duration::from_secs(20),
+        ..JobLimits::default()
     };
     let err = run(&engine(), "memory-bomb", "{}", limits, memory::services())
         .await
@@ -223,6 +247,7 @@ async fn the_engine_keeps_serving_after_every_kind_of_failure() {
     let small = JobLimits {
         memory_bytes: 8 << 20,
         timeout: Duration::from_secs(20),
+        ..JobLimits::default()
     };
     assert!(
         run(&e, "memory-bomb", "{}", small, services.clone())
@@ -354,4 +379,82 @@ async fn effects_run_once_across_attempts() {
     assert_eq!(second["effect_runs"], 1, "{second}");
     // State written by attempt 1 is visible to attempt 2.
     assert_eq!(second["before"]["attempt"], 1, "{second}");
+}
+
+#[tokio::test]
+async fn a_handler_error_value_keeps_its_kind_and_delay() {
+    let err = run(
+        &engine(),
+        "state-effects",
+        r#"{"fail_attempts":1,"prefix":"handler-error/"}"#,
+        limits(10_000),
+        memory::services(),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        RunError::Handler(sluice_types::JobError::Retryable { retry_after_ms, .. }) => {
+            assert_eq!(*retry_after_ms, Some(10), "{err:?}")
+        }
+        other => panic!("expected a retryable handler error, got {other:?}"),
+    }
+}
+
+/// An effect journal whose commits are slow, and which cancels the job as a commit starts.
+struct SlowCommits {
+    inner: memory::MemoryEffects,
+    cancel: std::sync::Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+#[async_trait::async_trait]
+impl sluice_types::EffectsBackend for SlowCommits {
+    async fn lookup(
+        &self,
+        job: uuid::Uuid,
+        key: &str,
+    ) -> Result<Option<String>, sluice_types::EffectError> {
+        self.inner.lookup(job, key).await
+    }
+
+    async fn commit(
+        &self,
+        job: uuid::Uuid,
+        key: &str,
+        result: &str,
+    ) -> Result<(), sluice_types::EffectError> {
+        if let Some(flag) = self.cancel.lock().unwrap().take() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.inner.commit(job, key, result).await
+    }
+}
+
+#[tokio::test]
+async fn cancelling_waits_for_an_effect_commit_in_flight() {
+    let e = engine();
+    let plugin = e.load(&plugins::component("state-effects")).unwrap();
+    let c = ctx("state-effects", Duration::from_secs(30));
+    let job = c.job.id;
+    let effects = Arc::new(SlowCommits {
+        inner: memory::MemoryEffects::default(),
+        cancel: std::sync::Mutex::new(Some(c.cancelled.clone())),
+    });
+    let mut services = memory::services();
+    services.effects = effects.clone();
+    let err = e
+        .run(&plugin, c, "{}", limits(30_000), services)
+        .await
+        .unwrap_err();
+    assert_eq!(err, RunError::Cancelled);
+    // The commit that was in flight when the job was cancelled was let finish: a redrive
+    // will not run the effect again.
+    use sluice_types::EffectsBackend;
+    assert!(
+        effects
+            .lookup(job, "state-effects-once")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

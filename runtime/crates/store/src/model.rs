@@ -648,9 +648,50 @@ pub struct PluginSettings {
     /// Model aliases or `provider/model` names it may call (`None`: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
+    /// Tighter per-attempt limits on what its handler may send the host.
+    #[serde(default, skip_serializing_if = "PluginLimits::is_empty")]
+    pub limits: PluginLimits,
     /// Anything else.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+}
+
+/// A plugin's own limits on what its handler sends the host in one attempt (see
+/// `docs/limits.md`). Each may only lower the node's default (`[engine.limits]`): the tenant
+/// that owns a plugin can tighten what the operator set, never loosen it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLimits {
+    /// Events (progress and log lines) per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<u32>,
+    /// Bytes of event text per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_bytes: Option<u64>,
+    /// Bytes of output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// Model calls per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_calls: Option<u32>,
+    /// Requests in one chat batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chat_batch: Option<u32>,
+    /// Micro-dollars in one `report-cost` call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_per_report_micros: Option<u64>,
+    /// Micro-dollars reported by one attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reported_cost_micros: Option<u64>,
+    /// Bytes of arguments in one host call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hostcall_bytes: Option<u64>,
+}
+
+impl PluginLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == PluginLimits::default()
+    }
 }
 
 /// One uploaded version of a plugin.

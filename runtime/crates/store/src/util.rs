@@ -232,11 +232,7 @@ pub fn has_nul(v: &Value) -> bool {
 
 fn replace_nul(v: &mut Value) {
     match v {
-        Value::String(s) => {
-            if s.contains('\0') {
-                *s = s.replace('\0', "\u{FFFD}");
-            }
-        }
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
         Value::Array(items) => items.iter_mut().for_each(replace_nul),
         Value::Object(map) => {
             if map.keys().any(|k| k.contains('\0')) {

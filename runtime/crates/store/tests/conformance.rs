@@ -1978,6 +1978,11 @@ mod cases {
             max_attempts: Some(3),
             concurrency: Some(4),
             allowed_models: Some(vec!["fast".into()]),
+            limits: PluginLimits {
+                max_events: Some(100),
+                max_output_bytes: Some(4096),
+                ..PluginLimits::default()
+            },
             extra: [("x".to_string(), json!(1))].into_iter().collect(),
         };
         let v1 = s

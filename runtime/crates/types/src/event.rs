@@ -73,6 +73,20 @@ pub enum JobEvent {
         /// provider, cache or journal; or the error kind.
         outcome: String,
     },
+    /// The attempt emitted more events than its limits allow: the events past the cap were
+    /// dropped. Emitted once, at the end of the attempt, after every event that was kept.
+    EventsTruncated {
+        /// The attempt it concerns.
+        attempt: u32,
+        /// Events dropped.
+        dropped: u64,
+        /// Bytes of event text dropped.
+        dropped_bytes: u64,
+        /// The attempt's event count cap.
+        max_events: u32,
+        /// The attempt's event bytes cap.
+        max_bytes: u64,
+    },
 }
 
 impl JobEvent {
@@ -84,6 +98,7 @@ impl JobEvent {
             JobEvent::Log { .. } => "log",
             JobEvent::TokenDelta { .. } => "token",
             JobEvent::ModelCall { .. } => "model_call",
+            JobEvent::EventsTruncated { .. } => "events_truncated",
         }
     }
 }

@@ -106,13 +106,3 @@ pub(crate) fn job_info(j: &sluice_types::JobInfo) -> wt::JobInfo {
         deadline_unix_ms: j.deadline_unix_ms,
     }
 }
-
-pub(crate) fn job_error(e: wt::JobError) -> sluice_types::JobError {
-    match e {
-        wt::JobError::Retryable(r) => sluice_types::JobError::Retryable {
-            message: r.message,
-            retry_after_ms: r.retry_after_ms,
-        },
-        wt::JobError::Permanent(message) => sluice_types::JobError::Permanent { message },
-    }
-}

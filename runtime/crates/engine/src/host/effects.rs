@@ -1,5 +1,7 @@
 //! `sluice:plugin/effects`: once-per-job side effects, journaled by key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sluice_types::EffectError;
 
 use super::HostState;
@@ -9,6 +11,22 @@ fn to_wit(e: EffectError) -> w::EffectError {
     match e {
         EffectError::InvalidKey(m) => w::EffectError::InvalidKey(m),
         EffectError::Unavailable(m) => w::EffectError::Unavailable(m),
+    }
+}
+
+/// Sets a flag for as long as it lives (also when the call's future is dropped).
+struct Flag<'a>(&'a AtomicBool);
+
+impl<'a> Flag<'a> {
+    fn raise(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Flag(flag)
+    }
+}
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -33,7 +51,9 @@ impl w::Host for HostState {
         result: String,
     ) -> wasmtime::Result<Result<(), w::EffectError>> {
         // No cancellation check: an effect that ran must be recorded even if the job was
-        // cancelled meanwhile, or a redrive would run it twice.
+        // cancelled meanwhile, or a redrive would run it twice. For the same reason the
+        // engine's cancellation race waits while `committing` is set.
+        let _committing = Flag::raise(&self.committing);
         Ok(self
             .services
             .effects

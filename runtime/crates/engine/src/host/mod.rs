@@ -8,7 +8,7 @@
 
 pub(crate) mod convert;
 mod effects;
-mod events;
+pub(crate) mod events;
 mod models;
 mod state;
 mod usage;
@@ -18,7 +18,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::limits::MemoryCap;
+use crate::limits::{JobLimits, MemoryCap};
 
 /// What a guest's stderr keeps, so a panic message can be reported with the failure.
 const STDERR_CAPTURE_BYTES: usize = 16 * 1024;
@@ -33,6 +33,17 @@ pub struct HostState {
     /// Position of the next model call in this attempt (journal replay matches on it).
     pub(crate) next_seq: u32,
     pub(crate) stderr: MemoryOutputPipe,
+    /// The attempt's limits on what the guest may send the host.
+    pub(crate) limits: JobLimits,
+    /// Events emitted and dropped so far (see [`events`]).
+    pub(crate) events: events::EventBudget,
+    /// Model calls admitted so far in this attempt (a batch counts each entry).
+    pub(crate) model_calls: u32,
+    /// Cost reported through `usage::report-cost` so far in this attempt, in micro-dollars.
+    pub(crate) reported_cost_micros: u64,
+    /// Set while an effect's result is being committed: cancellation waits for it, or a
+    /// redrive would run the effect again.
+    pub(crate) committing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The trap raised by a host call of a cancelled job.
@@ -41,7 +52,14 @@ pub struct HostState {
 pub(crate) struct CancelledTrap;
 
 impl HostState {
-    pub(crate) fn new(ctx: CallContext, services: HostServices, memory_bytes: usize) -> Self {
+    /// A job's host state. `memory_bytes` is the effective memory cap (the job's limit,
+    /// clamped to the engine's); the other limits come from `limits`.
+    pub(crate) fn new(
+        ctx: CallContext,
+        services: HostServices,
+        limits: JobLimits,
+        memory_bytes: usize,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         // No preopened directories, no environment, no network: a handler reaches the world
         // only through the sluice imports. Stdout is discarded; stderr is kept for panics.
@@ -59,6 +77,11 @@ impl HostState {
             services,
             next_seq: 0,
             stderr,
+            limits,
+            events: events::EventBudget::default(),
+            model_calls: 0,
+            reported_cost_micros: 0,
+            committing: Default::default(),
         }
     }
 
@@ -94,6 +117,10 @@ pub(crate) mod testing {
     use sluice_types::JobInfo;
 
     pub(crate) fn state() -> HostState {
+        state_with(JobLimits::default())
+    }
+
+    pub(crate) fn state_with(limits: JobLimits) -> HostState {
         let job = JobInfo {
             id: uuid::Uuid::nil(),
             plugin: "test".into(),
@@ -105,6 +132,6 @@ pub(crate) mod testing {
             deadline_unix_ms: sluice_types::job::now_unix_ms() + 60_000,
         };
         let ctx = CallContext::new(job, "digest");
-        HostState::new(ctx, crate::memory::services(), 64 << 20)
+        HostState::new(ctx, crate::memory::services(), limits, 64 << 20)
     }
 }

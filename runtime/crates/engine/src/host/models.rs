@@ -11,6 +11,9 @@ impl w::Host for HostState {
         request: w::ChatRequest,
     ) -> wasmtime::Result<Result<w::ChatResponse, w::ModelError>> {
         self.check_cancelled()?;
+        if let Err(e) = self.admit_model_calls(1) {
+            return Ok(Err(e));
+        }
         let seq = self.take_seq(1);
         let result = self
             .services
@@ -28,6 +31,21 @@ impl w::Host for HostState {
         requests: Vec<w::ChatRequest>,
     ) -> wasmtime::Result<Vec<Result<w::ChatResponse, w::ModelError>>> {
         self.check_cancelled()?;
+        // Both caps are checked before any call runs, and refuse the batch as a whole, so
+        // the journal positions of later calls do not depend on where a cap fell.
+        let refused = if requests.len() > self.limits.max_chat_batch as usize {
+            Some(w::ModelError::InvalidRequest(format!(
+                "chat-batch of {} requests exceeds the limit of {} per batch \
+                 (job limit max_chat_batch); split it into smaller batches",
+                requests.len(),
+                self.limits.max_chat_batch
+            )))
+        } else {
+            self.admit_model_calls(requests.len()).err()
+        };
+        if let Some(e) = refused {
+            return Ok(vec![Err(e); requests.len()]);
+        }
         // Positions are assigned in request order before anything runs, so a retry replays
         // the same entries from the journal whatever order the calls finish in.
         let first = self.take_seq(requests.len() as u32);
@@ -50,6 +68,9 @@ impl w::Host for HostState {
         request: w::EmbedRequest,
     ) -> wasmtime::Result<Result<w::EmbedResponse, w::ModelError>> {
         self.check_cancelled()?;
+        if let Err(e) = self.admit_model_calls(1) {
+            return Ok(Err(e));
+        }
         let seq = self.take_seq(1);
         let request = sluice_types::model::EmbedRequest {
             model: request.model,
@@ -66,8 +87,29 @@ impl w::Host for HostState {
 impl HostState {
     fn take_seq(&mut self, n: u32) -> u32 {
         let first = self.next_seq;
-        self.next_seq += n;
+        self.next_seq = self.next_seq.saturating_add(n);
         first
+    }
+
+    /// Count `n` model calls against the attempt's cap, or refuse them all with an error
+    /// value (never a trap, and no provider is asked).
+    fn admit_model_calls(&mut self, n: usize) -> Result<(), w::ModelError> {
+        let max = self.limits.max_model_calls;
+        match u32::try_from(n)
+            .ok()
+            .and_then(|n| self.model_calls.checked_add(n))
+            .filter(|total| *total <= max)
+        {
+            Some(total) => {
+                self.model_calls = total;
+                Ok(())
+            }
+            None => Err(w::ModelError::InvalidRequest(format!(
+                "model call limit reached: this attempt has made {} of its {max} model calls \
+                 (job limit max_model_calls) and asked for {n} more",
+                self.model_calls
+            ))),
+        }
     }
 }
 
@@ -122,6 +164,72 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(r, Err(w::ModelError::InvalidRequest(m)) if m.contains("no-such-model")));
+    }
+
+    #[tokio::test]
+    async fn past_the_call_cap_calls_are_refused_as_values() {
+        let mut host = testing::state_with(crate::limits::JobLimits {
+            max_model_calls: 3,
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            assert!(
+                w::Host::chat(&mut host, request("fast", "hi"))
+                    .await
+                    .unwrap()
+                    .is_ok()
+            );
+        }
+        let r = w::Host::chat(&mut host, request("fast", "hi"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, Err(w::ModelError::InvalidRequest(m)) if m.contains("max_model_calls")),
+            "{r:?}"
+        );
+        let e = w::Host::embed(
+            &mut host,
+            w::EmbedRequest {
+                model: "embed".into(),
+                inputs: vec!["x".into()],
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(e, Err(w::ModelError::InvalidRequest(_))));
+        // Refused calls take no journal positions.
+        assert_eq!(host.next_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_either_cap_is_refused_before_any_call() {
+        let mut host = testing::state_with(crate::limits::JobLimits {
+            max_chat_batch: 4,
+            max_model_calls: 6,
+            ..Default::default()
+        });
+        let batch = |n| (0..n).map(|_| request("fast", "hi")).collect::<Vec<_>>();
+        let r = w::Host::chat_batch(&mut host, batch(5)).await.unwrap();
+        assert_eq!(r.len(), 5);
+        assert!(r.iter().all(
+            |r| matches!(r, Err(w::ModelError::InvalidRequest(m)) if m.contains("max_chat_batch"))
+        ));
+        assert_eq!((host.model_calls, host.next_seq), (0, 0));
+        assert!(
+            w::Host::chat_batch(&mut host, batch(4))
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.is_ok())
+        );
+        // 4 made, 6 allowed: a batch of 3 does not fit and none of it runs.
+        let r = w::Host::chat_batch(&mut host, batch(3)).await.unwrap();
+        assert!(r.iter().all(
+            |r| matches!(r, Err(w::ModelError::InvalidRequest(m)) if m.contains("max_model_calls"))
+        ));
+        assert_eq!((host.model_calls, host.next_seq), (4, 4));
+        let spend = host.services.usage.job_spend(&host.ctx).await;
+        assert_eq!(spend.calls, 4, "refused calls never reach the provider");
     }
 
     #[tokio::test]

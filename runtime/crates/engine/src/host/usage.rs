@@ -10,11 +10,35 @@ impl w::Host for HostState {
         cost_micros: u64,
     ) -> wasmtime::Result<Result<(), String>> {
         self.check_cancelled()?;
-        Ok(self
+        let per_report = self.limits.max_cost_per_report_micros;
+        if cost_micros > per_report {
+            return Ok(Err(format!(
+                "reported cost of {cost_micros} micro-dollars exceeds the limit of \
+                 {per_report} per report (job limit max_cost_per_report_micros); not recorded"
+            )));
+        }
+        let per_job = self.limits.max_reported_cost_micros;
+        let Some(total) = self
+            .reported_cost_micros
+            .checked_add(cost_micros)
+            .filter(|total| *total <= per_job)
+        else {
+            return Ok(Err(format!(
+                "reported cost of {cost_micros} micro-dollars would take this attempt past \
+                 its limit of {per_job} (job limit max_reported_cost_micros; {} reported so \
+                 far); not recorded",
+                self.reported_cost_micros
+            )));
+        };
+        let result = self
             .services
             .usage
             .report_cost(&self.ctx, &description, cost_micros)
-            .await)
+            .await;
+        if result.is_ok() {
+            self.reported_cost_micros = total;
+        }
+        Ok(result)
     }
 
     async fn job_spend(&mut self) -> wasmtime::Result<w::Spend> {
@@ -47,5 +71,30 @@ mod tests {
             .unwrap();
         let s = h.job_spend().await.unwrap();
         assert_eq!(s.cost_micros, 1_500);
+    }
+
+    #[tokio::test]
+    async fn costs_over_the_caps_are_refused_as_values() {
+        let mut h = testing::state_with(crate::limits::JobLimits {
+            max_cost_per_report_micros: 1_000,
+            max_reported_cost_micros: 2_500,
+            ..Default::default()
+        });
+        let huge = h.report_cost("x".into(), u64::MAX).await.unwrap();
+        assert!(
+            huge.as_ref()
+                .is_err_and(|m| m.contains("max_cost_per_report_micros")),
+            "{huge:?}"
+        );
+        h.report_cost("a".into(), 1_000).await.unwrap().unwrap();
+        h.report_cost("b".into(), 1_000).await.unwrap().unwrap();
+        let over = h.report_cost("c".into(), 1_000).await.unwrap();
+        assert!(
+            over.as_ref()
+                .is_err_and(|m| m.contains("max_reported_cost_micros")),
+            "{over:?}"
+        );
+        h.report_cost("d".into(), 500).await.unwrap().unwrap();
+        assert_eq!(h.job_spend().await.unwrap().cost_micros, 2_500);
     }
 }
