@@ -58,7 +58,7 @@ impl GatewayModels {
             input_tokens: u64::from(record.usage.input_tokens),
             output_tokens: u64::from(record.usage.output_tokens),
             cached_input_tokens: u64::from(record.usage.cached_input_tokens),
-            cost_micros: record.cost_micros as i64,
+            cost_micros: i64::try_from(record.cost_micros).unwrap_or(i64::MAX),
             latency_ms: record.latency_ms,
             ttft_ms: record.ttft_ms,
             source: record.source,
@@ -66,7 +66,8 @@ impl GatewayModels {
             created_at: Utc::now(),
         };
         let _ = self.usage_tx.send(usage);
-        if record.outcome == "ok" {
+        // A failed call can cost too (text streamed before the failure).
+        if record.outcome == "ok" || record.cost_micros > 0 {
             self.spend.add(job.id, record.usage, record.cost_micros);
         }
         let outcome = if record.outcome == "ok" {
@@ -223,8 +224,15 @@ impl ModelBackend for GatewayModels {
 }
 
 /// Refuse a model the plugin's `allowed_models` setting leaves out, before anything is
-/// reserved or sent.
+/// reserved or sent. Fails closed: when the settings could not be read (store failure, plugin
+/// deleted) every model is refused.
 fn allowed(ctx: &CallContext, model: &str) -> Result<(), ModelError> {
+    if let Some(reason) = &ctx.models_refused {
+        return Err(ModelError::invalid(format!(
+            "model `{model}` refused for plugin `{}`: its allowed_models are unknown ({reason})",
+            ctx.job.plugin
+        )));
+    }
     if ctx.may_call(model) {
         return Ok(());
     }
@@ -254,4 +262,55 @@ fn spawn_usage_writer(store: Arc<dyn JobStore>) -> mpsc::UnboundedSender<UsageRe
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_types::JobInfo;
+
+    fn ctx() -> CallContext {
+        CallContext::new(
+            JobInfo {
+                id: uuid::Uuid::new_v4(),
+                plugin: "summarize".into(),
+                tenant: "acme".into(),
+                attempt: 1,
+                max_attempts: 1,
+                idempotency_key: None,
+                tags: Default::default(),
+                deadline_unix_ms: 0,
+            },
+            "sha256:test",
+        )
+    }
+
+    #[test]
+    fn allowed_models_fail_closed_when_the_settings_are_unknown() {
+        // Settings read, no list: any model.
+        assert!(allowed(&ctx(), "fast").is_ok());
+        // Settings read, a list: only those.
+        let listed = ctx().with_allowed_models(Some(vec!["fast".into()]));
+        assert!(allowed(&listed, "fast").is_ok());
+        assert!(matches!(
+            allowed(&listed, "smart"),
+            Err(ModelError::InvalidRequest { .. })
+        ));
+        // Settings unknown (store failure, plugin deleted): nothing, with the reason.
+        let unknown = ctx().with_models_refused("the plugin was deleted");
+        for model in ["fast", "smart", "sim/any"] {
+            let err = allowed(&unknown, model).unwrap_err();
+            assert!(
+                matches!(&err, ModelError::InvalidRequest { message }
+                    if message.contains("allowed_models are unknown")
+                        && message.contains("the plugin was deleted")),
+                "{err}"
+            );
+        }
+        // Even a list that would allow it does not: the refusal wins.
+        let both = ctx()
+            .with_allowed_models(Some(vec!["fast".into()]))
+            .with_models_refused("store unavailable");
+        assert!(allowed(&both, "fast").is_err());
+    }
 }

@@ -200,8 +200,14 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
         .plugins
         .settings(&job.tenant, &job.plugin, job.plugin_version)
         .await;
-    let ctx = CallContext::new(job.job_info(), job.digest.clone())
-        .with_allowed_models(settings.as_ref().and_then(|s| s.allowed_models.clone()));
+    let ctx = CallContext::new(job.job_info(), job.digest.clone());
+    // Unknown settings mean unknown `allowed_models`: model calls fail closed.
+    let ctx = match &settings {
+        Some(s) => ctx.with_allowed_models(s.allowed_models.clone()),
+        None => ctx.with_models_refused(
+            "the plugin's settings could not be read (the store failed or the plugin was deleted)",
+        ),
+    };
     let lost = Arc::new(AtomicBool::new(false));
     running.lock().expect("running map poisoned").insert(
         lease,

@@ -94,6 +94,10 @@ pub struct CallContext {
     /// The model names and aliases the plugin may call (`None`: any configured model). Set
     /// from the plugin's `allowed_models` setting.
     pub allowed_models: Option<Arc<[String]>>,
+    /// Set when the plugin's settings could not be read (the store failed, or the plugin was
+    /// deleted): `allowed_models` is unknown, so every model call is refused with this reason
+    /// (fail closed), never allowed.
+    pub models_refused: Option<Arc<str>>,
 }
 
 impl CallContext {
@@ -104,6 +108,7 @@ impl CallContext {
             digest: digest.into(),
             cancelled: Arc::default(),
             allowed_models: None,
+            models_refused: None,
         }
     }
 
@@ -113,11 +118,21 @@ impl CallContext {
         self
     }
 
-    /// Whether the job may call `model` (as the handler named it).
+    /// Refuse every model call with `reason`: the plugin's settings, and so its
+    /// `allowed_models`, could not be read.
+    pub fn with_models_refused(mut self, reason: impl Into<Arc<str>>) -> Self {
+        self.models_refused = Some(reason.into());
+        self
+    }
+
+    /// Whether the job may call `model` (as the handler named it). Always false once
+    /// [`CallContext::with_models_refused`] was set.
     pub fn may_call(&self, model: &str) -> bool {
-        self.allowed_models
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|m| m == model))
+        self.models_refused.is_none()
+            && self
+                .allowed_models
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|m| m == model))
     }
 
     /// Whether the job was cancelled.

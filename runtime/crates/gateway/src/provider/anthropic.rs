@@ -148,7 +148,12 @@ impl WireUsage {
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let created = self.cache_creation_input_tokens.unwrap_or(0);
         Usage {
-            input_tokens: self.input_tokens.unwrap_or(0) + created + read,
+            // Provider-given counts: saturating, never an overflow panic.
+            input_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(created)
+                .saturating_add(read),
             output_tokens: self.output_tokens.unwrap_or(0),
             cached_input_tokens: read,
         }
