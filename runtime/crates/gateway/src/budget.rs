@@ -134,9 +134,8 @@ impl Ledger for MemoryLedger {
         let mut g = self.lock();
         for line in lines {
             let l = g.levels.get(&line.key).copied().unwrap_or_default();
-            let after = Micros::new(l.spent_micros)
-                + Micros::new(l.reserved_micros)
-                + Micros::new(amount);
+            let after =
+                Micros::new(l.spent_micros) + Micros::new(l.reserved_micros) + Micros::new(amount);
             if after > Micros::new(line.limit_micros) {
                 return Err(LedgerError::Refused(Refusal {
                     key: line.key.clone(),
@@ -537,7 +536,10 @@ mod tests {
         ));
         let id = l.reserve(&lines, limit).await.unwrap();
         assert!(
-            matches!(l.reserve(&lines, u64::MAX).await, Err(LedgerError::Refused(_))),
+            matches!(
+                l.reserve(&lines, u64::MAX).await,
+                Err(LedgerError::Refused(_))
+            ),
             "spent + reserved + amount saturates instead of wrapping to a small sum"
         );
         l.settle(id, &lines, limit, u64::MAX).await.unwrap();

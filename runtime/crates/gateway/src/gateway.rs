@@ -148,9 +148,15 @@ pub struct CallRecord {
     pub response_model: Option<String>,
     /// Tokens (`input_tokens` includes cached ones). On a cache hit: the original call's.
     pub usage: Usage,
-    /// Cost charged, micro-dollars (0 for cache hits and failures).
+    /// Cost charged, micro-dollars: the reported usage at the model's prices, at most
+    /// `reserved_micros` (a provider reporting more than the worst case is charged the
+    /// reservation; `usage` keeps what it reported). 0 for cache hits and for failures that
+    /// streamed nothing; a failure after streamed text is charged the prompt's bound plus a
+    /// token per streamed byte.
     pub cost_micros: u64,
-    /// Worst-case cost reserved against budgets before the call.
+    /// Worst-case cost reserved against budgets before the call: the prompt's upper bound (a
+    /// token per UTF-8 byte plus framing, see [`crate::tokens`]) and the output cap, at the
+    /// chain's dearest model.
     pub reserved_micros: u64,
     /// Wall time of the whole call, ms.
     pub latency_ms: u32,
@@ -702,7 +708,7 @@ impl Gateway {
 
         // Sampled replies vary by design: not served from (nor put in) the cache unless
         // configured. `None` asked for no temperature and is cached.
-        let sampled = request.temperature.is_some_and(|t| !(t <= 0.0));
+        let sampled = request.temperature.is_some_and(|t| t > 0.0 || t.is_nan());
         let cacheable = !request.no_cache && (!sampled || inner.cache_sampled);
         let cache_key = cacheable.then(|| cache_key(ctx, &request.fingerprint()));
         if let (Some(cache), Some(key)) = (&inner.chat_cache, &cache_key)
@@ -730,10 +736,10 @@ impl Gateway {
 
         // Rate limits book the estimate (reconciled with the reported usage after); budgets
         // reserve the upper bound: a byte a token, plus framing (see `tokens`).
-        let est_input = tokens::messages_tokens(&request.messages)
-            .saturating_add(ESTIMATE_MARGIN_TOKENS);
-        let bound_input =
-            tokens::prompt_upper_bound(&request.messages).saturating_add(ESTIMATE_MARGIN_TOKENS.into());
+        let est_input =
+            tokens::messages_tokens(&request.messages).saturating_add(ESTIMATE_MARGIN_TOKENS);
+        let bound_input = tokens::prompt_upper_bound(&request.messages)
+            .saturating_add(ESTIMATE_MARGIN_TOKENS.into());
         let (worst, mut guard) = self.reserve_guard(
             &chain,
             bound_input,
@@ -759,7 +765,15 @@ impl Gateway {
             on_delta: on_delta.map(|_| &counting as &DeltaFn<'_>),
         };
         let result = self
-            .run_chain(ctx, &op, &chain, est_input, deadline, &mut record, &guard.sent)
+            .run_chain(
+                ctx,
+                &op,
+                &chain,
+                est_input,
+                deadline,
+                &mut record,
+                &guard.sent,
+            )
             .await;
         let answer = match result {
             Ok(a) => a,

@@ -247,7 +247,11 @@ async fn sampled_requests_are_not_cached_unless_configured() {
     assert_eq!(e.sim(0).stats().requests, 2);
     e.gw.chat(&ctx(), greedy.clone(), None).await.unwrap();
     let hit = e.gw.chat(&ctx(), greedy, None).await.unwrap();
-    assert_eq!(hit.response.source, ResponseSource::Cache, "temperature 0 is cached");
+    assert_eq!(
+        hit.response.source,
+        ResponseSource::Cache,
+        "temperature 0 is cached"
+    );
     assert_eq!(e.sim(0).stats().requests, 3);
 
     let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| {

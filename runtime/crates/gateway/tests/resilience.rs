@@ -533,7 +533,10 @@ async fn max_tokens_u32_max_and_huge_prompts_are_arithmetic_not_panics() {
         matches!(err.error, ModelError::InvalidRequest { .. }),
         "past the context window: {err}"
     );
-    assert_eq!(err.record.reserved_micros, 8 + 36 + 8 + 16 + 2 * u64::from(u32::MAX));
+    assert_eq!(
+        err.record.reserved_micros,
+        8 + 36 + 8 + 16 + 2 * u64::from(u32::MAX)
+    );
 
     // Without a context window the call goes out (the simulator stops where it likes).
     let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| {
@@ -558,7 +561,10 @@ async fn max_tokens_u32_max_and_huge_prompts_are_arithmetic_not_panics() {
     let mut many = req();
     many.messages = vec![Message::user("多"); 200_000];
     let err = e.gw.chat(&ctx(), many, None).await.unwrap_err();
-    assert!(matches!(err.error, ModelError::BudgetExceeded { .. }), "{err}");
+    assert!(
+        matches!(err.error, ModelError::BudgetExceeded { .. }),
+        "{err}"
+    );
     assert_eq!(
         err.record.reserved_micros,
         8 + 200_000 * (3 + 8) + 16 + 2 * 40

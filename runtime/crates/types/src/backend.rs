@@ -183,8 +183,9 @@ impl Spend {
 
     /// Add a cost (saturating at `u64::MAX` µ$).
     pub fn add_cost(&mut self, cost_micros: u64) {
-        self.cost_micros =
-            (crate::money::Micros::new(self.cost_micros) + crate::money::Micros::new(cost_micros)).get();
+        self.cost_micros = (crate::money::Micros::new(self.cost_micros)
+            + crate::money::Micros::new(cost_micros))
+        .get();
     }
 }
 

@@ -148,18 +148,27 @@ mod tests {
         let mut m = Micros::new(u64::MAX - 1);
         m += Micros::new(5);
         assert_eq!(m, Micros::MAX);
-        assert_eq!([max, max, Micros::new(1)].into_iter().sum::<Micros>(), Micros::MAX);
+        assert_eq!(
+            [max, max, Micros::new(1)].into_iter().sum::<Micros>(),
+            Micros::MAX
+        );
         assert_eq!(Micros::new(3).saturating_sub(Micros::new(5)), Micros::ZERO);
         assert_eq!(max.saturating_mul(u64::MAX), Micros::MAX);
         assert_eq!(max.checked_add(Micros::new(1)), None);
-        assert_eq!(Micros::new(2).checked_add(Micros::new(3)), Some(Micros::new(5)));
+        assert_eq!(
+            Micros::new(2).checked_add(Micros::new(3)),
+            Some(Micros::new(5))
+        );
     }
 
     #[test]
     fn per_mtok_rounds_up_and_saturates() {
         assert_eq!(Micros::per_mtok(0, Micros::new(150_000)), Micros::ZERO);
         assert_eq!(Micros::per_mtok(1, Micros::new(150_000)), Micros::new(1));
-        assert_eq!(Micros::per_mtok(1_000_000, Micros::new(150_000)), Micros::new(150_000));
+        assert_eq!(
+            Micros::per_mtok(1_000_000, Micros::new(150_000)),
+            Micros::new(150_000)
+        );
         assert_eq!(Micros::per_mtok(u64::MAX, Micros::MAX), Micros::MAX);
     }
 

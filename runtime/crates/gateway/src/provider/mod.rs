@@ -494,14 +494,33 @@ mod tests {
             h.insert(name, HeaderValue::from_str(v).unwrap());
             h
         };
-        for v in ["1e30", "inf", "+inf", "Infinity", "99999999999999999999999999", "601"] {
+        for v in [
+            "1e30",
+            "inf",
+            "+inf",
+            "Infinity",
+            "99999999999999999999999999",
+            "601",
+        ] {
             assert_eq!(retry_after(&one("retry-after", v)), max, "retry-after: {v}");
-            assert_eq!(retry_after(&one("retry-after-ms", v)).map(|d| d <= MAX_RETRY_AFTER), Some(true), "retry-after-ms: {v}");
+            assert_eq!(
+                retry_after(&one("retry-after-ms", v)).map(|d| d <= MAX_RETRY_AFTER),
+                Some(true),
+                "retry-after-ms: {v}"
+            );
         }
         assert_eq!(retry_after(&one("retry-after-ms", "1e300")), max);
         for v in ["-1", "-1e30", "NaN", "-inf", "nope", ""] {
-            assert_eq!(retry_after(&one("retry-after", v)), None, "retry-after: {v}");
-            assert_eq!(retry_after(&one("retry-after-ms", v)), None, "retry-after-ms: {v}");
+            assert_eq!(
+                retry_after(&one("retry-after", v)),
+                None,
+                "retry-after: {v}"
+            );
+            assert_eq!(
+                retry_after(&one("retry-after-ms", v)),
+                None,
+                "retry-after-ms: {v}"
+            );
         }
         // An HTTP date far in the future, and one in the past.
         assert_eq!(

@@ -914,12 +914,6 @@ async fn chat(state: Arc<SimState>, wire: Wire, body: Bytes) -> Response {
         return resp;
     }
     let mut reply = generate(&state.cfg, &req);
-    if faults.overreport_factor >= 2 {
-        let k = faults.overreport_factor;
-        reply.input_tokens = reply.input_tokens.saturating_mul(k);
-        reply.output_tokens = reply.output_tokens.saturating_mul(k);
-        reply.cached_tokens = reply.cached_tokens.saturating_mul(k).min(reply.input_tokens);
-    }
     if let Some(resp) = admit(
         &state,
         wire,
@@ -930,6 +924,16 @@ async fn chat(state: Arc<SimState>, wire: Wire, body: Bytes) -> Response {
     let mut headers = HeaderMap::new();
     rate_headers(&state, wire, &mut headers);
     let (ttft, gen_time) = latency(&state, &faults, reply.output_tokens);
+    // Misreporting changes what usage says, not how long the reply takes.
+    if faults.overreport_factor >= 2 {
+        let k = faults.overreport_factor;
+        reply.input_tokens = reply.input_tokens.saturating_mul(k);
+        reply.output_tokens = reply.output_tokens.saturating_mul(k);
+        reply.cached_tokens = reply
+            .cached_tokens
+            .saturating_mul(k)
+            .min(reply.input_tokens);
+    }
     if faults.malformed {
         sleep(ttft).await;
         return malformed(&state);
