@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sluice_gateway::{CallRecord, Gateway};
+use sluice_gateway::{AbandonedCall, CallRecord, Gateway};
 use sluice_store::{JobStore, JournalEntry, UsageRecord};
 use sluice_types::model::{
     ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource,
@@ -33,6 +33,13 @@ impl GatewayModels {
         spend: SpendTracker,
     ) -> Self {
         let usage_tx = spawn_usage_writer(store.clone());
+        // A call cut off by its job's timeout or cancel never returns here: the gateway's drop
+        // guard reports what it charged, and it gets its usage row and spend all the same.
+        let (tx, tracker) = (usage_tx.clone(), spend.clone());
+        gateway.set_abandoned_sink(Arc::new(move |a: AbandonedCall| {
+            let _ = tx.send(usage_row(&a.ctx, &a.record));
+            tracker.add(a.ctx.job.id, a.record.usage, a.record.cost_micros);
+        }));
         GatewayModels {
             gateway,
             store,
@@ -44,28 +51,7 @@ impl GatewayModels {
 
     fn record(&self, ctx: &CallContext, record: &CallRecord, seq: u32) {
         let job = &ctx.job;
-        let usage = UsageRecord {
-            job_id: Some(job.id),
-            attempt: job.attempt,
-            plugin: job.plugin.clone(),
-            tenant: job.tenant.clone(),
-            tags: job.tags.clone(),
-            provider: record.provider.clone().unwrap_or_default(),
-            model: record
-                .model
-                .clone()
-                .unwrap_or_else(|| record.requested_model.clone()),
-            input_tokens: u64::from(record.usage.input_tokens),
-            output_tokens: u64::from(record.usage.output_tokens),
-            cached_input_tokens: u64::from(record.usage.cached_input_tokens),
-            cost_micros: i64::try_from(record.cost_micros).unwrap_or(i64::MAX),
-            latency_ms: record.latency_ms,
-            ttft_ms: record.ttft_ms,
-            source: record.source,
-            outcome: record.outcome.clone(),
-            created_at: Utc::now(),
-        };
-        let _ = self.usage_tx.send(usage);
+        let _ = self.usage_tx.send(usage_row(ctx, record));
         // A failed call can cost too (text streamed before the failure).
         if record.outcome == "ok" || record.cost_micros > 0 {
             self.spend.add(job.id, record.usage, record.cost_micros);
@@ -220,6 +206,32 @@ impl ModelBackend for GatewayModels {
                 Err(e.error)
             }
         }
+    }
+}
+
+/// The usage row of one call.
+fn usage_row(ctx: &CallContext, record: &CallRecord) -> UsageRecord {
+    let job = &ctx.job;
+    UsageRecord {
+        job_id: Some(job.id),
+        attempt: job.attempt,
+        plugin: job.plugin.clone(),
+        tenant: job.tenant.clone(),
+        tags: job.tags.clone(),
+        provider: record.provider.clone().unwrap_or_default(),
+        model: record
+            .model
+            .clone()
+            .unwrap_or_else(|| record.requested_model.clone()),
+        input_tokens: u64::from(record.usage.input_tokens),
+        output_tokens: u64::from(record.usage.output_tokens),
+        cached_input_tokens: u64::from(record.usage.cached_input_tokens),
+        cost_micros: i64::try_from(record.cost_micros).unwrap_or(i64::MAX),
+        latency_ms: record.latency_ms,
+        ttft_ms: record.ttft_ms,
+        source: record.source,
+        outcome: record.outcome.clone(),
+        created_at: Utc::now(),
     }
 }
 

@@ -36,15 +36,39 @@ fn cache_key(ctx: &CallContext, fingerprint: &str) -> String {
     format!("{fingerprint}:{}", ctx.job.tenant)
 }
 
+/// A call whose future was dropped before it finished (its job timed out or was cancelled)
+/// after a request went out: what it was charged, for the host's usage records.
+#[derive(Debug, Clone)]
+pub struct AbandonedCall {
+    /// The job that made the call.
+    pub ctx: CallContext,
+    /// The call: `outcome` is `abandoned`, `cost_micros` what was charged to its budgets (what
+    /// was streamed, or the reservation), `usage` the tokens streamed (output) and the prompt's
+    /// bound (input) as far as known.
+    pub record: CallRecord,
+}
+
+/// Receives [`AbandonedCall`]s, from a drop guard: must not block.
+pub type AbandonedSink = Arc<dyn Fn(AbandonedCall) + Send + Sync>;
+
 /// A budget reservation that settles itself when the call's future is dropped before
 /// [`HoldGuard::settle`] (the job timed out or was cancelled mid-call): a call cut off
 /// mid-stream is charged what was streamed, a call cut off while its request was out is charged
-/// the reservation, never 0. Only a call that never sent a request settles at 0.
+/// the reservation, never 0. Only a call that never sent a request settles at 0. The charge also
+/// goes to the gateway's [`AbandonedSink`], so the host can write its usage row.
 struct HoldGuard {
     inner: Arc<Inner>,
+    /// Set once the reservation succeeded: from then on a drop settles.
+    armed: bool,
     hold: Option<Hold>,
+    /// The caller's context and the call's record so far, for the abandoned-call report.
+    ctx: CallContext,
+    operation: &'static str,
+    requested_model: String,
     /// The worst case reserved.
     reserved: Micros,
+    /// The prompt's upper bound, tokens.
+    input_tokens: u64,
     /// The prompt's upper bound at the chain's dearest input price.
     input_cost: Micros,
     /// The chain's dearest output price per million tokens.
@@ -82,8 +106,15 @@ impl HoldGuard {
         }
     }
 
+    /// Hold `hold` (if any budget applies) until settled or dropped.
+    fn arm(&mut self, hold: Option<Hold>) {
+        self.hold = hold;
+        self.armed = true;
+    }
+
     /// Settle at `actual` (at most the reservation: the budget layer cuts anything above).
     async fn settle(mut self, actual: Micros) {
+        self.armed = false;
         if let Some(h) = self.hold.take() {
             self.inner.budgets.settle(h, actual).await;
         }
@@ -92,25 +123,61 @@ impl HoldGuard {
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
-        let Some(hold) = self.hold.take() else {
+        if !self.armed || !self.sent.load(Ordering::Relaxed) {
+            // Never armed (refused, or settled), or no request went out: nothing to charge;
+            // a hold still held is released at 0.
+            if let Some(hold) = self.hold.take() {
+                spawn_settle(self.inner.clone(), hold, Micros::ZERO);
+            }
             return;
-        };
+        }
         let cost = self.abandoned_cost();
         metrics::counter!("sluice_model_calls_abandoned_total").increment(1);
         tracing::info!(
+            job = %self.ctx.job.id,
             cost_micros = cost.get(),
             reserved_micros = self.reserved.get(),
-            "a model call was dropped before it settled; settling its reservation"
+            "a model call was dropped before it finished; charging what it may have cost"
         );
-        let inner = self.inner.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { inner.budgets.settle(hold, cost).await });
-            }
-            Err(_) => tracing::error!(
-                "no runtime to settle a dropped call's reservation; it expires with its hold"
-            ),
+        if let Some(hold) = self.hold.take() {
+            spawn_settle(self.inner.clone(), hold, cost);
         }
+        let sink = self
+            .inner
+            .abandoned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            let streamed = self.streamed_bytes.load(Ordering::Relaxed);
+            let record = CallRecord {
+                usage: Usage {
+                    input_tokens: tokens::clamp_u32(self.input_tokens),
+                    output_tokens: tokens::clamp_u32(streamed.min(self.max_out)),
+                    cached_input_tokens: 0,
+                },
+                cost_micros: cost.get(),
+                reserved_micros: self.reserved.get(),
+                outcome: "abandoned".into(),
+                ..CallRecord::new(self.operation, &self.requested_model)
+            };
+            sink(AbandonedCall {
+                ctx: self.ctx.clone(),
+                record,
+            });
+        }
+    }
+}
+
+/// Settle `hold` at `cost` from a task: a drop guard cannot await.
+fn spawn_settle(inner: Arc<Inner>, hold: Hold, cost: Micros) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move { inner.budgets.settle(hold, cost).await });
+        }
+        Err(_) => tracing::error!(
+            "no runtime to settle a dropped call's reservation; it expires with its hold"
+        ),
     }
 }
 
@@ -320,6 +387,8 @@ struct Inner {
     chat_cache: Option<ResponseCache<ChatResponse>>,
     /// Whether replies to `temperature > 0` requests are cached too.
     cache_sampled: bool,
+    /// Where abandoned calls are reported.
+    abandoned: std::sync::RwLock<Option<AbandonedSink>>,
     embed_cache: Option<ResponseCache<EmbedResponse>>,
     budgets: Budgets,
     retry: RetryConfig,
@@ -471,6 +540,7 @@ impl GatewayBuilder {
                 aliases: cfg.aliases.clone().into_iter().collect(),
                 chat_cache,
                 cache_sampled: cfg.cache.sampled,
+                abandoned: std::sync::RwLock::new(None),
                 embed_cache,
                 budgets: Budgets::new(&cfg.budgets, ledger, sink),
                 retry: cfg.retry.clone(),
@@ -594,6 +664,16 @@ impl Gateway {
     /// The least room left in any budget that applies to `ctx`'s job (`None`: no budget).
     pub async fn budget_remaining(&self, ctx: &CallContext) -> Option<u64> {
         self.inner.budgets.remaining(ctx).await
+    }
+
+    /// Report calls dropped before they finished (job timeout, cancel) to `sink`, with what
+    /// they were charged; replaces any earlier sink.
+    pub fn set_abandoned_sink(&self, sink: AbandonedSink) {
+        *self
+            .inner
+            .abandoned
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
     /// Charge a cost the gateway did not see against the job's budgets.
@@ -741,14 +821,17 @@ impl Gateway {
         let bound_input = tokens::prompt_upper_bound(&request.messages)
             .saturating_add(ESTIMATE_MARGIN_TOKENS.into());
         let (worst, mut guard) = self.reserve_guard(
+            ctx,
+            "chat",
+            &request.model,
             &chain,
             bound_input,
             |m| u64::from(self.max_tokens(&request, m)),
             on_delta.is_some(),
         );
         record.reserved_micros = worst.get();
-        guard.hold = match inner.budgets.reserve(ctx, worst).await {
-            Ok(h) => h,
+        match inner.budgets.reserve(ctx, worst).await {
+            Ok(h) => guard.arm(h),
             Err(e) => return fail(record, budget_error(e)),
         };
 
@@ -915,10 +998,18 @@ impl Gateway {
             .inputs
             .iter()
             .fold(0u64, |a, i| a.saturating_add(tokens::text_upper_bound(i)));
-        let (worst, mut guard) = self.reserve_guard(&chain, bound, |_| 0, false);
+        let (worst, mut guard) = self.reserve_guard(
+            ctx,
+            "embeddings",
+            &request.model,
+            &chain,
+            bound,
+            |_| 0,
+            false,
+        );
         record.reserved_micros = worst.get();
-        guard.hold = match inner.budgets.reserve(ctx, worst).await {
-            Ok(h) => h,
+        match inner.budgets.reserve(ctx, worst).await {
+            Ok(h) => guard.arm(h),
             Err(e) => return fail(record, budget_error(e)),
         };
         let op = Op::Embed {
@@ -986,8 +1077,12 @@ impl Gateway {
 
     /// The worst case of a call over `chain` (the dearest model, with `input` prompt tokens and
     /// each model's output cap), and a guard for its reservation (not yet holding one).
+    #[allow(clippy::too_many_arguments)]
     fn reserve_guard(
         &self,
+        ctx: &CallContext,
+        operation: &'static str,
+        requested_model: &str,
         chain: &[String],
         input: u64,
         max_out: impl Fn(&ModelEntry) -> u64,
@@ -1005,8 +1100,13 @@ impl Gateway {
             .unwrap_or(Micros::ZERO);
         let guard = HoldGuard {
             inner: self.inner.clone(),
+            armed: false,
             hold: None,
+            ctx: ctx.clone(),
+            operation,
+            requested_model: requested_model.to_string(),
             reserved: worst,
+            input_tokens: input,
             input_cost: Micros::per_mtok(input, input_price),
             output_price: models()
                 .map(|m| m.price.output)

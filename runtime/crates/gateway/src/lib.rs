@@ -66,7 +66,8 @@ pub use config::{
     Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider, Wire,
 };
 pub use gateway::{
-    AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome, Gateway, GatewayBuilder,
+    AbandonedCall, AbandonedSink, AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome,
+    Gateway, GatewayBuilder,
 };
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
 pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{ctx, ctx_with_deadline_ms, env};
@@ -631,6 +632,9 @@ async fn a_streamed_call_dropped_midway_is_charged_what_was_streamed() {
         move |b| b.ledger(l),
     )
     .await;
+    let abandoned = Arc::new(Mutex::new(Vec::new()));
+    let a = abandoned.clone();
+    e.gw.set_abandoned_sink(Arc::new(move |call| a.lock().unwrap().push(call)));
     let mut r = req();
     r.max_tokens = Some(200);
     let reserved = prompt_bound(&r) + 2 * 200;
@@ -656,6 +660,37 @@ async fn a_streamed_call_dropped_midway_is_charged_what_was_streamed() {
         level.spent_micros
     );
     assert!(level.spent_micros < reserved, "{} µ$", level.spent_micros);
+    // The host hears of it, for the usage row: same charge.
+    let calls = abandoned.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].record.outcome, "abandoned");
+    assert_eq!(calls[0].record.cost_micros, level.spent_micros);
+    assert_eq!(calls[0].record.reserved_micros, reserved);
+    assert!(calls[0].record.usage.output_tokens as usize >= got.len());
+}
+
+#[tokio::test]
+async fn a_dropped_call_without_a_budget_is_still_reported_with_its_charge() {
+    let slow = SimConfig {
+        ttft_ms: 5_000,
+        ..SimConfig::instant()
+    };
+    let e = env(&[(Wire::OpenAi, slow)], |_| {}).await;
+    let abandoned = Arc::new(Mutex::new(Vec::new()));
+    let a = abandoned.clone();
+    e.gw.set_abandoned_sink(Arc::new(move |call| a.lock().unwrap().push(call)));
+    let (gw, c) = (e.gw.clone(), ctx());
+    let call = tokio::spawn(async move { gw.chat(&c, req(), None).await });
+    let t0 = Instant::now();
+    while e.sim(0).stats().requests == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.abort();
+    let _ = call.await;
+    let calls = abandoned.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].record.cost_micros, prompt_bound(&req()) + 2 * 40);
 }
 
 #[tokio::test]
