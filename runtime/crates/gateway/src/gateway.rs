@@ -77,7 +77,7 @@ struct HoldGuard {
     max_out: u64,
     /// Whether deltas are streamed to the caller.
     streaming: bool,
-    /// Set when an attempt's request is handed to a provider.
+    /// Set while an attempt's request is out, and after one that may have been billed.
     sent: AtomicBool,
     /// Bytes of text streamed to the caller so far (over all attempts).
     streamed_bytes: AtomicU64,
@@ -1137,6 +1137,9 @@ impl Gateway {
         let inner = &*self.inner;
         let mut last: Option<ProviderError> = None;
         let mut all_throttled = true;
+        // Whether a finished attempt may have been billed (it failed without a status: a
+        // timeout or a broken stream). `sent` is that, or an attempt in flight.
+        let mut billed_before = false;
         let mut throttle_retry: Option<Duration> = None;
         for (position, model_id) in chain.iter().enumerate() {
             let model = &inner.models[model_id];
@@ -1323,8 +1326,11 @@ impl Gateway {
                         // A refusal with a status was not processed: give the tokens back.
                         // Otherwise (timeouts, broken streams) assume the provider counted them.
                         if e.status.is_some() {
+                            // Refused with a status: not processed, not billed.
+                            sent.store(billed_before, Ordering::Relaxed);
                             permit.cancel();
                         } else {
+                            billed_before = true;
                             permit.reconcile(cost_tokens);
                         }
                         let own_deadline = deadline_cut && e.kind == FailureKind::Timeout;

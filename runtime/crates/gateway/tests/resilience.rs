@@ -747,3 +747,41 @@ async fn a_stream_that_breaks_after_text_was_read_is_not_free() {
     let level = settled(&ledger).await;
     assert_eq!(level.spent_micros, err.record.cost_micros);
 }
+
+#[tokio::test]
+async fn a_call_dropped_while_waiting_out_a_429_is_charged_nothing() {
+    let ledger = common::shared_ledger();
+    let l = common::as_ledger(&ledger);
+    let limited = SimConfig {
+        faults: Faults {
+            force_429: 1,
+            retry_after_ms: 5_000,
+            ..Faults::default()
+        },
+        ..SimConfig::instant()
+    };
+    let e = common::env_with(
+        &[(Wire::OpenAi, limited)],
+        |c| c.budgets.push(total_budget(1.0)),
+        move |b| b.ledger(l),
+    )
+    .await;
+    let abandoned = Arc::new(Mutex::new(Vec::new()));
+    let a = abandoned.clone();
+    e.gw.set_abandoned_sink(Arc::new(move |call| a.lock().unwrap().push(call)));
+    let (gw, c) = (e.gw.clone(), ctx());
+    let call = tokio::spawn(async move { gw.chat(&c, req(), None).await });
+    let t0 = Instant::now();
+    while e.sim(0).stats().rate_limited == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The 429 was answered; the call now waits out its retry-after. A refused request was not
+    // processed, so dropping the call now charges nothing.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    let _ = call.await;
+    let level = settled(&ledger).await;
+    assert_eq!(level.spent_micros, 0);
+    assert!(abandoned.lock().unwrap().is_empty());
+}
