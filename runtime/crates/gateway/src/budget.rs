@@ -87,8 +87,8 @@ pub trait Ledger: Send + Sync {
     async fn reserve(&self, lines: &[BudgetLine], amount: u64) -> Result<u64, LedgerError>;
 
     /// Release reservation `id` of `reserved` and record `actual` as spent in each line
-    /// (`actual` may exceed `reserved`: the spend is recorded regardless). Returns the levels
-    /// after, in line order.
+    /// (saturating). [`Budgets`] never passes an `actual` above `reserved`; an implementation
+    /// given one records it regardless. Returns the levels after, in line order.
     async fn settle(
         &self,
         id: u64,
