@@ -297,6 +297,64 @@ mod tests {
         )
     }
 
+    /// A call cut off by its job's timeout or cancel (its future dropped) is written as a
+    /// usage row and added to the job's spend at what the gateway's drop guard charged.
+    #[tokio::test]
+    async fn a_call_cut_off_mid_way_gets_its_usage_row_and_spend() {
+        use sluice_store::{StoreConfig, UsageGroupBy, UsageQuery};
+        let store = sluice_store::open("sqlite::memory:", StoreConfig::default())
+            .await
+            .unwrap();
+        let mut cfg = sluice_gateway::GatewayConfig::simulated();
+        for p in cfg.providers.values_mut() {
+            if let Some(sim) = p.simulator.as_mut() {
+                sim.config.ttft_ms = 10_000;
+            }
+        }
+        let gateway = Gateway::new(cfg).await.unwrap();
+        let spend = SpendTracker::default();
+        let models = Arc::new(GatewayModels::new(
+            gateway.clone(),
+            store.clone(),
+            EventHub::new(store.clone()),
+            spend.clone(),
+        ));
+        let ctx = ctx();
+        let (m, c) = (models.clone(), ctx.clone());
+        let call = tokio::spawn(async move {
+            let r = ChatRequest::new("fast", vec![sluice_types::model::Message::user("Hi")]);
+            m.chat(&c, 0, r).await
+        });
+        let sim = gateway.simulator("sim").unwrap();
+        let t0 = std::time::Instant::now();
+        while sim.stats().requests == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        let query = UsageQuery {
+            tenant: Some("acme".into()),
+            from: Utc::now() - chrono::Duration::hours(1),
+            to: Utc::now() + chrono::Duration::hours(1),
+            group_by: UsageGroupBy::Plugin,
+        };
+        let t0 = std::time::Instant::now();
+        let row = loop {
+            let rows = store.usage_summary(&query).await.unwrap();
+            if let Some(r) = rows.into_iter().next() {
+                break r;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(row.calls, 1);
+        assert!(row.cost_micros > 0, "never free: {row:?}");
+        let spent = spend.get(ctx.job.id);
+        assert_eq!(spent.cost_micros as i64, row.cost_micros);
+        assert_eq!(spent.calls, 1);
+    }
+
     #[test]
     fn allowed_models_fail_closed_when_the_settings_are_unknown() {
         // Settings read, no list: any model.
