@@ -440,5 +440,13 @@ mod tests {
                 cached_input_tokens: 100
             }
         );
+        // A provider's absurd counts saturate instead of overflowing.
+        let huge = WireUsage {
+            input_tokens: Some(u32::MAX),
+            output_tokens: Some(u32::MAX),
+            cache_creation_input_tokens: Some(u32::MAX),
+            cache_read_input_tokens: Some(7),
+        };
+        assert_eq!(huge.normalized().input_tokens, u32::MAX);
     }
 }
