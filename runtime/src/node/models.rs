@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sluice_gateway::{CallRecord, Gateway};
+use sluice_gateway::{AbandonedCall, CallRecord, Gateway};
 use sluice_store::{JobStore, JournalEntry, UsageRecord};
 use sluice_types::model::{
     ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource,
@@ -33,6 +33,13 @@ impl GatewayModels {
         spend: SpendTracker,
     ) -> Self {
         let usage_tx = spawn_usage_writer(store.clone());
+        // A call cut off by its job's timeout or cancel never returns here: the gateway's drop
+        // guard reports what it charged, and it gets its usage row and spend all the same.
+        let (tx, tracker) = (usage_tx.clone(), spend.clone());
+        gateway.set_abandoned_sink(Arc::new(move |a: AbandonedCall| {
+            let _ = tx.send(usage_row(&a.ctx, &a.record));
+            tracker.add(a.ctx.job.id, a.record.usage, a.record.cost_micros);
+        }));
         GatewayModels {
             gateway,
             store,
@@ -44,29 +51,9 @@ impl GatewayModels {
 
     fn record(&self, ctx: &CallContext, record: &CallRecord, seq: u32) {
         let job = &ctx.job;
-        let usage = UsageRecord {
-            job_id: Some(job.id),
-            attempt: job.attempt,
-            plugin: job.plugin.clone(),
-            tenant: job.tenant.clone(),
-            tags: job.tags.clone(),
-            provider: record.provider.clone().unwrap_or_default(),
-            model: record
-                .model
-                .clone()
-                .unwrap_or_else(|| record.requested_model.clone()),
-            input_tokens: u64::from(record.usage.input_tokens),
-            output_tokens: u64::from(record.usage.output_tokens),
-            cached_input_tokens: u64::from(record.usage.cached_input_tokens),
-            cost_micros: record.cost_micros as i64,
-            latency_ms: record.latency_ms,
-            ttft_ms: record.ttft_ms,
-            source: record.source,
-            outcome: record.outcome.clone(),
-            created_at: Utc::now(),
-        };
-        let _ = self.usage_tx.send(usage);
-        if record.outcome == "ok" {
+        let _ = self.usage_tx.send(usage_row(ctx, record));
+        // A failed call can cost too (text streamed before the failure).
+        if record.outcome == "ok" || record.cost_micros > 0 {
             self.spend.add(job.id, record.usage, record.cost_micros);
         }
         let outcome = if record.outcome == "ok" {
@@ -223,9 +210,42 @@ impl ModelBackend for GatewayModels {
     }
 }
 
+/// The usage row of one call.
+fn usage_row(ctx: &CallContext, record: &CallRecord) -> UsageRecord {
+    let job = &ctx.job;
+    UsageRecord {
+        job_id: Some(job.id),
+        attempt: job.attempt,
+        plugin: job.plugin.clone(),
+        tenant: job.tenant.clone(),
+        tags: job.tags.clone(),
+        provider: record.provider.clone().unwrap_or_default(),
+        model: record
+            .model
+            .clone()
+            .unwrap_or_else(|| record.requested_model.clone()),
+        input_tokens: u64::from(record.usage.input_tokens),
+        output_tokens: u64::from(record.usage.output_tokens),
+        cached_input_tokens: u64::from(record.usage.cached_input_tokens),
+        cost_micros: i64::try_from(record.cost_micros).unwrap_or(i64::MAX),
+        latency_ms: record.latency_ms,
+        ttft_ms: record.ttft_ms,
+        source: record.source,
+        outcome: record.outcome.clone(),
+        created_at: Utc::now(),
+    }
+}
+
 /// Refuse a model the plugin's `allowed_models` setting leaves out, before anything is
-/// reserved or sent.
+/// reserved or sent. Fails closed: when the settings could not be read (store failure, plugin
+/// deleted) every model is refused.
 fn allowed(ctx: &CallContext, model: &str) -> Result<(), ModelError> {
+    if let Some(reason) = &ctx.models_refused {
+        return Err(ModelError::invalid(format!(
+            "model `{model}` refused for plugin `{}`: its allowed_models are unknown ({reason})",
+            ctx.job.plugin
+        )));
+    }
     if ctx.may_call(model) {
         return Ok(());
     }
@@ -255,4 +275,113 @@ fn spawn_usage_writer(store: Arc<dyn JobStore>) -> mpsc::UnboundedSender<UsageRe
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_types::JobInfo;
+
+    fn ctx() -> CallContext {
+        CallContext::new(
+            JobInfo {
+                id: uuid::Uuid::new_v4(),
+                plugin: "summarize".into(),
+                tenant: "acme".into(),
+                attempt: 1,
+                max_attempts: 1,
+                idempotency_key: None,
+                tags: Default::default(),
+                deadline_unix_ms: 0,
+            },
+            "sha256:test",
+        )
+    }
+
+    /// A call cut off by its job's timeout or cancel (its future dropped) is written as a
+    /// usage row and added to the job's spend at what the gateway's drop guard charged.
+    #[tokio::test]
+    async fn a_call_cut_off_mid_way_gets_its_usage_row_and_spend() {
+        use sluice_store::{StoreConfig, UsageGroupBy, UsageQuery};
+        let store = sluice_store::open("sqlite::memory:", StoreConfig::default())
+            .await
+            .unwrap();
+        let mut cfg = sluice_gateway::GatewayConfig::simulated();
+        for p in cfg.providers.values_mut() {
+            if let Some(sim) = p.simulator.as_mut() {
+                sim.config.ttft_ms = 10_000;
+            }
+        }
+        let gateway = Gateway::new(cfg).await.unwrap();
+        let spend = SpendTracker::default();
+        let models = Arc::new(GatewayModels::new(
+            gateway.clone(),
+            store.clone(),
+            EventHub::new(store.clone()),
+            spend.clone(),
+        ));
+        let ctx = ctx();
+        let (m, c) = (models.clone(), ctx.clone());
+        let call = tokio::spawn(async move {
+            let r = ChatRequest::new("fast", vec![sluice_types::model::Message::user("Hi")]);
+            m.chat(&c, 0, r).await
+        });
+        let sim = gateway.simulator("sim").unwrap();
+        let t0 = std::time::Instant::now();
+        while sim.stats().requests == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        let query = UsageQuery {
+            tenant: Some("acme".into()),
+            from: Utc::now() - chrono::Duration::hours(1),
+            to: Utc::now() + chrono::Duration::hours(1),
+            group_by: UsageGroupBy::Plugin,
+        };
+        let t0 = std::time::Instant::now();
+        let row = loop {
+            let rows = store.usage_summary(&query).await.unwrap();
+            if let Some(r) = rows.into_iter().next() {
+                break r;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(row.calls, 1);
+        assert!(row.cost_micros > 0, "never free: {row:?}");
+        let spent = spend.get(ctx.job.id);
+        assert_eq!(spent.cost_micros as i64, row.cost_micros);
+        assert_eq!(spent.calls, 1);
+    }
+
+    #[test]
+    fn allowed_models_fail_closed_when_the_settings_are_unknown() {
+        // Settings read, no list: any model.
+        assert!(allowed(&ctx(), "fast").is_ok());
+        // Settings read, a list: only those.
+        let listed = ctx().with_allowed_models(Some(vec!["fast".into()]));
+        assert!(allowed(&listed, "fast").is_ok());
+        assert!(matches!(
+            allowed(&listed, "smart"),
+            Err(ModelError::InvalidRequest { .. })
+        ));
+        // Settings unknown (store failure, plugin deleted): nothing, with the reason.
+        let unknown = ctx().with_models_refused("the plugin was deleted");
+        for model in ["fast", "smart", "sim/any"] {
+            let err = allowed(&unknown, model).unwrap_err();
+            assert!(
+                matches!(&err, ModelError::InvalidRequest { message }
+                    if message.contains("allowed_models are unknown")
+                        && message.contains("the plugin was deleted")),
+                "{err}"
+            );
+        }
+        // Even a list that would allow it does not: the refusal wins.
+        let both = ctx()
+            .with_allowed_models(Some(vec!["fast".into()]))
+            .with_models_refused("store unavailable");
+        assert!(allowed(&both, "fast").is_err());
+    }
 }

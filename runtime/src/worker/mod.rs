@@ -215,14 +215,14 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
         .await;
     // `allowed_models` fails closed: a deleted plugin's queued job still runs its recorded
     // code, but may call no model, since nothing says which models it may call.
-    let allowed_models = match &settings {
-        Ok(Some(s)) => s.allowed_models.clone(),
-        Ok(None) | Err(_) => Some(Vec::new()),
-    };
     let ctx = CallContext::new(job.job_info(), job.digest.clone())
-        .with_allowed_models(allowed_models)
         // A redriven job keeps its journal (unless redriven fresh): replay it from attempt 1.
         .with_journal_replay(job.attempt > 1 || job.run > 0);
+    let ctx = match &settings {
+        Ok(Some(s)) => ctx.with_allowed_models(s.allowed_models.clone()),
+        Ok(None) => ctx.with_models_refused("the plugin was deleted"),
+        Err(_) => ctx.with_models_refused("the plugin's settings could not be read"),
+    };
     let lost = Arc::new(AtomicBool::new(false));
     // Removes the lease from the heartbeat's map however this task ends (a panic included),
     // so a job is never renewed forever by a task that is gone.

@@ -2,8 +2,12 @@
 //!
 //! Before a call its worst-case cost is *reserved* in every budget that applies; a reservation
 //! that would take any of them past its limit is refused and nothing is reserved. After the call
-//! the reservation is *settled* to the actual cost. Because the check and the reservation are
-//! one atomic step, concurrent calls cannot overshoot together.
+//! the reservation is *settled* to the actual cost, **never more than was reserved**: a provider
+//! that reports more usage than the worst case allowed cannot push a budget past its limit (the
+//! gateway warns and keeps the reported tokens in the call's record). Because the check and the
+//! reservation are one atomic step, concurrent calls cannot overshoot together.
+//!
+//! Amounts are [`Micros`]: every sum saturates instead of wrapping.
 //!
 //! Accounting sits behind [`Ledger`] so a node can keep it in memory ([`MemoryLedger`]) or in the
 //! database. Alerts go to an [`AlertSink`] once per threshold per budget window.
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_types::CallContext;
+use sluice_types::{CallContext, Micros};
 
 use crate::config::{BudgetConfig, BudgetScope, Period};
 
@@ -83,8 +87,8 @@ pub trait Ledger: Send + Sync {
     async fn reserve(&self, lines: &[BudgetLine], amount: u64) -> Result<u64, LedgerError>;
 
     /// Release reservation `id` of `reserved` and record `actual` as spent in each line
-    /// (`actual` may exceed `reserved`: the spend is recorded regardless). Returns the levels
-    /// after, in line order.
+    /// (saturating). [`Budgets`] never passes an `actual` above `reserved`; an implementation
+    /// given one records it regardless. Returns the levels after, in line order.
     async fn settle(
         &self,
         id: u64,
@@ -130,11 +134,9 @@ impl Ledger for MemoryLedger {
         let mut g = self.lock();
         for line in lines {
             let l = g.levels.get(&line.key).copied().unwrap_or_default();
-            if l.spent_micros
-                .saturating_add(l.reserved_micros)
-                .saturating_add(amount)
-                > line.limit_micros
-            {
+            let after =
+                Micros::new(l.spent_micros) + Micros::new(l.reserved_micros) + Micros::new(amount);
+            if after > Micros::new(line.limit_micros) {
                 return Err(LedgerError::Refused(Refusal {
                     key: line.key.clone(),
                     limit_micros: line.limit_micros,
@@ -146,7 +148,7 @@ impl Ledger for MemoryLedger {
         }
         for line in lines {
             let l = g.levels.entry(line.key.clone()).or_default();
-            l.reserved_micros += amount;
+            l.reserved_micros = (Micros::new(l.reserved_micros) + Micros::new(amount)).get();
         }
         g.next_id += 1;
         Ok(g.next_id)
@@ -165,7 +167,7 @@ impl Ledger for MemoryLedger {
             .map(|line| {
                 let l = g.levels.entry(line.key.clone()).or_default();
                 l.reserved_micros = l.reserved_micros.saturating_sub(reserved);
-                l.spent_micros = l.spent_micros.saturating_add(actual);
+                l.spent_micros = (Micros::new(l.spent_micros) + Micros::new(actual)).get();
                 *l
             })
             .collect())
@@ -267,12 +269,12 @@ struct Rule {
 pub struct Hold {
     id: u64,
     lines: Vec<BudgetLine>,
-    amount: u64,
+    amount: Micros,
 }
 
 impl Hold {
-    /// Micro-dollars held.
-    pub fn amount(&self) -> u64 {
+    /// The amount held.
+    pub fn amount(&self) -> Micros {
         self.amount
     }
 }
@@ -323,7 +325,8 @@ impl Budgets {
                     tag: b.tag.clone(),
                     value: b.value.clone(),
                     period: b.period,
-                    limit_micros: (b.limit_usd * 1_000_000.0).round() as u64,
+                    // Validated finite and non-negative; a bad value would mean "no room".
+                    limit_micros: Micros::from_usd(b.limit_usd).unwrap_or(Micros::ZERO).get(),
                     alerts,
                 }
             })
@@ -374,7 +377,7 @@ impl Budgets {
     pub async fn reserve(
         &self,
         ctx: &CallContext,
-        amount: u64,
+        amount: Micros,
     ) -> Result<Option<Hold>, LedgerError> {
         if self.rules().is_empty() {
             return Ok(None);
@@ -383,7 +386,7 @@ impl Budgets {
         if lines.is_empty() {
             return Ok(None);
         }
-        match self.ledger.reserve(&lines, amount).await {
+        match self.ledger.reserve(&lines, amount.get()).await {
             Ok(id) => Ok(Some(Hold { id, lines, amount })),
             Err(LedgerError::Refused(r)) => {
                 metrics::counter!("sluice_budget_refusals_total", "budget" => r.key.budget.clone())
@@ -410,11 +413,23 @@ impl Budgets {
         }
     }
 
-    /// Settle a hold to the actual cost and fire threshold alerts that are now due.
-    pub async fn settle(&self, hold: Hold, actual: u64) {
+    /// Settle a hold to the actual cost and fire threshold alerts that are now due. At most
+    /// the amount held is charged: the reservation was checked against every limit, more was
+    /// not (a larger `actual` is logged and cut to the hold).
+    pub async fn settle(&self, hold: Hold, actual: Micros) {
+        let actual = if actual > hold.amount {
+            tracing::warn!(
+                actual = actual.get(),
+                held = hold.amount.get(),
+                "a call cost more than its reservation; charging the reservation"
+            );
+            hold.amount
+        } else {
+            actual
+        };
         let levels = match self
             .ledger
-            .settle(hold.id, &hold.lines, hold.amount, actual)
+            .settle(hold.id, &hold.lines, hold.amount.get(), actual.get())
             .await
         {
             Ok(l) => l,
@@ -468,9 +483,8 @@ impl Budgets {
         let mut least: Option<u64> = None;
         for line in self.lines_for(ctx, Utc::now()) {
             let l = self.ledger.level(&line.key).await.unwrap_or_default();
-            let left = line
-                .limit_micros
-                .saturating_sub(l.spent_micros + l.reserved_micros);
+            let used = Micros::new(l.spent_micros) + Micros::new(l.reserved_micros);
+            let left = line.limit_micros.saturating_sub(used.get());
             least = Some(least.map_or(left, |x| x.min(left)));
         }
         least
@@ -478,7 +492,7 @@ impl Budgets {
 
     /// Record a cost the gateway did not see (e.g. a paid API the handler called), refusing it
     /// when it would exceed a budget.
-    pub async fn charge(&self, ctx: &CallContext, cost_micros: u64) -> Result<(), LedgerError> {
+    pub async fn charge(&self, ctx: &CallContext, cost_micros: Micros) -> Result<(), LedgerError> {
         if let Some(hold) = self.reserve(ctx, cost_micros).await? {
             self.settle(hold, cost_micros).await;
         }
@@ -507,6 +521,39 @@ mod tests {
             },
             limit_micros: limit,
         }
+    }
+
+    #[tokio::test]
+    async fn huge_amounts_saturate_and_are_refused() {
+        let l = MemoryLedger::new();
+        // The largest limit config accepts: $1e12.
+        let limit = 1_000_000_000_000_000_000;
+        let a = line(limit);
+        let lines = [a.clone()];
+        assert!(matches!(
+            l.reserve(&lines, u64::MAX).await,
+            Err(LedgerError::Refused(_))
+        ));
+        let id = l.reserve(&lines, limit).await.unwrap();
+        assert!(
+            matches!(
+                l.reserve(&lines, u64::MAX).await,
+                Err(LedgerError::Refused(_))
+            ),
+            "spent + reserved + amount saturates instead of wrapping to a small sum"
+        );
+        l.settle(id, &lines, limit, u64::MAX).await.unwrap();
+        let err = l.reserve(&lines, 0).await.unwrap_err();
+        assert!(matches!(err, LedgerError::Refused(_)), "over the limit");
+        l.settle(0, &lines, 0, u64::MAX).await.unwrap();
+        assert_eq!(
+            l.level(&a.key).await.unwrap(),
+            Level {
+                spent_micros: u64::MAX,
+                reserved_micros: 0
+            },
+            "saturated, not wrapped"
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! The exact-match response cache: request fingerprint → response, with a TTL and a size cap
-//! (oldest entries go first).
+//! The exact-match response cache: key → response, with a TTL and a size cap (oldest entries
+//! go first). The gateway's keys are the tenant and the request's fingerprint, so tenants
+//! never share entries (see [`crate::config::CacheConfig`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -355,19 +355,44 @@ impl ModelConfig {
     }
 }
 
-/// Response cache settings.
+/// Response cache settings (`[gateway.cache]`).
+///
+/// The cache is exact-match and **per tenant**: an entry is keyed by the tenant and the
+/// request's fingerprint (model, messages, `max_tokens`, temperature, format), so one tenant
+/// never receives another's reply nor learns from a hit that another sent a prompt. Only
+/// successful provider replies are stored; hits cost nothing and are marked `source: cache`.
+///
+/// Sampled requests (`temperature > 0`) are not cached unless `sampled = true`: a handler that
+/// asks for a temperature expects varied replies. A request that sets no temperature is
+/// cached (it asked for nothing); a handler opts a call out with `no_cache`.
+///
+/// ```toml
+/// [gateway.cache]
+/// enabled = true      # default true
+/// ttl_secs = 3600     # default 1 h; at most 30 days
+/// max_entries = 10000 # default 10000; the oldest go first
+/// sampled = false     # default false: temperature > 0 is never served from the cache
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Whether responses are cached at all.
     #[serde(default = "d_true")]
     pub enabled: bool,
-    /// How long an entry lives, seconds.
+    /// How long an entry lives, seconds (at most [`CacheConfig::MAX_TTL_SECS`]).
     #[serde(default = "d_cache_ttl")]
     pub ttl_secs: u64,
     /// Entries kept; the oldest go first.
     #[serde(default = "d_cache_entries")]
     pub max_entries: usize,
+    /// Also cache replies to requests with `temperature > 0` (default false).
+    #[serde(default)]
+    pub sampled: bool,
+}
+
+impl CacheConfig {
+    /// The longest `ttl_secs` accepted: 30 days.
+    pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 }
 
 impl Default for CacheConfig {
@@ -376,6 +401,7 @@ impl Default for CacheConfig {
             enabled: true,
             ttl_secs: d_cache_ttl(),
             max_entries: d_cache_entries(),
+            sampled: false,
         }
     }
 }
@@ -597,6 +623,12 @@ impl GatewayConfig {
         if self.max_call_ms == 0 {
             return Err(ConfigError::Other("max_call_ms must be positive".into()));
         }
+        if self.cache.ttl_secs > CacheConfig::MAX_TTL_SECS {
+            return Err(ConfigError::Other(format!(
+                "cache.ttl_secs must be at most {} (30 days)",
+                CacheConfig::MAX_TTL_SECS
+            )));
+        }
         if self.default_max_tokens == 0 {
             return Err(ConfigError::Other(
                 "default_max_tokens must be positive".into(),
@@ -746,11 +778,6 @@ impl GatewayConfig {
         }
         Ok(())
     }
-}
-
-/// Dollars per million tokens → micro-dollars per million tokens.
-pub(crate) fn usd_to_micros(usd: f64) -> u64 {
-    (usd * 1_000_000.0).round() as u64
 }
 
 fn d_true() -> bool {

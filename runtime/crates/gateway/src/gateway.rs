@@ -1,7 +1,7 @@
 //! The gateway: alias → chain, cache, budget, rate limits, breaker, retries, failover, cost.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sluice_types::model::{
     ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource, Usage,
 };
-use sluice_types::{CallContext, ModelBackend};
+use sluice_types::{CallContext, Micros, ModelBackend};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -29,6 +29,157 @@ use crate::tokens::{self, Price};
 /// Tokens added to the prompt estimate for provider-side framing (e.g. the JSON instruction
 /// the Anthropic client adds), so the rate-limit reservation errs high.
 const ESTIMATE_MARGIN_TOKENS: u32 = 16;
+
+/// The response-cache key of a request: the tenant and the request's fingerprint, so tenants
+/// never share entries. The fingerprint is 64 hex digits, so the pair is unambiguous.
+fn cache_key(ctx: &CallContext, fingerprint: &str) -> String {
+    format!("{fingerprint}:{}", ctx.job.tenant)
+}
+
+/// A call whose future was dropped before it finished (its job timed out or was cancelled)
+/// after a request went out: what it was charged, for the host's usage records.
+#[derive(Debug, Clone)]
+pub struct AbandonedCall {
+    /// The job that made the call.
+    pub ctx: CallContext,
+    /// The call: `outcome` is `abandoned`, `cost_micros` what was charged to its budgets (what
+    /// was streamed, or the reservation), `usage` the tokens streamed (output) and the prompt's
+    /// bound (input) as far as known.
+    pub record: CallRecord,
+}
+
+/// Receives [`AbandonedCall`]s, from a drop guard: must not block.
+pub type AbandonedSink = Arc<dyn Fn(AbandonedCall) + Send + Sync>;
+
+/// A budget reservation that settles itself when the call's future is dropped before
+/// [`HoldGuard::settle`] (the job timed out or was cancelled mid-call): a call cut off
+/// mid-stream is charged what was streamed, a call cut off while its request was out is charged
+/// the reservation, never 0. Only a call that never sent a request settles at 0. The charge also
+/// goes to the gateway's [`AbandonedSink`], so the host can write its usage row.
+struct HoldGuard {
+    inner: Arc<Inner>,
+    /// Set once the reservation succeeded: from then on a drop settles.
+    armed: bool,
+    hold: Option<Hold>,
+    /// The caller's context and the call's record so far, for the abandoned-call report.
+    ctx: CallContext,
+    operation: &'static str,
+    requested_model: String,
+    /// The worst case reserved.
+    reserved: Micros,
+    /// The prompt's upper bound, tokens.
+    input_tokens: u64,
+    /// The prompt's upper bound at the chain's dearest input price.
+    input_cost: Micros,
+    /// The chain's dearest output price per million tokens.
+    output_price: Micros,
+    /// The output cap of the call (largest over the chain).
+    max_out: u64,
+    /// Whether deltas are streamed to the caller.
+    streaming: bool,
+    /// Set while an attempt's request is out, and after one that may have been billed.
+    sent: AtomicBool,
+    /// Bytes of text streamed to the caller so far (over all attempts).
+    streamed_bytes: AtomicU64,
+}
+
+impl HoldGuard {
+    /// What the text streamed so far may have cost: the prompt's bound plus a token per
+    /// streamed byte (at most `max_out`), at most the reservation; 0 when nothing streamed.
+    fn streamed_cost(&self) -> Micros {
+        let bytes = self.streamed_bytes.load(Ordering::Relaxed);
+        if bytes == 0 {
+            return Micros::ZERO;
+        }
+        let out = Micros::per_mtok(bytes.min(self.max_out), self.output_price);
+        (self.input_cost + out).min(self.reserved)
+    }
+
+    /// The charge of a call abandoned before it settled.
+    fn abandoned_cost(&self) -> Micros {
+        if !self.sent.load(Ordering::Relaxed) {
+            Micros::ZERO
+        } else if self.streaming {
+            self.streamed_cost().max(self.input_cost.min(self.reserved))
+        } else {
+            self.reserved
+        }
+    }
+
+    /// Hold `hold` (if any budget applies) until settled or dropped.
+    fn arm(&mut self, hold: Option<Hold>) {
+        self.hold = hold;
+        self.armed = true;
+    }
+
+    /// Settle at `actual` (at most the reservation: the budget layer cuts anything above).
+    async fn settle(mut self, actual: Micros) {
+        self.armed = false;
+        if let Some(h) = self.hold.take() {
+            self.inner.budgets.settle(h, actual).await;
+        }
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if !self.armed || !self.sent.load(Ordering::Relaxed) {
+            // Never armed (refused, or settled), or no request went out: nothing to charge;
+            // a hold still held is released at 0.
+            if let Some(hold) = self.hold.take() {
+                spawn_settle(self.inner.clone(), hold, Micros::ZERO);
+            }
+            return;
+        }
+        let cost = self.abandoned_cost();
+        metrics::counter!("sluice_model_calls_abandoned_total").increment(1);
+        tracing::info!(
+            job = %self.ctx.job.id,
+            cost_micros = cost.get(),
+            reserved_micros = self.reserved.get(),
+            "a model call was dropped before it finished; charging what it may have cost"
+        );
+        if let Some(hold) = self.hold.take() {
+            spawn_settle(self.inner.clone(), hold, cost);
+        }
+        let sink = self
+            .inner
+            .abandoned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            let streamed = self.streamed_bytes.load(Ordering::Relaxed);
+            let record = CallRecord {
+                usage: Usage {
+                    input_tokens: tokens::clamp_u32(self.input_tokens),
+                    output_tokens: tokens::clamp_u32(streamed.min(self.max_out)),
+                    cached_input_tokens: 0,
+                },
+                cost_micros: cost.get(),
+                reserved_micros: self.reserved.get(),
+                outcome: "abandoned".into(),
+                ..CallRecord::new(self.operation, &self.requested_model)
+            };
+            sink(AbandonedCall {
+                ctx: self.ctx.clone(),
+                record,
+            });
+        }
+    }
+}
+
+/// Settle `hold` at `cost` from a task: a drop guard cannot await.
+fn spawn_settle(inner: Arc<Inner>, hold: Hold, cost: Micros) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move { inner.budgets.settle(hold, cost).await });
+        }
+        Err(_) => tracing::error!(
+            "no runtime to settle a dropped call's reservation; it expires with its hold"
+        ),
+    }
+}
 
 /// One attempt (or skipped chain position) of a call, for usage records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +215,15 @@ pub struct CallRecord {
     pub response_model: Option<String>,
     /// Tokens (`input_tokens` includes cached ones). On a cache hit: the original call's.
     pub usage: Usage,
-    /// Cost charged, micro-dollars (0 for cache hits and failures).
+    /// Cost charged, micro-dollars: the reported usage at the model's prices, at most
+    /// `reserved_micros` (a provider reporting more than the worst case is charged the
+    /// reservation; `usage` keeps what it reported). 0 for cache hits and for failures that
+    /// streamed nothing; a failure after streamed text is charged the prompt's bound plus a
+    /// token per streamed byte.
     pub cost_micros: u64,
-    /// Worst-case cost reserved against budgets before the call.
+    /// Worst-case cost reserved against budgets before the call: the prompt's upper bound (a
+    /// token per UTF-8 byte plus framing, see [`crate::tokens`]) and the output cap, at the
+    /// chain's dearest model.
     pub reserved_micros: u64,
     /// Wall time of the whole call, ms.
     pub latency_ms: u32,
@@ -228,6 +385,10 @@ struct Inner {
     models: HashMap<String, ModelEntry>,
     aliases: HashMap<String, Vec<String>>,
     chat_cache: Option<ResponseCache<ChatResponse>>,
+    /// Whether replies to `temperature > 0` requests are cached too.
+    cache_sampled: bool,
+    /// Where abandoned calls are reported.
+    abandoned: std::sync::RwLock<Option<AbandonedSink>>,
     embed_cache: Option<ResponseCache<EmbedResponse>>,
     budgets: Budgets,
     retry: RetryConfig,
@@ -378,6 +539,8 @@ impl GatewayBuilder {
                 models,
                 aliases: cfg.aliases.clone().into_iter().collect(),
                 chat_cache,
+                cache_sampled: cfg.cache.sampled,
+                abandoned: std::sync::RwLock::new(None),
                 embed_cache,
                 budgets: Budgets::new(&cfg.budgets, ledger, sink),
                 retry: cfg.retry.clone(),
@@ -503,6 +666,16 @@ impl Gateway {
         self.inner.budgets.remaining(ctx).await
     }
 
+    /// Report calls dropped before they finished (job timeout, cancel) to `sink`, with what
+    /// they were charged; replaces any earlier sink.
+    pub fn set_abandoned_sink(&self, sink: AbandonedSink) {
+        *self
+            .inner
+            .abandoned
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
     /// Charge a cost the gateway did not see against the job's budgets.
     pub async fn charge_extra(
         &self,
@@ -511,7 +684,7 @@ impl Gateway {
     ) -> Result<(), ModelError> {
         self.inner
             .budgets
-            .charge(ctx, cost_micros)
+            .charge(ctx, Micros::new(cost_micros))
             .await
             .map_err(budget_error)
     }
@@ -613,7 +786,11 @@ impl Gateway {
             Err(e) => return fail(record, e),
         };
 
-        let cache_key = (!request.no_cache).then(|| request.fingerprint());
+        // Sampled replies vary by design: not served from (nor put in) the cache unless
+        // configured. `None` asked for no temperature and is cached.
+        let sampled = request.temperature.is_some_and(|t| t > 0.0 || t.is_nan());
+        let cacheable = !request.no_cache && (!sampled || inner.cache_sampled);
+        let cache_key = cacheable.then(|| cache_key(ctx, &request.fingerprint()));
         if let (Some(cache), Some(key)) = (&inner.chat_cache, &cache_key)
             && let Some(mut hit) = cache.get(key)
         {
@@ -637,32 +814,57 @@ impl Gateway {
             });
         }
 
-        let est_input = tokens::messages_tokens(&request.messages) + ESTIMATE_MARGIN_TOKENS;
-        let worst = chain
-            .iter()
-            .map(|id| {
-                let m = &inner.models[id];
-                m.price.worst_case(est_input, self.max_tokens(&request, m))
-            })
-            .max()
-            .unwrap_or(0);
-        record.reserved_micros = worst;
-        let hold = match inner.budgets.reserve(ctx, worst).await {
-            Ok(h) => h,
+        // Rate limits book the estimate (reconciled with the reported usage after); budgets
+        // reserve the upper bound: a byte a token, plus framing (see `tokens`).
+        let est_input =
+            tokens::messages_tokens(&request.messages).saturating_add(ESTIMATE_MARGIN_TOKENS);
+        let bound_input = tokens::prompt_upper_bound(&request.messages)
+            .saturating_add(ESTIMATE_MARGIN_TOKENS.into());
+        let (worst, mut guard) = self.reserve_guard(
+            ctx,
+            "chat",
+            &request.model,
+            &chain,
+            bound_input,
+            |m| u64::from(self.max_tokens(&request, m)),
+            on_delta.is_some(),
+        );
+        record.reserved_micros = worst.get();
+        match inner.budgets.reserve(ctx, worst).await {
+            Ok(h) => guard.arm(h),
             Err(e) => return fail(record, budget_error(e)),
         };
 
+        let counting = |delta: &str| {
+            guard
+                .streamed_bytes
+                .fetch_add(delta.len() as u64, Ordering::Relaxed);
+            if let Some(f) = on_delta {
+                f(delta);
+            }
+        };
         let op = Op::Chat {
             req: &request,
-            on_delta,
+            on_delta: on_delta.map(|_| &counting as &DeltaFn<'_>),
         };
         let result = self
-            .run_chain(ctx, &op, &chain, est_input, deadline, &mut record)
+            .run_chain(
+                ctx,
+                &op,
+                &chain,
+                est_input,
+                deadline,
+                &mut record,
+                &guard.sent,
+            )
             .await;
         let answer = match result {
             Ok(a) => a,
             Err(e) => {
-                self.settle(hold, 0).await;
+                // Text already streamed to the handler is paid for, whatever failed after.
+                let cost = guard.streamed_cost();
+                record.cost_micros = cost.get();
+                guard.settle(cost).await;
                 return fail(record, e);
             }
         };
@@ -670,8 +872,9 @@ impl Gateway {
             unreachable!("a chat operation yields a chat reply")
         };
         let model = answer.model;
-        let cost = model.price.cost(&reply.usage);
-        self.settle(hold, cost).await;
+        let cost = capped_cost(model, &reply.usage, worst);
+        guard.settle(cost).await;
+        let cost = cost.get();
         let response = ChatResponse {
             content: reply.content,
             model: if reply.model.is_empty() {
@@ -767,7 +970,7 @@ impl Gateway {
             Ok(d) => d,
             Err(e) => return fail(record, e),
         };
-        let cache_key = request.fingerprint();
+        let cache_key = cache_key(ctx, &request.fingerprint());
         if let Some(cache) = &inner.embed_cache
             && let Some(mut hit) = cache.get(&cache_key)
         {
@@ -787,27 +990,38 @@ impl Gateway {
                 record,
             });
         }
-        let est: u32 = request.inputs.iter().map(|i| tokens::text_tokens(i)).sum();
-        let worst = chain
+        let est = request
+            .inputs
             .iter()
-            .map(|id| inner.models[id].price.worst_case(est, 0))
-            .max()
-            .unwrap_or(0);
-        record.reserved_micros = worst;
-        let hold = match inner.budgets.reserve(ctx, worst).await {
-            Ok(h) => h,
+            .fold(0u32, |a, i| a.saturating_add(tokens::text_tokens(i)));
+        let bound = request
+            .inputs
+            .iter()
+            .fold(0u64, |a, i| a.saturating_add(tokens::text_upper_bound(i)));
+        let (worst, mut guard) = self.reserve_guard(
+            ctx,
+            "embeddings",
+            &request.model,
+            &chain,
+            bound,
+            |_| 0,
+            false,
+        );
+        record.reserved_micros = worst.get();
+        match inner.budgets.reserve(ctx, worst).await {
+            Ok(h) => guard.arm(h),
             Err(e) => return fail(record, budget_error(e)),
         };
         let op = Op::Embed {
             inputs: &request.inputs,
         };
         let answer = match self
-            .run_chain(ctx, &op, &chain, est, deadline, &mut record)
+            .run_chain(ctx, &op, &chain, est, deadline, &mut record, &guard.sent)
             .await
         {
             Ok(a) => a,
             Err(e) => {
-                self.settle(hold, 0).await;
+                guard.settle(Micros::ZERO).await;
                 return fail(record, e);
             }
         };
@@ -815,8 +1029,9 @@ impl Gateway {
             unreachable!("an embeddings operation yields an embeddings reply")
         };
         let model = answer.model;
-        let cost = model.price.cost(&reply.usage);
-        self.settle(hold, cost).await;
+        let cost = capped_cost(model, &reply.usage, worst);
+        guard.settle(cost).await;
+        let cost = cost.get();
         let response = EmbedResponse {
             vectors: reply.vectors,
             model: if reply.model.is_empty() {
@@ -860,10 +1075,49 @@ impl Gateway {
         }
     }
 
-    async fn settle(&self, hold: Option<Hold>, cost: u64) {
-        if let Some(h) = hold {
-            self.inner.budgets.settle(h, cost).await;
-        }
+    /// The worst case of a call over `chain` (the dearest model, with `input` prompt tokens and
+    /// each model's output cap), and a guard for its reservation (not yet holding one).
+    #[allow(clippy::too_many_arguments)]
+    fn reserve_guard(
+        &self,
+        ctx: &CallContext,
+        operation: &'static str,
+        requested_model: &str,
+        chain: &[String],
+        input: u64,
+        max_out: impl Fn(&ModelEntry) -> u64,
+        streaming: bool,
+    ) -> (Micros, HoldGuard) {
+        let inner = &*self.inner;
+        let models = || chain.iter().map(|id| &inner.models[id]);
+        let worst = models()
+            .map(|m| m.price.worst_case(input, max_out(m)))
+            .max()
+            .unwrap_or(Micros::ZERO);
+        let input_price = models()
+            .map(|m| m.price.input.max(m.price.cached_input))
+            .max()
+            .unwrap_or(Micros::ZERO);
+        let guard = HoldGuard {
+            inner: self.inner.clone(),
+            armed: false,
+            hold: None,
+            ctx: ctx.clone(),
+            operation,
+            requested_model: requested_model.to_string(),
+            reserved: worst,
+            input_tokens: input,
+            input_cost: Micros::per_mtok(input, input_price),
+            output_price: models()
+                .map(|m| m.price.output)
+                .max()
+                .unwrap_or(Micros::ZERO),
+            max_out: models().map(&max_out).max().unwrap_or(0),
+            streaming,
+            sent: AtomicBool::new(false),
+            streamed_bytes: AtomicU64::new(0),
+        };
+        (worst, guard)
     }
 
     /// Walk the chain: for each model, up to `1 + max_retries` attempts on its provider,
@@ -878,10 +1132,14 @@ impl Gateway {
         est_input: u32,
         deadline: Instant,
         record: &mut CallRecord,
+        sent: &AtomicBool,
     ) -> Result<Answer<'g>, ModelError> {
         let inner = &*self.inner;
         let mut last: Option<ProviderError> = None;
         let mut all_throttled = true;
+        // Whether a finished attempt may have been billed (it failed without a status: a
+        // timeout or a broken stream). `sent` is that, or an attempt in flight.
+        let mut billed_before = false;
         let mut throttle_retry: Option<Duration> = None;
         for (position, model_id) in chain.iter().enumerate() {
             let model = &inner.models[model_id];
@@ -919,7 +1177,8 @@ impl Gateway {
                 });
             };
             if let Some(limit) = model.context_tokens
-                && est_input.saturating_sub(ESTIMATE_MARGIN_TOKENS) + max_out > limit
+                && u64::from(est_input.saturating_sub(ESTIMATE_MARGIN_TOKENS)) + u64::from(max_out)
+                    > u64::from(limit)
             {
                 skip(record, "context_exceeded");
                 all_throttled = false;
@@ -970,11 +1229,13 @@ impl Gateway {
                             0..=(wait.as_micros() as u64 / 10).max(1),
                         ));
                         tokio::time::sleep(wait + jitter).await;
-                        record.rate_limit_wait_ms += (wait + jitter).as_millis() as u64;
+                        record.rate_limit_wait_ms = record
+                            .rate_limit_wait_ms
+                            .saturating_add(ms(wait + jitter).into());
                         metrics::histogram!("sluice_rate_limit_wait_seconds", "provider" => provider.name.clone()).record((wait + jitter).as_secs_f64());
                     }
                 }
-                let cost_tokens = est_input + max_out;
+                let cost_tokens = est_input.saturating_add(max_out);
                 // Leave time for the attempt itself after the wait (1.5× a typical one).
                 let headroom = provider.typical() * 3 / 2;
                 let wait_until = deadline
@@ -996,7 +1257,8 @@ impl Gateway {
                     }
                 };
                 if !waited.is_zero() {
-                    record.rate_limit_wait_ms += waited.as_millis() as u64;
+                    record.rate_limit_wait_ms =
+                        record.rate_limit_wait_ms.saturating_add(ms(waited).into());
                     metrics::histogram!("sluice_rate_limit_wait_seconds", "provider" => provider.name.clone()).record(waited.as_secs_f64());
                 }
                 if try_no > 0 {
@@ -1009,6 +1271,7 @@ impl Gateway {
                     .min(deadline.saturating_duration_since(attempt_started));
                 let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1);
                 let call = async {
+                    sent.store(true, Ordering::Relaxed);
                     match (op, &preq) {
                         (Op::Chat { on_delta, .. }, Some(preq)) => {
                             provider.client.chat(preq, *on_delta).await.map(Reply::Chat)
@@ -1043,7 +1306,7 @@ impl Gateway {
                 match result {
                     Ok(reply) => {
                         let u = reply.usage();
-                        permit.reconcile(u.input_tokens + u.output_tokens);
+                        permit.reconcile(u.input_tokens.saturating_add(u.output_tokens));
                         provider.observe(latency);
                         self.breaker_record(provider, true);
                         metrics::counter!("sluice_model_attempts_total", "provider" => provider.name.clone(), "outcome" => "ok").increment(1);
@@ -1063,8 +1326,11 @@ impl Gateway {
                         // A refusal with a status was not processed: give the tokens back.
                         // Otherwise (timeouts, broken streams) assume the provider counted them.
                         if e.status.is_some() {
+                            // Refused with a status: not processed, not billed.
+                            sent.store(billed_before, Ordering::Relaxed);
                             permit.cancel();
                         } else {
+                            billed_before = true;
                             permit.reconcile(cost_tokens);
                         }
                         let own_deadline = deadline_cut && e.kind == FailureKind::Timeout;
@@ -1075,8 +1341,10 @@ impl Gateway {
                         }
                         if e.kind == FailureKind::RateLimited {
                             metrics::counter!("sluice_provider_rate_limited_total", "provider" => provider.name.clone()).increment(1);
-                            if let Some(ra) = e.retry_after {
-                                let until = Instant::now() + ra;
+                            // `retry_after` is clamped to MAX_RETRY_AFTER by the client.
+                            if let Some(until) =
+                                e.retry_after.and_then(|ra| Instant::now().checked_add(ra))
+                            {
                                 let mut h = provider
                                     .hold_until
                                     .lock()
@@ -1223,6 +1491,28 @@ fn budget_error(e: LedgerError) -> ModelError {
         },
         LedgerError::Unavailable(m) => ModelError::unavailable(format!("budget ledger: {m}")),
     }
+}
+
+/// The cost of `usage` at `model`'s prices, at most `worst`, the call's reservation. A
+/// provider reporting more than the worst case allows (more prompt tokens than bytes, more
+/// output than `max_tokens`) is misreporting: the call is charged the reservation, so no budget
+/// overshoots; the reported tokens stay in the record, and a warning and a metric say so.
+fn capped_cost(model: &ModelEntry, usage: &Usage, worst: Micros) -> Micros {
+    let reported = model.price.cost(usage);
+    if reported <= worst {
+        return reported;
+    }
+    metrics::counter!("sluice_model_usage_over_reservation_total", "model" => model.id.clone())
+        .increment(1);
+    tracing::warn!(
+        model = %model.id,
+        input_tokens = usage.input_tokens,
+        output_tokens = usage.output_tokens,
+        reported_micros = reported.get(),
+        reserved_micros = worst.get(),
+        "provider reported more usage than the call's upper bound; charging the reservation"
+    );
+    worst
 }
 
 fn ms(d: Duration) -> u32 {

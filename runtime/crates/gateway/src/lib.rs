@@ -1,11 +1,17 @@
 //! Sluice's model gateway: every model call a handler makes goes through here.
 //!
 //! ```text
-//! chat(ctx, request) ─▶ alias → chain ─▶ cache? ─▶ budget reserve ─▶ for each model in chain:
-//!     breaker open? skip ─▶ 429 hold ─▶ RPM/TPM limiter (waits up to the deadline)
+//! chat(ctx, request) ─▶ alias → chain ─▶ tenant's cache? ─▶ budget reserve (upper bound)
+//!     ─▶ for each model in chain:
+//!     breaker open? skip ─▶ 429 hold (≤ 600 s) ─▶ RPM/TPM limiter (waits up to the deadline)
 //!     ─▶ provider attempt (timeout) ─▶ retry with backoff + full jitter / fail over
-//! ─▶ cost (integer micro-dollars) ─▶ budget settle + alerts ─▶ cache put ─▶ CallOutcome
+//! ─▶ cost (Micros, ≤ reservation) ─▶ budget settle + alerts ─▶ cache put ─▶ CallOutcome
 //! ```
+//!
+//! Money stays honest: the reservation is an upper bound (a token per UTF-8 byte of prompt,
+//! plus framing, plus `max_tokens`); settlement never exceeds it, even when a provider reports
+//! more; a call whose future is dropped mid-way (job timeout, cancel) settles from a drop guard
+//! at what was streamed, or at the reservation if its request was out, never at 0.
 //!
 //! - [`config`]: the `[gateway]` table of `sluice.toml` (providers, models with prices, alias
 //!   chains, cache, retry, budgets); strict, validated at load.
@@ -60,7 +66,8 @@ pub use config::{
     Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider, Wire,
 };
 pub use gateway::{
-    AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome, Gateway, GatewayBuilder,
+    AbandonedCall, AbandonedSink, AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome,
+    Gateway, GatewayBuilder,
 };
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
 pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

@@ -37,6 +37,20 @@ struct BucketState {
     updated: Instant,
 }
 
+/// The longest wait a bucket computes (a year): levels pushed far below zero by usage a
+/// provider overreported, or absurd requests, give a long wait, never a panic under the lock.
+const MAX_BUCKET_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `secs` seconds as a wait, at most [`MAX_BUCKET_WAIT`] (NaN and negative: zero).
+fn wait_secs(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs)
+        .unwrap_or(MAX_BUCKET_WAIT)
+        .min(MAX_BUCKET_WAIT)
+}
+
 impl BucketState {
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.updated).as_secs_f64();
@@ -86,7 +100,7 @@ impl Bucket {
         let wait = if deficit <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(deficit / s.rate_per_sec)
+            wait_secs(deficit / s.rate_per_sec)
         };
         if wait > max_wait {
             return Err(wait);
@@ -104,7 +118,7 @@ impl Bucket {
             s.level -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((n - s.level) / s.rate_per_sec))
+            Err(wait_secs((n - s.level) / s.rate_per_sec))
         }
     }
 
@@ -146,7 +160,7 @@ impl Bucket {
     pub fn time_to_full(&self) -> Duration {
         let mut s = self.lock();
         s.refill(Instant::now());
-        Duration::from_secs_f64(((s.capacity - s.level) / s.rate_per_sec).max(0.0))
+        wait_secs((s.capacity - s.level) / s.rate_per_sec)
     }
 }
 

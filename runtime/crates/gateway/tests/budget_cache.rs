@@ -190,3 +190,157 @@ async fn the_cache_can_be_disabled() {
     e.gw.chat(&ctx(), r, None).await.unwrap();
     assert_eq!(e.sim(0).stats().requests, 2);
 }
+
+fn tenant_ctx(tenant: &str) -> sluice_types::CallContext {
+    let mut c = ctx();
+    std::sync::Arc::make_mut(&mut c.job).tenant = tenant.into();
+    c
+}
+
+#[tokio::test]
+async fn the_cache_is_sealed_per_tenant() {
+    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |_| {}).await;
+    let r = req("Summarize the board minutes of March");
+    let a = e.gw.chat(&tenant_ctx("a"), r.clone(), None).await.unwrap();
+    assert_eq!(a.response.source, ResponseSource::Provider);
+    // Same request, another tenant: a paid provider call of its own, not A's reply.
+    let b = e.gw.chat(&tenant_ctx("b"), r.clone(), None).await.unwrap();
+    assert_eq!(b.response.source, ResponseSource::Provider);
+    assert_eq!(b.record.source, ResponseSource::Provider);
+    assert!(b.response.cost_micros > 0);
+    assert_eq!(e.sim(0).stats().requests, 2);
+    // Each tenant's own repeat is a hit.
+    for t in ["a", "b"] {
+        let again = e.gw.chat(&tenant_ctx(t), r.clone(), None).await.unwrap();
+        assert_eq!(again.response.source, ResponseSource::Cache, "tenant {t}");
+    }
+    assert_eq!(e.sim(0).stats().requests, 2);
+
+    // Embeddings too.
+    let er = sluice_types::model::EmbedRequest {
+        model: "p0/e".into(),
+        inputs: vec!["quarterly revenue".into()],
+    };
+    let ea = e.gw.embed(&tenant_ctx("a"), er.clone()).await.unwrap();
+    let eb = e.gw.embed(&tenant_ctx("b"), er.clone()).await.unwrap();
+    assert_eq!(ea.response.source, ResponseSource::Provider);
+    assert_eq!(eb.response.source, ResponseSource::Provider);
+    let ea2 = e.gw.embed(&tenant_ctx("a"), er).await.unwrap();
+    assert_eq!(ea2.response.source, ResponseSource::Cache);
+}
+
+#[tokio::test]
+async fn sampled_requests_are_not_cached_unless_configured() {
+    let sampled = ChatRequest {
+        temperature: Some(0.7),
+        ..req("Write a product tagline")
+    };
+    let greedy = ChatRequest {
+        temperature: Some(0.0),
+        ..req("Write a product tagline")
+    };
+    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |_| {}).await;
+    for _ in 0..2 {
+        let out = e.gw.chat(&ctx(), sampled.clone(), None).await.unwrap();
+        assert_eq!(out.response.source, ResponseSource::Provider);
+    }
+    assert_eq!(e.sim(0).stats().requests, 2);
+    e.gw.chat(&ctx(), greedy.clone(), None).await.unwrap();
+    let hit = e.gw.chat(&ctx(), greedy, None).await.unwrap();
+    assert_eq!(
+        hit.response.source,
+        ResponseSource::Cache,
+        "temperature 0 is cached"
+    );
+    assert_eq!(e.sim(0).stats().requests, 3);
+
+    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| {
+        c.cache.sampled = true
+    })
+    .await;
+    e.gw.chat(&ctx(), sampled.clone(), None).await.unwrap();
+    let hit = e.gw.chat(&ctx(), sampled, None).await.unwrap();
+    assert_eq!(hit.response.source, ResponseSource::Cache, "sampled = true");
+    assert_eq!(e.sim(0).stats().requests, 1);
+}
+
+/// A hard budget, prompts of CJK and emoji (characters/4 undercounts them 3-4×), and a
+/// provider that reports 50× the tokens it used: spend never passes the limit.
+#[tokio::test]
+async fn a_hard_budget_never_overshoots_with_multibyte_prompts_and_a_misreporting_provider() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let l = ledger.clone();
+    let sim = SimConfig {
+        faults: sluice_gateway::Faults {
+            overreport_factor: 50,
+            ..Default::default()
+        },
+        ..SimConfig::instant()
+    };
+    let limit_micros = 20_000u64;
+    let e = env_with(
+        &[(Wire::OpenAi, sim)],
+        |c| {
+            let mut b = budget(BudgetScope::Tenant, limit_micros as f64 / 1e6);
+            b.period = Period::Total;
+            c.budgets.push(b);
+        },
+        move |b| b.ledger(l),
+    )
+    .await;
+    let prompts = [
+        "請總結這份季度財務報告的要點和風險。",
+        "四半期の売上報告を要約してください。🚀📈💹",
+        "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀 summarize the crabs 🦀🦀🦀🦀🦀",
+        "분기별 재무 보고서를 요약해 주세요",
+    ];
+    let ctx = ctx();
+    let (mut ok, mut refused, mut charged, mut misreported) = (0, 0, 0u64, 0);
+    for i in 0..200 {
+        let mut r = req(prompts[i % prompts.len()]);
+        r.max_tokens = Some(50);
+        r.no_cache = true;
+        match e.gw.chat(&ctx, r.clone(), None).await {
+            Ok(out) => {
+                ok += 1;
+                // Never charged more than reserved; the reserve covers a byte-level tokenizer.
+                assert!(out.record.cost_micros <= out.record.reserved_micros);
+                let bytes: u64 = r.messages.iter().map(|m| m.content.len() as u64).sum();
+                assert!(out.record.reserved_micros >= bytes + 2 * 50, "{out:?}");
+                let reported = u64::from(out.record.usage.input_tokens)
+                    + 2 * u64::from(out.record.usage.output_tokens);
+                if reported > out.record.cost_micros {
+                    misreported += 1;
+                }
+                charged += out.record.cost_micros;
+            }
+            Err(err) => {
+                assert!(
+                    matches!(err.error, ModelError::BudgetExceeded { .. }),
+                    "{err}"
+                );
+                refused += 1;
+                if refused > 3 {
+                    break;
+                }
+            }
+        }
+    }
+    let level = ledger
+        .level(&BudgetKey {
+            budget: "b".into(),
+            scope: "tenant:acme".into(),
+            window: "total".into(),
+        })
+        .await
+        .unwrap();
+    assert!(ok >= 10 && refused >= 1, "ok {ok}, refused {refused}");
+    assert!(misreported > 0, "the provider's inflated usage was seen");
+    assert_eq!(level.reserved_micros, 0);
+    assert_eq!(level.spent_micros, charged);
+    assert!(
+        level.spent_micros <= limit_micros,
+        "spent {} µ$ of {limit_micros}",
+        level.spent_micros
+    );
+}

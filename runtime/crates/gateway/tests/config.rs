@@ -143,3 +143,21 @@ async fn a_missing_key_variable_fails_at_startup() {
         "{err}"
     );
 }
+
+#[test]
+fn cache_settings_parse_and_the_ttl_is_bounded() {
+    let cfg: GatewayConfig = toml::from_str("[cache]\nsampled = true\nttl_secs = 60\n").unwrap();
+    assert!(cfg.cache.sampled && cfg.cache.enabled);
+    let cfg = cfg.or_simulated();
+    cfg.validate().unwrap();
+    assert!(!GatewayConfig::simulated().cache.sampled, "off by default");
+    let mut long = cfg.clone();
+    long.cache.ttl_secs = u64::MAX;
+    let err = long.validate().unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Other(m) if m.contains("cache.ttl_secs")),
+        "{err}"
+    );
+    long.cache.ttl_secs = sluice_gateway::CacheConfig::MAX_TTL_SECS;
+    long.validate().unwrap();
+}

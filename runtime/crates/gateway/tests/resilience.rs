@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{ctx, ctx_with_deadline_ms, env};
@@ -452,4 +453,335 @@ async fn simulator_rate_limits_are_enforced_with_headers() {
     );
     let v: serde_json::Value = limited.json().await.unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile providers and requests: no panic, no overflow, money settled.
+
+/// A provider that answers every chat request 429 with `header: value`.
+async fn hostile_429(header: &'static str, value: &'static str) -> sluice_gateway::Gateway {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header, value)],
+                r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut cfg = sluice_gateway::GatewayConfig::empty();
+    cfg.retry.base_delay_ms = 5;
+    cfg.retry.max_delay_ms = 20;
+    let mut p = sluice_gateway::ProviderConfig::with_url(
+        sluice_gateway::ProviderKind::OpenAi,
+        format!("http://{addr}/v1"),
+    );
+    p.max_retries = 1;
+    cfg.providers.insert("h".into(), p);
+    cfg.models
+        .insert("h/m".into(), sluice_gateway::ModelConfig::chat(1.0, 2.0));
+    cfg.aliases.insert("chain".into(), vec!["h/m".into()]);
+    sluice_gateway::Gateway::new(cfg).await.unwrap()
+}
+
+#[tokio::test]
+async fn hostile_retry_after_values_are_clamped_never_a_panic() {
+    let max_ms = sluice_gateway::provider::MAX_RETRY_AFTER.as_millis() as u64;
+    let cases: [(&'static str, &'static str, Option<u64>); 9] = [
+        ("retry-after", "1e30", Some(max_ms)),
+        ("retry-after", "inf", Some(max_ms)),
+        ("retry-after", "99999999999999999999999999999", Some(max_ms)),
+        ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT", Some(max_ms)),
+        ("retry-after-ms", "1e300", Some(max_ms)),
+        ("x-ratelimit-reset-tokens", "99999999999999h", Some(max_ms)),
+        ("retry-after", "-5", None),
+        ("retry-after", "NaN", None),
+        ("retry-after-ms", "-1e30", None),
+    ];
+    for (header, value, want) in cases {
+        let gw = hostile_429(header, value).await;
+        let started = Instant::now();
+        let err = gw
+            .chat(&ctx_with_deadline_ms(3_000), req(), None)
+            .await
+            .unwrap_err();
+        match err.error {
+            ModelError::RateLimited { retry_after_ms, .. } => {
+                assert_eq!(retry_after_ms, want, "{header}: {value}")
+            }
+            other => panic!("{header}: {value}: {other:?}"),
+        }
+        // A clamped wait past the deadline is not slept: the call ends at once.
+        assert!(started.elapsed() < Duration::from_secs(10), "hang guard");
+    }
+}
+
+#[tokio::test]
+async fn max_tokens_u32_max_and_huge_prompts_are_arithmetic_not_panics() {
+    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| {
+        c.models.get_mut("p0/m").unwrap().context_tokens = Some(128_000);
+    })
+    .await;
+    let mut r = req();
+    r.max_tokens = Some(u32::MAX);
+    let err = e.gw.chat(&ctx(), r.clone(), None).await.unwrap_err();
+    assert!(
+        matches!(err.error, ModelError::InvalidRequest { .. }),
+        "past the context window: {err}"
+    );
+    assert_eq!(
+        err.record.reserved_micros,
+        8 + 36 + 8 + 16 + 2 * u64::from(u32::MAX)
+    );
+
+    // Without a context window the call goes out (the simulator stops where it likes).
+    let e = env(&[(Wire::OpenAi, SimConfig::instant())], |c| {
+        c.budgets.push(sluice_gateway::BudgetConfig {
+            name: Some("b".into()),
+            scope: sluice_gateway::BudgetScope::Tenant,
+            tag: None,
+            value: None,
+            tenant: None,
+            period: sluice_gateway::Period::Total,
+            limit_usd: 1.0,
+            alerts: vec![],
+        })
+    })
+    .await;
+    let err = e.gw.chat(&ctx(), r, None).await.unwrap_err();
+    assert!(
+        matches!(err.error, ModelError::BudgetExceeded { .. }),
+        "u32::MAX × $2/M is $8590: {err}"
+    );
+    // 200,000 messages: the bound saturates nothing, overflows nothing.
+    let mut many = req();
+    many.messages = vec![Message::user("多"); 200_000];
+    let err = e.gw.chat(&ctx(), many, None).await.unwrap_err();
+    assert!(
+        matches!(err.error, ModelError::BudgetExceeded { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.record.reserved_micros,
+        8 + 200_000 * (3 + 8) + 16 + 2 * 40
+    );
+    assert_eq!(e.sim(0).stats().requests, 0);
+}
+
+fn total_budget(limit_usd: f64) -> sluice_gateway::BudgetConfig {
+    sluice_gateway::BudgetConfig {
+        name: Some("b".into()),
+        scope: sluice_gateway::BudgetScope::Tenant,
+        tag: None,
+        value: None,
+        tenant: None,
+        period: sluice_gateway::Period::Total,
+        limit_usd,
+        alerts: vec![],
+    }
+}
+
+fn total_key() -> sluice_gateway::BudgetKey {
+    sluice_gateway::BudgetKey {
+        budget: "b".into(),
+        scope: "tenant:acme".into(),
+        window: "total".into(),
+    }
+}
+
+/// Wait until no reservation is held (the dropped call's guard settles in a spawned task).
+async fn settled(ledger: &sluice_gateway::MemoryLedger) -> sluice_gateway::Level {
+    use sluice_gateway::Ledger;
+    for _ in 0..500 {
+        let l = ledger.level(&total_key()).await.unwrap();
+        if l.reserved_micros == 0 {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reservation was never settled");
+}
+
+/// The prompt's upper bound in µ$ at $1/M (bytes + 8 per message + 8 priming + 16 margin).
+fn prompt_bound(r: &ChatRequest) -> u64 {
+    r.messages
+        .iter()
+        .map(|m| m.content.len() as u64 + 8)
+        .sum::<u64>()
+        + 8
+        + 16
+}
+
+#[tokio::test]
+async fn a_streamed_call_dropped_midway_is_charged_what_was_streamed() {
+    let ledger = common::shared_ledger();
+    let l = common::as_ledger(&ledger);
+    let slow = SimConfig {
+        ttft_ms: 0,
+        tokens_per_sec: 20,
+        ..SimConfig::default()
+    };
+    let e = common::env_with(
+        &[(Wire::OpenAi, slow)],
+        |c| c.budgets.push(total_budget(1.0)),
+        move |b| b.ledger(l),
+    )
+    .await;
+    let abandoned = Arc::new(Mutex::new(Vec::new()));
+    let a = abandoned.clone();
+    e.gw.set_abandoned_sink(Arc::new(move |call| a.lock().unwrap().push(call)));
+    let mut r = req();
+    r.max_tokens = Some(200);
+    let reserved = prompt_bound(&r) + 2 * 200;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (gw, c, r2) = (e.gw.clone(), ctx(), r.clone());
+    let call = tokio::spawn(async move {
+        let on_delta = move |d: &str| {
+            let _ = tx.send(d.to_string());
+        };
+        gw.chat(&c, r2, Some(&on_delta)).await
+    });
+    let mut got = String::new();
+    while got.len() < 12 {
+        got.push_str(&rx.recv().await.expect("deltas before the cut"));
+    }
+    // The job's timeout or cancel drops the call's future mid-stream.
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let level = settled(&ledger).await;
+    assert!(
+        level.spent_micros >= prompt_bound(&r) + 2 * got.len() as u64,
+        "at least the prompt and what was read: {} µ$",
+        level.spent_micros
+    );
+    assert!(level.spent_micros < reserved, "{} µ$", level.spent_micros);
+    // The host hears of it, for the usage row: same charge.
+    let calls = abandoned.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].record.outcome, "abandoned");
+    assert_eq!(calls[0].record.cost_micros, level.spent_micros);
+    assert_eq!(calls[0].record.reserved_micros, reserved);
+    assert!(calls[0].record.usage.output_tokens as usize >= got.len());
+}
+
+#[tokio::test]
+async fn a_dropped_call_without_a_budget_is_still_reported_with_its_charge() {
+    let slow = SimConfig {
+        ttft_ms: 5_000,
+        ..SimConfig::instant()
+    };
+    let e = env(&[(Wire::OpenAi, slow)], |_| {}).await;
+    let abandoned = Arc::new(Mutex::new(Vec::new()));
+    let a = abandoned.clone();
+    e.gw.set_abandoned_sink(Arc::new(move |call| a.lock().unwrap().push(call)));
+    let (gw, c) = (e.gw.clone(), ctx());
+    let call = tokio::spawn(async move { gw.chat(&c, req(), None).await });
+    let t0 = Instant::now();
+    while e.sim(0).stats().requests == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.abort();
+    let _ = call.await;
+    let calls = abandoned.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].record.cost_micros, prompt_bound(&req()) + 2 * 40);
+}
+
+#[tokio::test]
+async fn a_plain_call_dropped_while_its_request_is_out_is_charged_the_reservation() {
+    let ledger = common::shared_ledger();
+    let l = common::as_ledger(&ledger);
+    let slow = SimConfig {
+        ttft_ms: 5_000,
+        ..SimConfig::instant()
+    };
+    let e = common::env_with(
+        &[(Wire::OpenAi, slow)],
+        |c| c.budgets.push(total_budget(1.0)),
+        move |b| b.ledger(l),
+    )
+    .await;
+    let r = req();
+    let (gw, c, r2) = (e.gw.clone(), ctx(), r.clone());
+    let call = tokio::spawn(async move { gw.chat(&c, r2, None).await });
+    let t0 = Instant::now();
+    while e.sim(0).stats().requests == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.abort();
+    let _ = call.await;
+    let level = settled(&ledger).await;
+    assert_eq!(level.spent_micros, prompt_bound(&r) + 2 * 40);
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_after_text_was_read_is_not_free() {
+    let ledger = common::shared_ledger();
+    let l = common::as_ledger(&ledger);
+    let broken = SimConfig {
+        faults: Faults {
+            stream_error_after: Some(2),
+            ..Faults::default()
+        },
+        ..SimConfig::instant()
+    };
+    let e = common::env_with(
+        &[(Wire::OpenAi, broken)],
+        |c| c.budgets.push(total_budget(1.0)),
+        move |b| b.ledger(l),
+    )
+    .await;
+    let seen = std::sync::Mutex::new(0usize);
+    let on_delta = |d: &str| *seen.lock().unwrap() += d.len();
+    let err = e.gw.chat(&ctx(), req(), Some(&on_delta)).await.unwrap_err();
+    let seen = *seen.lock().unwrap();
+    assert!(seen > 0);
+    assert!(err.record.cost_micros >= prompt_bound(&req()) + 2 * seen.min(40) as u64);
+    let level = settled(&ledger).await;
+    assert_eq!(level.spent_micros, err.record.cost_micros);
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_waiting_out_a_429_is_charged_nothing() {
+    let ledger = common::shared_ledger();
+    let l = common::as_ledger(&ledger);
+    let limited = SimConfig {
+        faults: Faults {
+            force_429: 1,
+            retry_after_ms: 5_000,
+            ..Faults::default()
+        },
+        ..SimConfig::instant()
+    };
+    let e = common::env_with(
+        &[(Wire::OpenAi, limited)],
+        |c| c.budgets.push(total_budget(1.0)),
+        move |b| b.ledger(l),
+    )
+    .await;
+    let abandoned = Arc::new(Mutex::new(Vec::new()));
+    let a = abandoned.clone();
+    e.gw.set_abandoned_sink(Arc::new(move |call| a.lock().unwrap().push(call)));
+    let (gw, c) = (e.gw.clone(), ctx());
+    let call = tokio::spawn(async move { gw.chat(&c, req(), None).await });
+    let t0 = Instant::now();
+    while e.sim(0).stats().rate_limited == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "hang guard");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The 429 was answered; the call now waits out its retry-after. A refused request was not
+    // processed, so dropping the call now charges nothing.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    let _ = call.await;
+    let level = settled(&ledger).await;
+    assert_eq!(level.spent_micros, 0);
+    assert!(abandoned.lock().unwrap().is_empty());
 }

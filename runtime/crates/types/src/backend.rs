@@ -169,11 +169,23 @@ pub struct Spend {
 
 impl Spend {
     /// Add one model call.
+    /// Saturating: counts a guest or a provider can inflate never wrap or panic.
     pub fn add_call(&mut self, usage: crate::model::Usage, cost_micros: u64) {
-        self.cost_micros += cost_micros;
-        self.input_tokens += u64::from(usage.input_tokens);
-        self.output_tokens += u64::from(usage.output_tokens);
-        self.calls += 1;
+        self.add_cost(cost_micros);
+        self.input_tokens = self
+            .input_tokens
+            .saturating_add(u64::from(usage.input_tokens));
+        self.output_tokens = self
+            .output_tokens
+            .saturating_add(u64::from(usage.output_tokens));
+        self.calls = self.calls.saturating_add(1);
+    }
+
+    /// Add a cost (saturating at `u64::MAX` µ$).
+    pub fn add_cost(&mut self, cost_micros: u64) {
+        self.cost_micros = (crate::money::Micros::new(self.cost_micros)
+            + crate::money::Micros::new(cost_micros))
+        .get();
     }
 }
 

@@ -98,6 +98,10 @@ pub struct CallContext {
     /// retry, and on the first attempt of a redriven job (its journal is kept unless the
     /// redrive asked for a fresh run), so work already paid for is not paid again.
     pub replay_journal: bool,
+    /// Set when the plugin's settings could not be read (the store failed, or the plugin was
+    /// deleted): `allowed_models` is unknown, so every model call is refused with this reason
+    /// (fail closed), never allowed.
+    pub models_refused: Option<Arc<str>>,
 }
 
 impl CallContext {
@@ -109,6 +113,7 @@ impl CallContext {
             digest: digest.into(),
             cancelled: Arc::default(),
             allowed_models: None,
+            models_refused: None,
         }
     }
 
@@ -124,11 +129,21 @@ impl CallContext {
         self
     }
 
-    /// Whether the job may call `model` (as the handler named it).
+    /// Refuse every model call with `reason`: the plugin's settings, and so its
+    /// `allowed_models`, could not be read.
+    pub fn with_models_refused(mut self, reason: impl Into<Arc<str>>) -> Self {
+        self.models_refused = Some(reason.into());
+        self
+    }
+
+    /// Whether the job may call `model` (as the handler named it). Always false once
+    /// [`CallContext::with_models_refused`] was set.
     pub fn may_call(&self, model: &str) -> bool {
-        self.allowed_models
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|m| m == model))
+        self.models_refused.is_none()
+            && self
+                .allowed_models
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|m| m == model))
     }
 
     /// Whether the job was cancelled.

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod event;
 pub mod job;
 pub mod model;
+pub mod money;
 
 pub use backend::{
     EffectError, EffectsBackend, EventSink, HostServices, ModelBackend, StateBackend, StateError,
@@ -22,3 +23,4 @@ pub use backend::{
 };
 pub use event::{JobEvent, LogLevel};
 pub use job::{CallContext, JobError, JobInfo, Tags};
+pub use money::Micros;

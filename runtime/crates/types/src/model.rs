@@ -145,7 +145,7 @@ pub struct ChatResponse {
     pub provider: String,
     /// Tokens.
     pub usage: Usage,
-    /// Cost in micro-dollars.
+    /// Cost in micro-dollars (never more than the call reserved against budgets).
     pub cost_micros: u64,
     /// Host wall time in ms.
     pub latency_ms: u32,

@@ -148,7 +148,12 @@ impl WireUsage {
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let created = self.cache_creation_input_tokens.unwrap_or(0);
         Usage {
-            input_tokens: self.input_tokens.unwrap_or(0) + created + read,
+            // Provider-given counts: saturating, never an overflow panic.
+            input_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(created)
+                .saturating_add(read),
             output_tokens: self.output_tokens.unwrap_or(0),
             cached_input_tokens: read,
         }
@@ -435,5 +440,13 @@ mod tests {
                 cached_input_tokens: 100
             }
         );
+        // A provider's absurd counts saturate instead of overflowing.
+        let huge = WireUsage {
+            input_tokens: Some(u32::MAX),
+            output_tokens: Some(u32::MAX),
+            cache_creation_input_tokens: Some(u32::MAX),
+            cache_read_input_tokens: Some(7),
+        };
+        assert_eq!(huge.normalized().input_tokens, u32::MAX);
     }
 }

@@ -347,7 +347,25 @@ pub(crate) fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> P
     }
 }
 
-/// The wait a provider asks for: `retry-after-ms`, or `retry-after` (seconds or an HTTP date).
+/// The longest wait a provider's `retry-after`, `retry-after-ms` or `x-ratelimit-reset-*`
+/// can impose: longer values (`1e30`, `inf`, a date in the year 9999) are clamped to it. A
+/// call whose deadline comes first skips the provider as `throttled` instead of waiting.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// A provider-given wait in seconds as a duration: NaN and negative values are ignored
+/// (`None`), anything longer than [`MAX_RETRY_AFTER`] (infinity included) is clamped to it.
+pub fn clamp_wait_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    if secs >= MAX_RETRY_AFTER.as_secs_f64() {
+        return Some(MAX_RETRY_AFTER);
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// The wait a provider asks for: `retry-after-ms`, or `retry-after` (seconds or an HTTP date),
+/// at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| {
         headers
@@ -355,22 +373,20 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+    if let Some(d) = get("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| clamp_wait_secs(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(d);
     }
     if let Some(v) = get("retry-after") {
         if let Ok(secs) = v.parse::<f64>() {
-            if secs.is_finite() && secs >= 0.0 {
-                return Some(Duration::from_secs_f64(secs));
-            }
+            return clamp_wait_secs(secs);
         } else if let Ok(at) = httpdate::parse_http_date(v) {
-            return Some(
-                at.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO),
-            );
+            let d = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            return Some(d.min(MAX_RETRY_AFTER));
         }
     }
     None
@@ -390,7 +406,7 @@ pub fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
         .max()
 }
 
-/// Parse durations like `1s`, `6m0s`, `1h2m3.5s`, `20ms`.
+/// Parse durations like `1s`, `6m0s`, `1h2m3.5s`, `20ms`, at most [`MAX_RETRY_AFTER`].
 pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
     let mut rest = s.trim();
@@ -416,7 +432,7 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
         total += value * factor;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    clamp_wait_secs(total)
 }
 
 /// Map a provider's stop reason to the shared vocabulary.
@@ -463,10 +479,62 @@ mod tests {
         );
         assert_eq!(classify_status(500, &h, "").retry_after, None);
         assert_eq!(
-            parse_go_duration("1h2m3.5s"),
-            Some(Duration::from_secs_f64(3723.5))
+            parse_go_duration("2m3.5s"),
+            Some(Duration::from_secs_f64(123.5))
         );
+        assert_eq!(parse_go_duration("1h2m3.5s"), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_go_duration("abc"), None);
+    }
+
+    #[test]
+    fn hostile_waits_are_clamped_never_panic() {
+        let max = Some(MAX_RETRY_AFTER);
+        let one = |name: &'static str, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        for v in [
+            "1e30",
+            "inf",
+            "+inf",
+            "Infinity",
+            "99999999999999999999999999",
+            "601",
+        ] {
+            assert_eq!(retry_after(&one("retry-after", v)), max, "retry-after: {v}");
+            assert_eq!(
+                retry_after(&one("retry-after-ms", v)).map(|d| d <= MAX_RETRY_AFTER),
+                Some(true),
+                "retry-after-ms: {v}"
+            );
+        }
+        assert_eq!(retry_after(&one("retry-after-ms", "1e300")), max);
+        for v in ["-1", "-1e30", "NaN", "-inf", "nope", ""] {
+            assert_eq!(
+                retry_after(&one("retry-after", v)),
+                None,
+                "retry-after: {v}"
+            );
+            assert_eq!(
+                retry_after(&one("retry-after-ms", v)),
+                None,
+                "retry-after-ms: {v}"
+            );
+        }
+        // An HTTP date far in the future, and one in the past.
+        assert_eq!(
+            retry_after(&one("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")),
+            max
+        );
+        assert_eq!(
+            retry_after(&one("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        let h = one("x-ratelimit-reset-tokens", "99999999999999999999h");
+        assert_eq!(rate_limit_reset(&h), max);
+        assert_eq!(classify_status(429, &h, "").retry_after, max);
+        assert_eq!(parse_go_duration("1e400s"), None, "not a Go duration");
     }
 
     #[test]

@@ -189,12 +189,13 @@ struct EmbedDatum {
     embedding: Vec<f32>,
 }
 
-/// The usage to report when a provider omitted it: our own count, logged.
+/// The usage to report when a provider omitted it: the gateway's upper bound (a byte a
+/// token), so an unreported call is never charged less than it may have cost; logged.
 fn estimated_usage(req: &ProviderChatRequest, content: &str) -> Usage {
-    tracing::warn!(model = %req.model, "provider reported no usage; using the gateway's estimate");
+    tracing::warn!(model = %req.model, "provider reported no usage; charging the gateway's upper bound");
     Usage {
-        input_tokens: tokens::messages_tokens(&req.messages),
-        output_tokens: tokens::text_tokens(content),
+        input_tokens: tokens::clamp_u32(tokens::prompt_upper_bound(&req.messages)),
+        output_tokens: tokens::clamp_u32(tokens::text_upper_bound(content)),
         cached_input_tokens: 0,
     }
 }
@@ -393,7 +394,11 @@ impl Provider for OpenAiProvider {
         let usage = match wire.usage {
             Some(u) => u.into(),
             None => Usage {
-                input_tokens: inputs.iter().map(|i| tokens::text_tokens(i)).sum(),
+                input_tokens: tokens::clamp_u32(
+                    inputs
+                        .iter()
+                        .fold(0u64, |a, i| a.saturating_add(tokens::text_upper_bound(i))),
+                ),
                 ..Usage::default()
             },
         };

@@ -134,6 +134,9 @@ pub struct Faults {
     pub usage_in_last_content_chunk: bool,
     /// Added to every request's latency, ms.
     pub extra_latency_ms: u64,
+    /// A misreporting provider: when 2 or more, usage reports this many times the real prompt
+    /// and reply token counts (saturating). 0 and 1 report honestly.
+    pub overreport_factor: u32,
 }
 
 impl Default for Faults {
@@ -148,6 +151,7 @@ impl Default for Faults {
             stream_error_after: None,
             usage_in_last_content_chunk: false,
             extra_latency_ms: 0,
+            overreport_factor: 0,
         }
     }
 }
@@ -909,13 +913,27 @@ async fn chat(state: Arc<SimState>, wire: Wire, body: Bytes) -> Response {
     if let Some(resp) = injected(&state, wire, &faults) {
         return resp;
     }
-    let reply = generate(&state.cfg, &req);
-    if let Some(resp) = admit(&state, wire, reply.input_tokens + reply.output_tokens) {
+    let mut reply = generate(&state.cfg, &req);
+    if let Some(resp) = admit(
+        &state,
+        wire,
+        reply.input_tokens.saturating_add(reply.output_tokens),
+    ) {
         return resp;
     }
     let mut headers = HeaderMap::new();
     rate_headers(&state, wire, &mut headers);
     let (ttft, gen_time) = latency(&state, &faults, reply.output_tokens);
+    // Misreporting changes what usage says, not how long the reply takes.
+    if faults.overreport_factor >= 2 {
+        let k = faults.overreport_factor;
+        reply.input_tokens = reply.input_tokens.saturating_mul(k);
+        reply.output_tokens = reply.output_tokens.saturating_mul(k);
+        reply.cached_tokens = reply
+            .cached_tokens
+            .saturating_mul(k)
+            .min(reply.input_tokens);
+    }
     if faults.malformed {
         sleep(ttft).await;
         return malformed(&state);
@@ -949,7 +967,7 @@ fn openai_usage(reply: &Reply) -> Value {
     json!({
         "prompt_tokens": reply.input_tokens,
         "completion_tokens": reply.output_tokens,
-        "total_tokens": reply.input_tokens + reply.output_tokens,
+        "total_tokens": reply.input_tokens.saturating_add(reply.output_tokens),
         "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
     })
 }
@@ -1180,7 +1198,9 @@ async fn openai_embed(State(state): State<Arc<SimState>>, body: Bytes) -> Respon
     if let Some(resp) = injected(&state, wire, &faults) {
         return resp;
     }
-    let input_tokens: u32 = inputs.iter().map(|i| tokens::text_tokens(i)).sum();
+    let input_tokens = inputs
+        .iter()
+        .fold(0u32, |a, i| a.saturating_add(tokens::text_tokens(i)));
     if let Some(resp) = admit(&state, wire, input_tokens) {
         return resp;
     }
