@@ -36,6 +36,8 @@ pub(crate) struct SubmitRequest {
     #[schema(value_type = Value)]
     input: Value,
     /// Attribution tags (`user`, `feature`, …): usage is grouped by them, jobs listed by them.
+    /// At most `server.limits.max_tags` (32) tags; keys of 1 to 64 bytes, values of at most
+    /// 256 (`max_tag_key_bytes`, `max_tag_value_bytes`); no NUL or control characters.
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     tags: Tags,
@@ -45,10 +47,12 @@ pub(crate) struct SubmitRequest {
     /// Run no earlier than this RFC 3339 time.
     #[schema(format = DateTime)]
     run_at: Option<String>,
-    /// Attempt timeout in ms (default: the plugin's, then the server's).
+    /// Attempt timeout in ms (default: the plugin's, then the server's); at most
+    /// `server.limits.max_timeout_ms` (1 hour by default).
     #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
-    /// Attempts allowed (default: the plugin's, then the server's).
+    /// Attempts allowed (default: the plugin's, then the server's); at most
+    /// `server.limits.max_attempts` (100 by default).
     #[schema(minimum = 1)]
     max_attempts: Option<u32>,
     /// Where to POST the signed outcome.
@@ -352,7 +356,7 @@ const PLUGIN: &str = "Plugin name";
         (status = 409, description = "The idempotency key names a job with another body", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, description = "Body or input too large", body = Problem, content_type = PROBLEM_JSON),
         (status = 415, description = "Not `application/json`", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type, or past a server limit (`limit-exceeded`: tags, `timeout_ms`, `max_attempts`; `field` and `limit` say which)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 pub(crate) async fn submit(
@@ -1034,7 +1038,8 @@ pub(crate) struct BatchAnswer {
         (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
         (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
         (status = 409, description = "An idempotency key names a job with another body", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than `server.limits.max_batch_body_bytes`, or an input too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type, or past a server limit (`index` says which job)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 pub(crate) async fn submit_batch(
