@@ -1296,6 +1296,24 @@ async fn scopes_are_checked_before_bodies_are_read() {
         }
     }
     assert!(checked >= 40, "{checked}");
+    // The unread body stays on the connection: it must not carry another request.
+    let (status, headers, _) = h
+        .send(
+            Request::put("/v1/plugins/noop")
+                .header("content-type", "application/wasm")
+                .header("content-length", huge.len())
+                .body(Body::from(huge.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::CONNECTION], "close");
+    // Without a body there is nothing left unread.
+    let (status, headers, _) = h
+        .send(Request::get("/v1/plugins").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get(header::CONNECTION).is_none());
 }
 
 #[tokio::test]

@@ -211,7 +211,30 @@ fn app_on(node: Node, port: Option<u16>) -> Router {
             host_guard,
         ));
     }
-    router.layer(TraceLayer::new_for_http()).with_state(state)
+    router
+        .layer(middleware::from_fn(close_after_refused_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A request refused before its body was read (no key, no scope, too large, a bad `Host`)
+/// leaves the rest of the body on the connection, so the connection cannot carry another
+/// request: say `Connection: close`, or a client's pool reuses it and its next request fails.
+async fn close_after_refused_body(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let mut res = next.run(req).await;
+    if has_body && res.status().is_client_error() {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// The `Host`s dev mode answers: the loopback names, with the listen port.
