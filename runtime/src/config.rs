@@ -93,6 +93,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest job input, in bytes.
     pub max_input_bytes: usize,
+    /// How often the queue gauges of `/metrics` and `/readyz` are read from the store, in
+    /// seconds (at least 1): scrapes and probes are answered from the last reading, so they
+    /// never run the counting queries themselves.
+    pub gauges_refresh_secs: u64,
+    /// Per-request limits of the HTTP API (`[server.limits]`).
+    pub limits: ApiLimits,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +108,55 @@ impl Default for ServerConfig {
             dev: false,
             max_body_bytes: 32 << 20,
             max_input_bytes: 1 << 20,
+            gauges_refresh_secs: 5,
+            limits: ApiLimits::default(),
+        }
+    }
+}
+
+/// `[server.limits]`: what one request may ask for. Each is checked before the request costs
+/// memory or a database write; past one, the request fails with a problem document naming the
+/// field (see `docs/limits.md`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiLimits {
+    /// Tags on one job.
+    pub max_tags: usize,
+    /// Bytes of one tag key (keys are 1 or more bytes).
+    pub max_tag_key_bytes: usize,
+    /// Bytes of one tag value.
+    pub max_tag_value_bytes: usize,
+    /// Largest `timeout_ms` a submission or a plugin's settings may ask for.
+    pub max_timeout_ms: u64,
+    /// Largest `max_attempts` a submission, a redrive or a plugin's settings may ask for.
+    pub max_attempts: u32,
+    /// Bytes of an idempotency key (`Idempotency-Key`, or `idempotency_key` in a batch); at
+    /// most the store's 512.
+    pub max_idempotency_key_bytes: usize,
+    /// Jobs in one batch submission.
+    pub max_batch_jobs: usize,
+    /// How much larger than `server.max_input_bytes` the body of one submission may be (its
+    /// tags, webhook and other fields).
+    pub submit_overhead_bytes: usize,
+    /// Largest body of a batch submission.
+    pub max_batch_body_bytes: usize,
+    /// Largest body of every other JSON request (settings, activation, budgets, redrive).
+    pub max_json_body_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_tags: 32,
+            max_tag_key_bytes: 64,
+            max_tag_value_bytes: 256,
+            max_timeout_ms: 3_600_000,
+            max_attempts: 100,
+            max_idempotency_key_bytes: 256,
+            max_batch_jobs: 1000,
+            submit_overhead_bytes: 64 << 10,
+            max_batch_body_bytes: 8 << 20,
+            max_json_body_bytes: 64 << 10,
         }
     }
 }
@@ -347,35 +402,95 @@ impl Config {
                     message: e.to_string(),
                 })?;
         }
-        for (name, value) in std::env::vars() {
-            let Some(rest) = name.strip_prefix("SLUICE_") else {
-                continue;
-            };
-            let Some((section, key)) = rest.split_once("__") else {
-                continue;
-            };
-            let section = section.to_lowercase();
-            let key = key.to_lowercase();
-            let table = doc
-                .entry(section)
+        apply_env(&mut doc, std::env::vars())?;
+        let label = path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("<defaults+env>"));
+        let config =
+            toml::Value::Table(doc)
+                .try_into::<Config>()
+                .map_err(|e| ConfigError::Parse {
+                    path: label.clone(),
+                    message: e.to_string(),
+                })?;
+        config.check().map_err(|message| ConfigError::Parse {
+            path: label,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Values that parse but contradict each other or the store's own bounds.
+    pub fn check(&self) -> Result<(), String> {
+        let s = &self.server;
+        let l = &s.limits;
+        if s.gauges_refresh_secs == 0 {
+            return Err("server.gauges_refresh_secs must be at least 1".into());
+        }
+        if !(1..=sluice_store::MAX_KEY_BYTES).contains(&l.max_idempotency_key_bytes) {
+            return Err(format!(
+                "server.limits.max_idempotency_key_bytes must be 1 to {} (the store's limit)",
+                sluice_store::MAX_KEY_BYTES
+            ));
+        }
+        // The defaults given to jobs that ask for nothing must themselves be allowed.
+        let default_timeout_ms = self.engine.default_timeout_secs.saturating_mul(1000);
+        if l.max_timeout_ms < default_timeout_ms.max(1) {
+            return Err(format!(
+                "server.limits.max_timeout_ms ({}) is below engine.default_timeout_secs ({} ms)",
+                l.max_timeout_ms, default_timeout_ms
+            ));
+        }
+        if l.max_attempts < self.worker.default_max_attempts.max(1) {
+            return Err(format!(
+                "server.limits.max_attempts ({}) is below worker.default_max_attempts ({})",
+                l.max_attempts, self.worker.default_max_attempts
+            ));
+        }
+        for (name, v) in [
+            ("max_batch_jobs", l.max_batch_jobs),
+            ("max_batch_body_bytes", l.max_batch_body_bytes),
+            ("max_json_body_bytes", l.max_json_body_bytes),
+        ] {
+            if v == 0 {
+                return Err(format!("server.limits.{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lay `SLUICE_*` variables over `doc`: `SLUICE_SERVER__LIMITS__MAX_TAGS=8` sets
+/// `server.limits.max_tags` (sections, subsections and the key joined by `__`).
+fn apply_env(
+    doc: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("SLUICE_") else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        let Some((key, sections)) = parts.split_last() else {
+            continue;
+        };
+        if sections.is_empty() {
+            continue;
+        }
+        let mut table = &mut *doc;
+        for section in sections {
+            table = table
+                .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(Default::default()))
                 .as_table_mut()
                 .ok_or_else(|| ConfigError::Env {
                     name: name.clone(),
-                    message: "not a section".into(),
+                    message: format!("`{section}` is not a section"),
                 })?;
-            table.insert(key, env_value(&value));
         }
-        let label = path
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("<defaults+env>"));
-        toml::Value::Table(doc)
-            .try_into::<Config>()
-            .map_err(|e| ConfigError::Parse {
-                path: label,
-                message: e.to_string(),
-            })
+        table.insert(key.clone(), env_value(&value));
     }
+    Ok(())
 }
 
 /// Environment values are typed by their look: integers, booleans, else strings.
@@ -420,6 +535,57 @@ mod tests {
         assert_eq!(c.worker.slots, 64);
         assert!(c.gateway.aliases.contains_key("fast"));
         c.gateway.validate().unwrap();
+    }
+
+    #[test]
+    fn nested_sections_come_from_the_environment_too() {
+        let mut doc: toml::Table = "[server]\nlisten = \"127.0.0.1:1\"\n".parse().unwrap();
+        let vars = [
+            ("SLUICE_SERVER__LIMITS__MAX_TAGS", "3"),
+            ("SLUICE_SERVER__DEV", "true"),
+            ("OTHER__THING", "1"),
+        ];
+        apply_env(
+            &mut doc,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let c: Config = toml::Value::Table(doc).try_into().unwrap();
+        assert_eq!(c.server.limits.max_tags, 3);
+        assert!(c.server.dev);
+        assert_eq!(c.server.listen, "127.0.0.1:1");
+        assert_eq!(
+            c.server.limits.max_tag_key_bytes,
+            ApiLimits::default().max_tag_key_bytes
+        );
+        // A key is not a section.
+        let mut doc = toml::Table::new();
+        let vars = [
+            ("SLUICE_SERVER__DEV", "true"),
+            ("SLUICE_SERVER__DEV__X", "1"),
+        ];
+        let err = apply_env(
+            &mut doc,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("SLUICE_SERVER__DEV__X"), "{err}");
+    }
+
+    #[test]
+    fn contradicting_limits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sluice.toml");
+        std::fs::write(&p, "[server.limits]\nmax_timeout_ms = 1000\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("max_timeout_ms"), "{err}");
+        std::fs::write(&p, "[server.limits]\nmax_idempotency_key_bytes = 4096\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("max_idempotency_key_bytes"), "{err}");
+        std::fs::write(&p, "[server.limits]\nmax_tags = 1\nmax_tag = 2\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("max_tag"), "{err}");
+        Config::default().check().unwrap();
     }
 
     #[test]

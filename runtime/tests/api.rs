@@ -321,8 +321,18 @@ async fn keys_are_required_and_checked() {
         .send(Request::get("/readyz").body(Body::empty()).unwrap())
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, body) = h
+    // Metrics are node-wide: a key with the `read` scope.
+    let (status, _, _) = h
         .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = h
+        .send(
+            Request::get("/metrics")
+                .header("authorization", format!("Bearer {reader}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("sluice_dlq_depth"));
@@ -338,7 +348,12 @@ async fn keys_are_required_and_checked() {
 async fn dev_mode_needs_no_key() {
     let h = harness_with(|c| c.server.dev = true).await;
     let (status, _, _) = h
-        .send(Request::get("/v1/plugins").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/v1/plugins")
+                .header(header::HOST, "127.0.0.1:8080")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     // Not on loopback: keys again.
@@ -937,4 +952,633 @@ async fn plugins_call_only_their_allowed_models() {
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["usage"]["model_calls"], 1, "{job}");
     worker.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds: every tenant-controlled number, string and body has a named limit (issue 9).
+// ---------------------------------------------------------------------------------------------
+
+impl Harness {
+    /// A request with a key, a JSON content type and `body`.
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        key: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
+        self.json(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+/// Assert a problem document: status, type and the field it names.
+#[track_caller]
+fn assert_problem(got: &(StatusCode, Value), status: u16, kind: &str, field: &str) {
+    let (s, v) = got;
+    assert_eq!(s.as_u16(), status, "{v}");
+    assert_eq!(
+        v["type"],
+        format!("https://sluice.dev/problems/{kind}"),
+        "{v}"
+    );
+    assert_eq!(v["field"], field, "{v}");
+}
+
+#[tokio::test]
+async fn numbers_from_tenants_never_overflow() {
+    let h = harness().await;
+    let key = h.key("acme", &["admin"]).await;
+    let submit = |query: &'static str, body: Value| {
+        let uri = format!("/v1/plugins/absent/jobs{query}");
+        let key = key.clone();
+        let h = &h;
+        async move { h.call("POST", &uri, &key, body.to_string()).await }
+    };
+
+    // `?wait=` beyond what a duration can hold: a 400 naming `wait`, not a panic.
+    for wait in [
+        "100000000000000000000",
+        "300000000000000000h",
+        "18446744073709551616s",
+        "1e400",
+        "NaN",
+        "-1",
+        "%00",
+    ] {
+        let got = h
+            .call(
+                "POST",
+                &format!("/v1/plugins/absent/jobs?wait={wait}"),
+                &key,
+                "{}",
+            )
+            .await;
+        assert_problem(&got, 400, "bad-request", "wait");
+    }
+    // Long but representable: capped at 60s, so the request goes on (to the missing plugin).
+    let got = submit("?wait=300000000000h", json!({})).await;
+    assert_eq!(got.0, StatusCode::NOT_FOUND, "{}", got.1);
+
+    // `timeout_ms`: a float is the wrong type; a huge integer is past the server's cap.
+    let got = submit("", json!({"timeout_ms": 1e16})).await;
+    assert_eq!(got.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", got.1);
+    assert_eq!(got.1["type"], "https://sluice.dev/problems/invalid-body");
+    let got = submit("", json!({"timeout_ms": 10_000_000_000_000_000u64})).await;
+    assert_problem(&got, 422, "limit-exceeded", "timeout_ms");
+    assert_eq!(got.1["limit"], 3_600_000);
+    let got = submit("", json!({"timeout_ms": u64::MAX})).await;
+    assert_problem(&got, 422, "limit-exceeded", "timeout_ms");
+    let got = submit("", json!({"max_attempts": u32::MAX})).await;
+    assert_problem(&got, 422, "limit-exceeded", "max_attempts");
+    let got = submit("", json!({"max_attempts": 0})).await;
+    assert_problem(&got, 400, "bad-request", "max_attempts");
+    let got = submit("", json!({"priority": i64::MAX})).await;
+    assert_eq!(got.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", got.1);
+
+    // `/v1/usage?since=` reaching back before the calendar: 400 naming the parameter.
+    for (q, field) in [
+        ("since=300000000000h", "since"),
+        ("until=300000000000h", "until"),
+        ("since=100000000000000000000", "since"),
+        ("since=9999999999999999999999999999ms", "since"),
+        ("since=yesterday", "since"),
+        ("group_by=tag:", "group_by"),
+    ] {
+        let got = h.get(&key, &format!("/v1/usage?{q}")).await;
+        assert_problem(&got, 400, "bad-request", field);
+    }
+    let got = h.get(&key, "/v1/usage?since=1000000h").await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    let long_tag = format!("/v1/usage?group_by=tag:{}", "k".repeat(65));
+    assert_problem(
+        &h.get(&key, &long_tag).await,
+        400,
+        "bad-request",
+        "group_by",
+    );
+
+    // Other numbers in queries and headers.
+    for uri in [
+        "/v1/jobs?limit=99999999999",
+        "/v1/jobs?limit=-1",
+        "/v1/dlq?limit=4294967296",
+        "/v1/webhooks/deliveries?cursor=9223372036854775808",
+        "/v1/webhooks/deliveries?limit=NaN",
+    ] {
+        let (status, v) = h.get(&key, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+    }
+    let (status, v) = h
+        .get(&key, "/v1/webhooks/deliveries/99999999999999999999999")
+        .await;
+    assert!(status.is_client_error(), "{status} {v}");
+}
+
+#[tokio::test]
+async fn tags_are_bounded() {
+    let h = harness_with(|c| c.server.limits.max_tags = 3).await;
+    let key = h.key("acme", &["admin"]).await;
+    let submit = |body: Value| {
+        let key = key.clone();
+        let h = &h;
+        async move {
+            h.call("POST", "/v1/plugins/absent/jobs", &key, body.to_string())
+                .await
+        }
+    };
+    let tags = |n: usize| -> Value {
+        (0..n)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    // At the limits the submission goes on (to the missing plugin).
+    let ok = json!({"tags": {"k".repeat(64): "é".repeat(128), "a": "", "b": "c"}});
+    let got = submit(ok).await;
+    assert_eq!(got.0, StatusCode::NOT_FOUND, "{}", got.1);
+
+    let got = submit(json!({"tags": tags(4)})).await;
+    assert_problem(&got, 422, "limit-exceeded", "tags");
+    assert_eq!(got.1["limit"], 3);
+    let got = submit(json!({"tags": {"k".repeat(65): "v"}})).await;
+    assert_problem(&got, 422, "limit-exceeded", "tags");
+    assert_eq!(got.1["limit"], 64);
+    assert!(
+        got.1["detail"].as_str().unwrap().len() < 300,
+        "the key is not echoed whole: {}",
+        got.1
+    );
+    let got = submit(json!({"tags": {"user": "v".repeat(257)}})).await;
+    assert_problem(&got, 422, "limit-exceeded", "tags");
+    assert_eq!(got.1["limit"], 256);
+    for bad in [
+        json!({"user": "nul\u{0}byte"}),
+        json!({"us\u{1b}er": "escape"}),
+        json!({"user": "new\nline"}),
+        json!({"": "empty key"}),
+    ] {
+        let got = submit(json!({ "tags": bad })).await;
+        assert_problem(&got, 400, "bad-request", "tags");
+    }
+    // Batches check every job and say which one failed.
+    let body = json!({"jobs": [{"input": {}}, {"input": {}, "tags": tags(4)}]});
+    let got = h
+        .call(
+            "POST",
+            "/v1/plugins/absent/jobs/batch",
+            &key,
+            body.to_string(),
+        )
+        .await;
+    assert_problem(&got, 422, "limit-exceeded", "tags");
+    assert_eq!(got.1["index"], 1);
+}
+
+#[tokio::test]
+async fn timeouts_attempts_and_keys_are_capped() {
+    let h = harness_with(|c| {
+        c.server.limits.max_timeout_ms = 600_000;
+        c.server.limits.max_attempts = 10;
+        c.server.limits.max_idempotency_key_bytes = 16;
+        c.server.limits.max_batch_jobs = 2;
+    })
+    .await;
+    let key = h.key("acme", &["admin"]).await;
+    let (status, v) = h.upload(&key, "noop", component("noop")).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let later = "2100-01-01T00:00:00Z";
+
+    // At submit.
+    let post = |body: Value| {
+        let key = key.clone();
+        let h = &h;
+        async move {
+            h.call("POST", "/v1/plugins/noop/jobs", &key, body.to_string())
+                .await
+        }
+    };
+    let got = post(json!({"run_at": later, "timeout_ms": 600_001})).await;
+    assert_problem(&got, 422, "limit-exceeded", "timeout_ms");
+    assert_eq!(got.1["limit"], 600_000);
+    let got = post(json!({"run_at": later, "max_attempts": 11})).await;
+    assert_problem(&got, 422, "limit-exceeded", "max_attempts");
+    assert_eq!(got.1["limit"], 10);
+    let (status, v) =
+        post(json!({"run_at": later, "timeout_ms": 600_000, "max_attempts": 10})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "at the caps: {v}");
+
+    // In plugin settings, by PATCH and by upload.
+    let got = h.patch(&key, "noop", r#"{"timeout_ms": 600001}"#).await;
+    assert_problem(&got, 422, "invalid-settings", "timeout_ms");
+    assert_eq!(got.1["limit"], 600_000);
+    let got = h
+        .patch(&key, "noop", r#"{"max_attempts": 4294967295}"#)
+        .await;
+    assert_problem(&got, 422, "invalid-settings", "max_attempts");
+    let got = h
+        .patch(
+            &key,
+            "noop",
+            r#"{"timeout_ms": 600000, "max_attempts": 10}"#,
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::OK, "at the caps: {}", got.1);
+    for query in ["timeout_ms=18446744073709551615", "max_attempts=11"] {
+        let got = h
+            .json(
+                Request::put(format!("/v1/plugins/noop?{query}"))
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/wasm")
+                    .body(Body::from(component("noop")))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            got.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {}",
+            got.1
+        );
+        assert_eq!(
+            got.1["type"],
+            "https://sluice.dev/problems/invalid-settings"
+        );
+    }
+
+    // Idempotency keys: header and batch.
+    let with_key = |k: String| {
+        let key = key.clone();
+        let h = &h;
+        async move {
+            h.json(
+                Request::post("/v1/plugins/noop/jobs")
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", k)
+                    .body(Body::from(json!({"run_at": later}).to_string()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let got = with_key("k".repeat(17)).await;
+    assert_problem(&got, 400, "bad-request", "Idempotency-Key");
+    assert_eq!(got.1["limit"], 16);
+    let got = with_key("k\tey".into()).await;
+    assert_problem(&got, 400, "bad-request", "Idempotency-Key");
+    let (status, v) = with_key("k".repeat(16)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let batch = |jobs: Value| {
+        let key = key.clone();
+        let h = &h;
+        async move {
+            h.call(
+                "POST",
+                "/v1/plugins/noop/jobs/batch",
+                &key,
+                json!({ "jobs": jobs }).to_string(),
+            )
+            .await
+        }
+    };
+    let got =
+        batch(json!([{"run_at": later}, {"run_at": later, "idempotency_key": "k".repeat(17)}]))
+            .await;
+    assert_problem(&got, 400, "bad-request", "idempotency_key");
+    assert_eq!(got.1["index"], 1);
+    let got = batch(json!([{"run_at": later, "idempotency_key": "a\u{0}b"}])).await;
+    assert_problem(&got, 400, "bad-request", "idempotency_key");
+    let got = batch(json!([{"run_at": later}, {"run_at": later}, {"run_at": later}])).await;
+    assert_problem(&got, 400, "bad-request", "jobs");
+    assert_eq!(got.1["limit"], 2);
+    let (status, v) = batch(json!([{"run_at": later}, {"run_at": later}])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+}
+
+#[tokio::test]
+async fn scopes_are_checked_before_bodies_are_read() {
+    let h = harness().await;
+    // A valid key with no scope any route accepts.
+    let nobody = h.key("acme", &["none"]).await;
+    // Larger than every route's limit, and not JSON: reading or parsing it would be a 413 or
+    // a 400, so a 401/403 proves the key was checked first.
+    let huge = bytes::Bytes::from(vec![b'x'; 40 << 20]);
+    let mut checked = 0;
+    for &(method, path) in sluice::api::ROUTES {
+        if !path.starts_with("/v1/") && path != "/metrics" {
+            continue;
+        }
+        let uri = path
+            .replace("{name}", "noop")
+            .replace("{id}", &uuid::Uuid::now_v7().to_string());
+        for key in [None, Some(&nobody)] {
+            let mut req = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .header("content-length", huge.len());
+            if let Some(k) = key {
+                req = req.header("authorization", format!("Bearer {k}"));
+            }
+            let (status, v) = h.json(req.body(Body::from(huge.clone())).unwrap()).await;
+            let want = if key.is_some() { 403 } else { 401 };
+            assert_eq!(status.as_u16(), want, "{method} {path}: {v}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "{checked}");
+    // The unread body stays on the connection: it must not carry another request.
+    let (status, headers, _) = h
+        .send(
+            Request::put("/v1/plugins/noop")
+                .header("content-type", "application/wasm")
+                .header("content-length", huge.len())
+                .body(Body::from(huge.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::CONNECTION], "close");
+    // Without a body there is nothing left unread.
+    let (status, headers, _) = h
+        .send(Request::get("/v1/plugins").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get(header::CONNECTION).is_none());
+}
+
+#[tokio::test]
+async fn bodies_have_per_route_limits() {
+    let h = harness_with(|c| c.server.limits.max_batch_body_bytes = 256 << 10).await;
+    let key = h.key("acme", &["admin"]).await;
+    let id = uuid::Uuid::now_v7();
+    let padded = |n: usize| json!({ "pad": "x".repeat(n) }).to_string();
+    let limit = |v: &Value| v["limit"].as_u64().unwrap_or_default();
+
+    // Small JSON routes: 64 KiB.
+    for (method, uri) in [
+        ("PATCH", "/v1/plugins/noop".to_string()),
+        ("POST", "/v1/plugins/noop/activate".to_string()),
+        ("PUT", "/v1/budgets/b".to_string()),
+        ("POST", "/v1/dlq/redrive".to_string()),
+        ("POST", format!("/v1/jobs/{id}/redrive")),
+    ] {
+        let got = h.call(method, &uri, &key, padded(64 << 10)).await;
+        assert_eq!(
+            got.0,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{method} {uri}: {}",
+            got.1
+        );
+        assert_eq!(got.1["type"], "https://sluice.dev/problems/body-too-large");
+        assert_eq!(limit(&got.1), 64 << 10, "{method} {uri}");
+    }
+    // A submission: its input's limit plus room for the rest.
+    let input = json!({"input": {"text": "x".repeat((1 << 20) + (64 << 10))}}).to_string();
+    let got = h.call("POST", "/v1/plugins/noop/jobs", &key, input).await;
+    assert_eq!(got.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", got.1);
+    assert_eq!(limit(&got.1), (1 << 20) + (64 << 10));
+    // An input just over its own limit fits the body: the store's check names it.
+    let input = json!({"input": {"text": "x".repeat(1 << 20)}}).to_string();
+    let got = h.call("POST", "/v1/plugins/noop/jobs", &key, input).await;
+    assert_problem(&got, 413, "input-too-large", "input");
+    // A batch: `server.limits.max_batch_body_bytes`.
+    let jobs: Vec<Value> = (0..10)
+        .map(|_| json!({"input": {"text": "x".repeat(30 << 10)}}))
+        .collect();
+    let got = h
+        .call(
+            "POST",
+            "/v1/plugins/noop/jobs/batch",
+            &key,
+            json!({ "jobs": jobs }).to_string(),
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", got.1);
+    assert_eq!(limit(&got.1), 256 << 10);
+    // A body that declares a length past the limit is refused before it is read.
+    let got = h
+        .json(
+            Request::patch("/v1/plugins/noop")
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .header("content-length", "1000000000")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", got.1);
+}
+
+/// A request to a dev-mode harness: `Host`, optional content type.
+fn dev_req(method: &str, uri: &str, host: Option<&str>, ctype: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(h) = host {
+        req = req.header(header::HOST, h);
+    }
+    if let Some(t) = ctype {
+        req = req.header(header::CONTENT_TYPE, t);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn dev_mode_checks_host_and_content_type() {
+    let h = harness_with(|c| {
+        c.server.dev = true;
+        c.server.listen = "127.0.0.1:8080".into();
+    })
+    .await;
+    let id = uuid::Uuid::now_v7();
+    let here = Some("127.0.0.1:8080");
+
+    // DNS rebinding: another name, another port or no Host at all is a 403.
+    for host in [
+        Some("localhost:8080"),
+        Some("127.0.0.1:8080"),
+        Some("[::1]:8080"),
+    ] {
+        let (status, v) = h.json(dev_req("GET", "/v1/plugins", host, None)).await;
+        assert_eq!(status, StatusCode::OK, "{host:?}: {v}");
+    }
+    for host in [
+        Some("attacker.example:8080"),
+        Some("attacker.example"),
+        Some("localhost:9999"),
+        Some("127.0.0.1.attacker.example:8080"),
+        None,
+    ] {
+        for uri in ["/v1/plugins", "/metrics", "/healthz", "/nothing-here"] {
+            let got = h.json(dev_req("GET", uri, host, None)).await;
+            assert_problem(&got, 403, "forbidden", "Host");
+        }
+    }
+
+    // State changes need a JSON content type, with a body or without.
+    for (method, uri) in [
+        ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("POST", "/v1/dlq/redrive".to_string()),
+        ("POST", format!("/v1/jobs/{id}/redrive")),
+        ("POST", "/v1/webhooks/deliveries/1/retry".to_string()),
+        ("DELETE", "/v1/budgets/b".to_string()),
+        ("DELETE", "/v1/plugins/noop".to_string()),
+        ("POST", "/v1/plugins/noop/jobs".to_string()),
+        ("PATCH", "/v1/plugins/noop".to_string()),
+    ] {
+        for ctype in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let got = h.json(dev_req(method, &uri, here, ctype)).await;
+            assert_problem(&got, 415, "unsupported-media-type", "Content-Type");
+        }
+        let (status, v) = h
+            .json(dev_req(method, &uri, here, Some("application/json")))
+            .await;
+        assert_ne!(status.as_u16(), 415, "{method} {uri}: {v}");
+        assert_ne!(status.as_u16(), 403, "{method} {uri}: {v}");
+    }
+    // The redrive of the DLQ with a JSON content type and no body redrives nothing.
+    let (status, v) = h
+        .json(dev_req(
+            "POST",
+            "/v1/dlq/redrive",
+            here,
+            Some("application/json"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["count"], 0);
+    // An upload must say it is wasm.
+    for ctype in [None, Some("application/json"), Some("text/plain")] {
+        let got = h
+            .json(dev_req("PUT", "/v1/plugins/noop", here, ctype))
+            .await;
+        assert_problem(&got, 415, "unsupported-media-type", "Content-Type");
+    }
+    let (status, v) = h
+        .json(dev_req(
+            "PUT",
+            "/v1/plugins/noop",
+            here,
+            Some("application/wasm"),
+        ))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an empty component: {v}"
+    );
+    assert_eq!(v["type"], "https://sluice.dev/problems/invalid-component");
+    // Reads need no content type.
+    let (status, _) = h.json(dev_req("GET", "/v1/jobs", here, None)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // With keys (not dev mode) neither check applies: the key is the guard.
+    let h = harness().await;
+    let key = h.key("acme", &["admin"]).await;
+    let (status, v) = h
+        .json(
+            Request::post(format!("/v1/jobs/{id}/cancel"))
+                .header(header::HOST, "anything.example")
+                .header("authorization", format!("Bearer {key}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn metrics_need_a_read_key_and_come_from_cached_gauges() {
+    let h = harness_with(|c| c.server.gauges_refresh_secs = 3600).await;
+    let admin = h.key("acme", &["admin"]).await;
+    let reader = h.key("acme", &["read"]).await;
+    let invoker = h.key("acme", &["invoke"]).await;
+    let scrape = |key: Option<&str>| {
+        let mut req = Request::get("/metrics");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let h = &h;
+        let req = req.body(Body::empty()).unwrap();
+        async move {
+            let (status, headers, body) = h.send(req).await;
+            (status, headers, String::from_utf8(body).unwrap())
+        }
+    };
+    let (status, headers, _) = scrape(None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    let (status, _, _) = scrape(Some(&invoker)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, first) = scrape(Some(&reader)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(
+        first.contains("sluice_queue_depth{state=\"scheduled\"} 0"),
+        "{first}"
+    );
+    assert!(first.contains("sluice_gauges_age_seconds"), "{first}");
+
+    // A job queued now is not counted until the next reading, an hour away: scrapes do not
+    // count rows themselves.
+    h.upload(&admin, "noop", component("noop")).await;
+    let (status, v) = h
+        .submit(
+            &admin,
+            "noop",
+            json!({"input": {}, "run_at": "2100-01-01T00:00:00Z"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(h.node.store.queue_stats().await.unwrap().scheduled, 1);
+    let (_, _, second) = scrape(Some(&admin)).await;
+    assert!(
+        second.contains("sluice_queue_depth{state=\"scheduled\"} 0"),
+        "{second}"
+    );
+    // Probes read the same gauges, with no key.
+    let (status, _, _) = h
+        .send(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A fresh router reads afresh.
+    let again = app(h.node.clone());
+    let res = again
+        .oneshot(
+            Request::get("/metrics")
+                .header("authorization", format!("Bearer {reader}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("sluice_queue_depth{state=\"scheduled\"} 1"),
+        "{text}"
+    );
+
+    // Dev mode on loopback: open, as the rest of the API.
+    let h = harness_with(|c| c.server.dev = true).await;
+    let (status, _, body) = h
+        .send(dev_req("GET", "/metrics", Some("127.0.0.1:8080"), None))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("sluice_dlq_depth"));
 }

@@ -71,6 +71,58 @@ impl Principal {
     }
 }
 
+/// A scope, as a type: the parameter of [`Scoped`].
+pub trait ScopeName: Send + Sync + 'static {
+    /// The scope it stands for.
+    const SCOPE: Scope;
+}
+
+macro_rules! scope_types {
+    ($($ty:ident => $scope:ident / $alias:ident,)*) => {$(
+        #[doc = concat!("The `", stringify!($scope), "` scope as a type.")]
+        #[derive(Debug, Clone, Copy)]
+        pub struct $ty;
+        impl ScopeName for $ty {
+            const SCOPE: Scope = Scope::$scope;
+        }
+        #[doc = concat!("A caller whose key has the `", stringify!($scope), "` scope (or `admin`).")]
+        pub type $alias = Scoped<$ty>;
+    )*};
+}
+
+scope_types! {
+    AdminScope => Admin / Administrator,
+    DeployScope => Deploy / Deployer,
+    InvokeScope => Invoke / Invoker,
+    ReadScope => Read / Reader,
+}
+
+/// A [`Principal`] whose key has scope `S`: taking one as a handler argument, before the body,
+/// checks the key and its scope before anything of the body is read or parsed.
+#[derive(Debug, Clone)]
+pub struct Scoped<S>(pub Principal, std::marker::PhantomData<S>);
+
+impl<S> std::ops::Deref for Scoped<S> {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<S: ScopeName> FromRequestParts<AppState> for Scoped<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(S::SCOPE)?;
+        Ok(Scoped(principal, std::marker::PhantomData))
+    }
+}
+
 /// The stored form of a secret: hex SHA-256.
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))

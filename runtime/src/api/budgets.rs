@@ -11,9 +11,9 @@ use sluice_store::{BudgetRecord, LedgerWindow};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::auth::{Principal, Scope};
+use super::auth::{Administrator, Reader};
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
-use super::extract::{Json, Path};
+use super::extract::{BodyLimit, Json, Path};
 use crate::node::budgets::{self, BudgetSpec};
 
 const NAME: &str = "The budget's name: 1-64 of letters, digits, `-`, `_`, `.`";
@@ -43,6 +43,8 @@ pub(crate) struct BudgetSpecDoc {
     #[schema(value_type = Option<Object>)]
     webhook: Option<Value>,
 }
+
+impl BodyLimit for BudgetSpec {}
 
 /// One budget window's money.
 #[derive(Debug, Serialize, ToSchema)]
@@ -150,9 +152,8 @@ async fn reload(st: &AppState) {
 )]
 pub(crate) async fn list(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
 ) -> ApiResult<axum::Json<BudgetList>> {
-    principal.require(Scope::Read)?;
     let mut budgets = Vec::new();
     for rec in st.node.store.list_budgets(Some(&principal.tenant)).await? {
         budgets.push(view(&st, &rec, 10).await?);
@@ -176,10 +177,9 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn get(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<BudgetView>> {
-    principal.require(Scope::Read)?;
     let rec = find(&st, &principal.tenant, &name).await?;
     Ok(axum::Json(view(&st, &rec, 100).await?))
 }
@@ -203,11 +203,10 @@ pub(crate) async fn get(
 )]
 pub(crate) async fn put(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Administrator,
     Path(name): Path<String>,
     Json(spec): Json<BudgetSpec>,
 ) -> ApiResult<(StatusCode, axum::Json<BudgetView>)> {
-    principal.require(Scope::Admin)?;
     spec.validate(&principal.tenant, &name).map_err(|reason| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -258,10 +257,9 @@ pub(crate) async fn put(
 )]
 pub(crate) async fn delete(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Administrator,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    principal.require(Scope::Admin)?;
     if st
         .node
         .store

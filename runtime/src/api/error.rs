@@ -57,6 +57,36 @@ impl ApiError {
         )
     }
 
+    /// 400 naming the offending `field` (a body field, query parameter or header).
+    pub fn bad_field(field: &str, detail: impl Into<String>) -> Self {
+        Self::bad_request(detail).with("field", field)
+    }
+
+    /// 422: `field` asks for more than the server's configured `limit` allows.
+    pub fn limit_exceeded(field: &str, limit: impl Into<Value>, detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit-exceeded",
+            "Limit exceeded",
+            detail,
+        )
+        .with("field", field)
+        .with("limit", limit)
+    }
+
+    /// 413: the body is larger than `limit` bytes (set by the configuration key `setting`).
+    pub fn body_too_large(limit: usize, setting: &str) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!(
+                "the request body is larger than this route's limit of {limit} bytes (`{setting}`)"
+            ),
+        )
+        .with("limit", limit)
+    }
+
     /// 404: the thing does not exist (or belongs to another tenant).
     pub fn not_found(what: &str, name: impl std::fmt::Display) -> Self {
         Self::new(
@@ -159,7 +189,9 @@ impl From<StoreError> for ApiError {
                 "input-too-large",
                 "Job input too large",
                 format!("job input is {size} bytes; the limit is {limit} bytes"),
-            ),
+            )
+            .with("field", "input")
+            .with("limit", limit),
             StoreError::Invalid(msg) => ApiError::bad_request(msg),
             e if e.is_transient() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -201,8 +233,11 @@ pub(crate) struct Problem {
     job_id: Option<String>,
     /// `job-finished`, `job-not-dead`: the job's status.
     job_status: Option<String>,
-    /// `invalid-settings`: the offending plugin setting.
+    /// `invalid-settings`, `limit-exceeded` and some `bad-request`s: the offending field,
+    /// query parameter or header.
     field: Option<String>,
+    /// `limit-exceeded`, `body-too-large`, `input-too-large`: the limit that was passed.
+    limit: Option<u64>,
     /// Batch submissions: the index of the offending job.
     index: Option<u32>,
 }

@@ -19,9 +19,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Principal, Scope};
+use super::auth::{Invoker, Reader};
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
-use super::extract::{Json, Path, Query};
+use super::extract::{BodyLimit, Json, Path, Query};
+use crate::config::{ApiLimits, Config};
 
 /// Longest `?wait=` honoured.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -35,6 +36,8 @@ pub(crate) struct SubmitRequest {
     #[schema(value_type = Value)]
     input: Value,
     /// Attribution tags (`user`, `feature`, …): usage is grouped by them, jobs listed by them.
+    /// At most `server.limits.max_tags` (32) tags; keys of 1 to 64 bytes, values of at most
+    /// 256 (`max_tag_key_bytes`, `max_tag_value_bytes`); no NUL or control characters.
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     tags: Tags,
@@ -44,14 +47,29 @@ pub(crate) struct SubmitRequest {
     /// Run no earlier than this RFC 3339 time.
     #[schema(format = DateTime)]
     run_at: Option<String>,
-    /// Attempt timeout in ms (default: the plugin's, then the server's).
+    /// Attempt timeout in ms (default: the plugin's, then the server's); at most
+    /// `server.limits.max_timeout_ms` (1 hour by default).
     #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
-    /// Attempts allowed (default: the plugin's, then the server's).
+    /// Attempts allowed (default: the plugin's, then the server's); at most
+    /// `server.limits.max_attempts` (100 by default).
     #[schema(minimum = 1)]
     max_attempts: Option<u32>,
     /// Where to POST the signed outcome.
     webhook: Option<WebhookSpec>,
+}
+
+impl BodyLimit for SubmitRequest {
+    /// The input's limit and room for the rest of the submission.
+    fn body_limit(config: &Config) -> (usize, &'static str) {
+        (
+            config
+                .server
+                .max_input_bytes
+                .saturating_add(config.server.limits.submit_overhead_bytes),
+            "server.max_input_bytes + server.limits.submit_overhead_bytes",
+        )
+    }
 }
 
 /// A webhook for a job's outcome.
@@ -72,7 +90,8 @@ pub(crate) struct SubmitParams {
     wait: Option<String>,
 }
 
-/// Parse `30s`, `500ms`, `2m`, `1h` or plain seconds.
+/// Parse `30s`, `500ms`, `2m`, `1h` or plain seconds; `None` for anything else, including
+/// durations too long to represent (they come from tenants: no arithmetic here may overflow).
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -87,7 +106,90 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    if !(secs.is_finite() && secs >= 0.0) {
+        return None;
+    }
+    // `from_secs_f64` panics past `u64::MAX` seconds; this one says no.
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Check a submission's tags against the server's limits: count, key and value bytes, and no
+/// NUL or other control characters (they end up in usage records, logs and SQL text).
+fn check_tags(tags: &Tags, limits: &ApiLimits) -> ApiResult<()> {
+    if tags.len() > limits.max_tags {
+        return Err(ApiError::limit_exceeded(
+            "tags",
+            limits.max_tags,
+            format!(
+                "a job may have at most {} tags, not {} (`server.limits.max_tags`)",
+                limits.max_tags,
+                tags.len()
+            ),
+        ));
+    }
+    for (k, v) in tags {
+        if k.is_empty() {
+            return Err(ApiError::bad_field("tags", "tag keys must not be empty"));
+        }
+        if k.len() > limits.max_tag_key_bytes {
+            return Err(ApiError::limit_exceeded(
+                "tags",
+                limits.max_tag_key_bytes,
+                format!(
+                    "tag key {} is {} bytes; the limit is {} (`server.limits.max_tag_key_bytes`)",
+                    preview(k),
+                    k.len(),
+                    limits.max_tag_key_bytes
+                ),
+            ));
+        }
+        if v.len() > limits.max_tag_value_bytes {
+            return Err(ApiError::limit_exceeded(
+                "tags",
+                limits.max_tag_value_bytes,
+                format!(
+                    "the value of tag {} is {} bytes; the limit is {} (`server.limits.max_tag_value_bytes`)",
+                    preview(k),
+                    v.len(),
+                    limits.max_tag_value_bytes
+                ),
+            ));
+        }
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(ApiError::bad_field(
+                "tags",
+                format!(
+                    "tag {} has NUL or control characters in its key or value",
+                    preview(k)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The start of a tenant's string, quoted and escaped, for an error message.
+fn preview(s: &str) -> String {
+    let head: String = s.chars().take(32).collect();
+    if head.len() < s.len() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// An idempotency key: 1 to `server.limits.max_idempotency_key_bytes` bytes, no control
+/// characters. `field` names where it came from.
+fn check_idempotency_key(key: &str, field: &str, limits: &ApiLimits) -> ApiResult<()> {
+    let max = limits.max_idempotency_key_bytes;
+    if key.is_empty() || key.len() > max || key.chars().any(char::is_control) {
+        return Err(ApiError::bad_field(
+            field,
+            format!("{field} must be 1..={max} bytes without control characters (`server.limits.max_idempotency_key_bytes`)"),
+        )
+        .with("limit", max));
+    }
+    Ok(())
 }
 
 fn parse_run_at(s: &str) -> ApiResult<DateTime<Utc>> {
@@ -100,25 +202,19 @@ fn parse_run_at(s: &str) -> ApiResult<DateTime<Utc>> {
                 "Invalid run_at",
                 format!("`run_at` must be an RFC 3339 timestamp such as 2030-01-01T09:00:00Z: {e}"),
             )
-            .with("run_at", s)
+            .with("field", "run_at")
+            .with("run_at", s.chars().take(64).collect::<String>())
         })
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+fn idempotency_key(headers: &HeaderMap, limits: &ApiLimits) -> ApiResult<Option<String>> {
+    const FIELD: &str = "Idempotency-Key";
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = v
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= sluice_store::MAX_KEY_BYTES)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Idempotency-Key must be 1..={} visible ASCII characters",
-                sluice_store::MAX_KEY_BYTES
-            ))
-        })?;
+    // `to_str` admits visible ASCII only.
+    let key = v.to_str().map(str::trim).unwrap_or_default();
+    check_idempotency_key(key, FIELD, limits)?;
     Ok(Some(key.to_string()))
 }
 
@@ -129,13 +225,47 @@ fn new_job(
     req: SubmitRequest,
     key: Option<String>,
 ) -> ApiResult<NewJob> {
+    let limits = &st.node.config.server.limits;
     let run_at = req.run_at.as_deref().map(parse_run_at).transpose()?;
-    if let Some(0) = req.max_attempts {
-        return Err(ApiError::bad_request("`max_attempts` must be at least 1"));
+    match req.max_attempts {
+        Some(0) => {
+            return Err(ApiError::bad_field(
+                "max_attempts",
+                "`max_attempts` must be at least 1",
+            ));
+        }
+        Some(n) if n > limits.max_attempts => {
+            return Err(ApiError::limit_exceeded(
+                "max_attempts",
+                limits.max_attempts,
+                format!(
+                    "`max_attempts` may be at most {} (`server.limits.max_attempts`)",
+                    limits.max_attempts
+                ),
+            ));
+        }
+        _ => {}
     }
-    if let Some(0) = req.timeout_ms {
-        return Err(ApiError::bad_request("`timeout_ms` must be at least 1"));
+    match req.timeout_ms {
+        Some(0) => {
+            return Err(ApiError::bad_field(
+                "timeout_ms",
+                "`timeout_ms` must be at least 1",
+            ));
+        }
+        Some(n) if n > limits.max_timeout_ms => {
+            return Err(ApiError::limit_exceeded(
+                "timeout_ms",
+                limits.max_timeout_ms,
+                format!(
+                    "`timeout_ms` may be at most {} (`server.limits.max_timeout_ms`)",
+                    limits.max_timeout_ms
+                ),
+            ));
+        }
+        _ => {}
     }
+    check_tags(&req.tags, limits)?;
     let webhook_url = match req.webhook {
         Some(w) => {
             crate::webhooks::check_target(&st.node.config, &w.url).map_err(|reason| {
@@ -226,31 +356,35 @@ const PLUGIN: &str = "Plugin name";
         (status = 409, description = "The idempotency key names a job with another body", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, description = "Body or input too large", body = Problem, content_type = PROBLEM_JSON),
         (status = 415, description = "Not `application/json`", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type, or past a server limit (`limit-exceeded`: tags, `timeout_ms`, `max_attempts`; `field` and `limit` say which)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 pub(crate) async fn submit(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Invoker,
     Path(plugin): Path<String>,
     Query(params): Query<SubmitParams>,
     headers: HeaderMap,
     Json(req): Json<SubmitRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Scope::Invoke)?;
     let wait = match params.wait.as_deref() {
         Some(w) => Some(
             parse_duration(w)
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "`wait` must be a duration such as 30s or 500ms, not `{w}`"
-                    ))
+                    ApiError::bad_field(
+                        "wait",
+                        format!(
+                            "`wait` must be a duration such as 30s or 500ms (at most {}s), not {}",
+                            MAX_WAIT.as_secs(),
+                            preview(w)
+                        ),
+                    )
                 })?
                 .min(MAX_WAIT),
         ),
         None => None,
     };
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(&headers, &st.node.config.server.limits)?;
     let job = new_job(&st, &principal.tenant, &plugin, req, key)?;
     // Subscribe before the job exists, so its terminal event cannot slip past.
     let events = wait.map(|_| st.node.events.subscribe());
@@ -389,10 +523,11 @@ async fn usage_of(st: &AppState, id: Uuid) -> JobUsage {
                 ..
             } = &e.event
             {
-                calls += 1;
-                input += u64::from(*input_tokens);
-                output += u64::from(*output_tokens);
-                cost += cost_micros;
+                calls = calls.saturating_add(1);
+                input = input.saturating_add(u64::from(*input_tokens));
+                output = output.saturating_add(u64::from(*output_tokens));
+                // Reported by guests: saturate rather than overflow.
+                cost = cost.saturating_add(*cost_micros);
             }
         }
         if batch.len() < 1000 {
@@ -469,10 +604,9 @@ pub(crate) async fn find_job(st: &AppState, tenant: &str, id: &str) -> ApiResult
 )]
 pub(crate) async fn get(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    principal.require(Scope::Read)?;
     let r = find_job(&st, &principal.tenant, &id).await?;
     Ok(axum::Json(job_view(&st, &r).await))
 }
@@ -532,10 +666,9 @@ pub(crate) struct JobPage {
 )]
 pub(crate) async fn list(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<axum::Json<JobPage>> {
-    principal.require(Scope::Read)?;
     let mut filter = JobFilter {
         tenant: Some(principal.tenant.clone()),
         ..Default::default()
@@ -613,10 +746,9 @@ pub(crate) struct CancelAnswer {
 )]
 pub(crate) async fn cancel(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Invoker,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    principal.require(Scope::Invoke)?;
     let r = find_job(&st, &principal.tenant, &id).await?;
     let (code, status) = match st.node.store.cancel(r.id).await? {
         CancelOutcome::Cancelled => {
@@ -753,11 +885,10 @@ impl Redriven {
 )]
 pub(crate) async fn redrive_one(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Invoker,
     Path(id): Path<String>,
-    super::extract::Body(body): super::extract::Body,
+    super::extract::JsonBytes(body): super::extract::JsonBytes,
 ) -> ApiResult<axum::Json<Redriven>> {
-    principal.require(Scope::Invoke)?;
     let req = optional_body(body).await?;
     let r = find_job(&st, &principal.tenant, &id).await?;
     if r.status != JobStatus::Dead {
@@ -793,10 +924,9 @@ pub(crate) async fn redrive_one(
 )]
 pub(crate) async fn redrive_dead(
     State(st): State<AppState>,
-    principal: Principal,
-    super::extract::Body(body): super::extract::Body,
+    principal: Invoker,
+    super::extract::JsonBytes(body): super::extract::JsonBytes,
 ) -> ApiResult<axum::Json<Redriven>> {
-    principal.require(Scope::Invoke)?;
     let req = optional_body(body).await?;
     if matches!(req.target, Some(Value::Number(_))) && req.plugin.is_none() {
         return Err(ApiError::bad_request(
@@ -854,10 +984,9 @@ pub(crate) struct DeadPage {
 )]
 pub(crate) async fn list_dead(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Query(p): Query<DeadParams>,
 ) -> ApiResult<axum::Json<DeadPage>> {
-    principal.require(Scope::Read)?;
     let store = &st.node.store;
     let page = store
         .list_dead(
@@ -909,22 +1038,31 @@ pub(crate) struct BatchAnswer {
         (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
         (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
         (status = 409, description = "An idempotency key names a job with another body", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than `server.limits.max_batch_body_bytes`, or an input too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown field or wrong type, or past a server limit (`index` says which job)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 pub(crate) async fn submit_batch(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Invoker,
     Path(plugin): Path<String>,
     Json(req): Json<BatchRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Scope::Invoke)?;
-    if req.jobs.is_empty() || req.jobs.len() > 1000 {
-        return Err(ApiError::bad_request("`jobs` must hold 1 to 1000 jobs"));
+    let max = st.node.config.server.limits.max_batch_jobs;
+    if req.jobs.is_empty() || req.jobs.len() > max {
+        return Err(ApiError::bad_field(
+            "jobs",
+            format!("`jobs` must hold 1 to {max} jobs (`server.limits.max_batch_jobs`)"),
+        )
+        .with("limit", max));
     }
     let mut jobs = Vec::with_capacity(req.jobs.len());
     for (i, j) in req.jobs.into_iter().enumerate() {
         let key = j.idempotency_key.clone();
+        if let Some(k) = &key {
+            check_idempotency_key(k, "idempotency_key", &st.node.config.server.limits)
+                .map_err(|e| e.with("index", i))?;
+        }
         jobs.push(
             new_job(&st, &principal.tenant, &plugin, j.job, key).map_err(|e| e.with("index", i))?,
         );
@@ -952,6 +1090,15 @@ pub(crate) async fn submit_batch(
 pub(crate) struct BatchRequest {
     /// 1 to 1000 jobs.
     jobs: Vec<BatchItem>,
+}
+
+impl BodyLimit for BatchRequest {
+    fn body_limit(config: &Config) -> (usize, &'static str) {
+        (
+            config.server.limits.max_batch_body_bytes,
+            "server.limits.max_batch_body_bytes",
+        )
+    }
 }
 
 /// One job of a batch: a submission plus its idempotency key.
@@ -1151,5 +1298,62 @@ mod tests {
         assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5d"), None);
+        // Tenants' numbers: too long to represent is "not a duration", never a panic.
+        assert_eq!(parse_duration("100000000000000000000"), None);
+        assert_eq!(parse_duration("300000000000000000h"), None);
+        assert_eq!(parse_duration(&"9".repeat(400)), None);
+        assert!(parse_duration("300000000000h").is_some());
+        for bad in ["", ".", "-1", "NaN", "inf", "1e5", "1.2.3s", "\u{0}", "٣s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tags_are_bounded() {
+        let limits = ApiLimits::default();
+        let tags = |pairs: &[(&str, &str)]| -> Tags {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(check_tags(&tags(&[("user", "alice")]), &limits).is_ok());
+        let many: Tags = (0..=limits.max_tags)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        let e = check_tags(&many, &limits).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.kind), (422, "limit-exceeded"));
+        let long_key = "k".repeat(limits.max_tag_key_bytes + 1);
+        assert_eq!(
+            check_tags(&tags(&[(&long_key, "v")]), &limits)
+                .unwrap_err()
+                .status,
+            422
+        );
+        let long_value = "v".repeat(limits.max_tag_value_bytes + 1);
+        assert_eq!(
+            check_tags(&tags(&[("k", &long_value)]), &limits)
+                .unwrap_err()
+                .status,
+            422
+        );
+        for (k, v) in [
+            ("a\0b", "v"),
+            ("k", "line\nbreak"),
+            ("", "v"),
+            ("k", "\u{85}"),
+        ] {
+            let e = check_tags(&tags(&[(k, v)]), &limits).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.kind),
+                (400, "bad-request"),
+                "{k:?}={v:?}"
+            );
+            assert_eq!(e.extra["field"], "tags");
+        }
+        // Exactly at the limits is fine.
+        let key = "k".repeat(limits.max_tag_key_bytes);
+        let value = "é".repeat(limits.max_tag_value_bytes / 2);
+        assert!(check_tags(&tags(&[(&key, &value)]), &limits).is_ok());
     }
 }

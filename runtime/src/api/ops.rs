@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use super::auth::{Principal, Scope};
+use super::auth::{Administrator, Reader};
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::{ApiDoc, AppState};
 
@@ -55,7 +55,10 @@ pub(crate) struct Ready {
     store: &'static str,
 }
 
-/// Readiness: the store answers (migrations are applied when it opens).
+/// Readiness: the store answered its last reading (migrations are applied when it opens).
+///
+/// Answered from the queue gauges, which are read at most every `server.gauges_refresh_secs`:
+/// probes never query the store themselves.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -67,38 +70,58 @@ pub(crate) struct Ready {
     )
 )]
 pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
-    match st.node.store.queue_stats().await {
-        Ok(_) => axum::Json(Ready {
+    let not_ready = |why: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            format!("the store is not reachable: {why}"),
+        )
+        .into_response()
+    };
+    match st.gauges.read().await.map(|r| r.stats) {
+        Some(Ok(_)) => axum::Json(Ready {
             status: "ready",
             store: "ok",
         })
         .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            "Not ready",
-            format!("the store is not reachable: {e}"),
-        )
-        .into_response(),
+        Some(Err(e)) => not_ready(e),
+        None => not_ready("it has not answered yet".into()),
     }
 }
 
 /// Prometheus metrics: queue depth by state, DLQ depth, jobs, model calls, webhooks.
 ///
-/// Queue depths are read from the store at scrape time.
+/// Needs a key with the `read` scope (none in dev mode on loopback). Queue depths are the
+/// last reading of the store, taken at most every `server.gauges_refresh_secs`
+/// (`sluice_gauges_age_seconds` says how old it is).
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "ops",
-    security(()),
-    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
 )]
-pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(st): State<AppState>, _principal: Reader) -> Response {
     let handle = install_metrics();
     handle.run_upkeep();
     let mut body = handle.render();
-    match st.node.store.queue_stats().await {
-        Ok(q) => {
+    let reading = st.gauges.read().await;
+    if let Some(r) = &reading {
+        body.push_str(
+            "# HELP sluice_gauges_age_seconds Age of the queue gauges' last reading of the store.\n",
+        );
+        body.push_str("# TYPE sluice_gauges_age_seconds gauge\n");
+        body.push_str(&format!(
+            "sluice_gauges_age_seconds {:.3}\n",
+            r.at.elapsed().as_secs_f64()
+        ));
+    }
+    match reading.map(|r| r.stats) {
+        Some(Ok(q)) => {
             body.push_str("# HELP sluice_queue_depth Jobs in the queue by state.\n");
             body.push_str("# TYPE sluice_queue_depth gauge\n");
             for (state, n) in [
@@ -114,8 +137,8 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
             body.push_str(&format!("sluice_dlq_depth {}\n", q.dead));
             body.push_str("# TYPE sluice_store_up gauge\nsluice_store_up 1\n");
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "queue stats for /metrics failed");
+        // The refresh task logged why.
+        Some(Err(_)) | None => {
             body.push_str("# TYPE sluice_store_up gauge\nsluice_store_up 0\n");
         }
     }
@@ -186,9 +209,8 @@ pub(crate) struct NodeList {
 )]
 pub(crate) async fn nodes(
     State(st): State<AppState>,
-    principal: Principal,
+    _principal: Administrator,
 ) -> ApiResult<axum::Json<NodeList>> {
-    principal.require(Scope::Admin)?;
     let nodes = st
         .node
         .store

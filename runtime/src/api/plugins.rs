@@ -11,9 +11,10 @@ use sluice_store::{PluginInfo, PluginLimits, PluginSettings, PluginVersion};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::{Principal, Scope};
+use super::auth::{Deployer, Reader};
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
-use super::extract::{Body, Json, Path, Query};
+use super::extract::{Body, BodyLimit, Json, Path, Query};
+use crate::config::Config;
 use crate::node::PluginLoadError;
 
 /// Plugin names: 1–64 of `[a-z0-9_-]`, starting with a letter or digit.
@@ -118,6 +119,8 @@ pub(crate) struct SettingsPatch {
     limits: Option<Option<PluginLimits>>,
 }
 
+impl BodyLimit for SettingsPatch {}
+
 /// A field that is present (possibly `null`): `Some(value)`. Absent fields get `None` from
 /// `#[serde(default)]`, which is how a merge patch tells "keep" from "reset".
 fn present<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
@@ -155,7 +158,9 @@ impl SettingsPatch {
 }
 
 /// Reject settings no job could run with (422), whichever way they were given.
-fn check_settings(s: &PluginSettings, max_memory_mb: u64) -> ApiResult<()> {
+fn check_settings(s: &PluginSettings, config: &Config) -> ApiResult<()> {
+    let max_memory_mb = config.engine.max_memory_mb as u64;
+    let limits = &config.server.limits;
     let invalid = |field: &str, detail: String| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -170,6 +175,18 @@ fn check_settings(s: &PluginSettings, max_memory_mb: u64) -> ApiResult<()> {
             "timeout_ms",
             "`timeout_ms` must be at least 1".into(),
         ));
+    }
+    if let Some(ms) = s.timeout_ms
+        && ms > limits.max_timeout_ms
+    {
+        return Err(invalid(
+            "timeout_ms",
+            format!(
+                "`timeout_ms` may be at most {} (the server's `server.limits.max_timeout_ms`)",
+                limits.max_timeout_ms
+            ),
+        )
+        .with("limit", limits.max_timeout_ms));
     }
     if let Some(bytes) = s.memory_limit_bytes
         && !(mib(MIN_MEMORY_MB)..=mib(max_memory_mb)).contains(&bytes)
@@ -186,6 +203,18 @@ fn check_settings(s: &PluginSettings, max_memory_mb: u64) -> ApiResult<()> {
             "max_attempts",
             "`max_attempts` must be at least 1".into(),
         ));
+    }
+    if let Some(n) = s.max_attempts
+        && n > limits.max_attempts
+    {
+        return Err(invalid(
+            "max_attempts",
+            format!(
+                "`max_attempts` may be at most {} (the server's `server.limits.max_attempts`)",
+                limits.max_attempts
+            ),
+        )
+        .with("limit", limits.max_attempts));
     }
     if s.concurrency == Some(0) {
         return Err(invalid(
@@ -406,15 +435,14 @@ const NAME: &str = "Plugin name: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a
 )]
 pub(crate) async fn upload(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Deployer,
     Path(name): Path<String>,
     Query(params): Query<UploadParams>,
     Body(bytes): Body,
 ) -> ApiResult<Response> {
-    principal.require(Scope::Deploy)?;
     check_name(&name)?;
     let settings = params.settings();
-    check_settings(&settings, max_memory_mb(&st))?;
+    check_settings(&settings, &st.node.config)?;
     let size = bytes.len();
     // Validate and precompile before anything is stored: a rejected upload leaves nothing.
     let plugin = st
@@ -465,10 +493,6 @@ pub(crate) async fn upload(
         .into_response())
 }
 
-fn max_memory_mb(st: &AppState) -> u64 {
-    st.node.config.engine.max_memory_mb as u64
-}
-
 /// List the tenant's plugins.
 #[utoipa::path(
     get,
@@ -483,9 +507,8 @@ fn max_memory_mb(st: &AppState) -> u64 {
 )]
 pub(crate) async fn list(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
 ) -> ApiResult<axum::Json<PluginList>> {
-    principal.require(Scope::Read)?;
     let plugins = st.node.store.list_plugins(&principal.tenant).await?;
     Ok(axum::Json(PluginList {
         items: plugins.iter().map(PluginView::from).collect(),
@@ -516,10 +539,9 @@ async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<PluginInfo> 
 )]
 pub(crate) async fn get(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<PluginView>> {
-    principal.require(Scope::Read)?;
     Ok(axum::Json(PluginView::from(
         &find(&st, &principal.tenant, &name).await?,
     )))
@@ -551,11 +573,10 @@ pub(crate) async fn get(
 )]
 pub(crate) async fn patch_settings(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Deployer,
     Path(name): Path<String>,
     Json(patch): Json<SettingsPatch>,
 ) -> ApiResult<axum::Json<DeployedVersion>> {
-    principal.require(Scope::Deploy)?;
     let info = find(&st, &principal.tenant, &name).await?;
     let active = info.active().ok_or_else(|| {
         ApiError::conflict(
@@ -564,7 +585,7 @@ pub(crate) async fn patch_settings(
         )
     })?;
     let settings = patch.apply(active.settings.clone());
-    check_settings(&settings, max_memory_mb(&st))?;
+    check_settings(&settings, &st.node.config)?;
     if settings == active.settings {
         return Ok(axum::Json(DeployedVersion::new(&name, active, None, true)));
     }
@@ -590,6 +611,8 @@ pub(crate) struct ActivateRequest {
     digest: Option<String>,
 }
 
+impl BodyLimit for ActivateRequest {}
+
 /// Roll back or forward to a version or digest.
 #[utoipa::path(
     post,
@@ -609,11 +632,10 @@ pub(crate) struct ActivateRequest {
 )]
 pub(crate) async fn activate(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Deployer,
     Path(name): Path<String>,
     Json(req): Json<ActivateRequest>,
 ) -> ApiResult<axum::Json<PluginView>> {
-    principal.require(Scope::Deploy)?;
     let info = find(&st, &principal.tenant, &name).await?;
     let version = match (req.version, req.digest.as_deref()) {
         (Some(v), None) => info
@@ -657,10 +679,9 @@ pub(crate) async fn activate(
 )]
 pub(crate) async fn delete(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Deployer,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    principal.require(Scope::Deploy)?;
     if st
         .node
         .store

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Principal, Scope};
+use super::auth::Reader;
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::Path;
 use super::jobs::{find_job, is_terminal_event};
@@ -52,11 +52,10 @@ const PAGE: u32 = 500;
 )]
 pub(crate) async fn events(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    principal.require(Scope::Read)?;
     let job = find_job(&st, &principal.tenant, &id).await?;
     let after = match headers.get("last-event-id") {
         None => 0,

@@ -7,7 +7,7 @@ use sluice_store::{UsageGroupBy, UsageQuery};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::{Principal, Scope};
+use super::auth::Reader;
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::Query;
 
@@ -60,18 +60,45 @@ pub(crate) struct UsageReport {
     items: Vec<UsageRow>,
 }
 
-fn time(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
+/// The earliest time a duration may reach back to: RFC 3339 years start at 0000, and every
+/// store can hold it.
+fn earliest() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("0000-01-01T00:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn time(name: &str, s: &str, now: DateTime<Utc>) -> ApiResult<DateTime<Utc>> {
     if let Some(d) = super::jobs::parse_duration(s) {
-        // `since=24h`: relative to now.
-        return Ok(Utc::now() - Duration::from_std(d).unwrap_or_default());
+        // `since=24h`: relative to now. Checked: `now - 300000000000h` is before the calendar.
+        return Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .filter(|t| *t >= earliest())
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    name,
+                    format!("`{name}` reaches back before the year 0: {}", preview(s)),
+                )
+            });
     }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| {
-            ApiError::bad_request(format!(
-                "`{name}` must be an RFC 3339 timestamp or a duration such as 24h, not `{s}`"
-            ))
+            ApiError::bad_field(
+                name,
+                format!(
+                    "`{name}` must be an RFC 3339 timestamp or a duration such as 24h, not {}",
+                    preview(s)
+                ),
+            )
         })
+}
+
+/// The start of a tenant's string, quoted and escaped, for an error message.
+fn preview(s: &str) -> String {
+    let head: String = s.chars().take(40).collect();
+    format!("{head:?}")
 }
 
 /// Tokens, cost, calls and latency percentiles, grouped.
@@ -89,10 +116,10 @@ fn time(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
 )]
 pub(crate) async fn usage(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Query(p): Query<UsageParams>,
 ) -> ApiResult<axum::Json<UsageReport>> {
-    principal.require(Scope::Read)?;
+    let limits = &st.node.config.server.limits;
     let by = p.group_by.as_deref().unwrap_or("plugin");
     let group_by = match by {
         "plugin" => UsageGroupBy::Plugin,
@@ -100,28 +127,36 @@ pub(crate) async fn usage(
         "provider" => UsageGroupBy::Provider,
         "user" | "feature" => UsageGroupBy::Tag(by.to_string()),
         other => match other.strip_prefix("tag:") {
-            Some(tag) if !tag.is_empty() => UsageGroupBy::Tag(tag.to_string()),
+            Some(tag) if !tag.is_empty() && tag.len() <= limits.max_tag_key_bytes => {
+                UsageGroupBy::Tag(tag.to_string())
+            }
             _ => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown group_by `{other}`: use plugin, model, provider, user, feature or tag:<name>"
-                )));
+                return Err(ApiError::bad_field(
+                    "group_by",
+                    format!(
+                        "unknown group_by {}: use plugin, model, provider, user, feature or tag:<name> (a tag key of at most {} bytes)",
+                        preview(other),
+                        limits.max_tag_key_bytes
+                    ),
+                ));
             }
         },
     };
+    let now = Utc::now();
     let until = p
         .until
         .as_deref()
-        .map(|s| time("until", s))
+        .map(|s| time("until", s, now))
         .transpose()?
-        .unwrap_or_else(Utc::now);
-    let since = p
-        .since
-        .as_deref()
-        .map(|s| time("since", s))
-        .transpose()?
-        .unwrap_or(until - Duration::days(30));
+        .unwrap_or(now);
+    let since = match p.since.as_deref() {
+        Some(s) => time("since", s, now)?,
+        None => until
+            .checked_sub_signed(Duration::days(30))
+            .unwrap_or(until),
+    };
     if since > until {
-        return Err(ApiError::bad_request("`since` is after `until`"));
+        return Err(ApiError::bad_field("since", "`since` is after `until`"));
     }
     let rows = st
         .node

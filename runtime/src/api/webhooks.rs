@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Principal, Scope};
+use super::auth::{Invoker, Reader};
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::{Path, Query};
 
@@ -101,10 +101,9 @@ fn view(d: &WebhookDelivery) -> DeliveryView {
 )]
 pub(crate) async fn list(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Query(p): Query<ListParams>,
 ) -> ApiResult<axum::Json<DeliveryPage>> {
-    principal.require(Scope::Read)?;
     let status = p
         .status
         .as_deref()
@@ -146,10 +145,9 @@ fn parse_id(id: &str) -> ApiResult<i64> {
 )]
 pub(crate) async fn get(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Reader,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<DeliveryView>> {
-    principal.require(Scope::Read)?;
     let d = st
         .node
         .store
@@ -177,10 +175,9 @@ pub(crate) async fn get(
 )]
 pub(crate) async fn retry(
     State(st): State<AppState>,
-    principal: Principal,
+    principal: Invoker,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, axum::Json<DeliveryView>)> {
-    principal.require(Scope::Invoke)?;
     let n = parse_id(&id)?;
     let retried = st.node.store.webhook_retry(&principal.tenant, n).await?;
     let d = st

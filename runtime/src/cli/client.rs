@@ -55,8 +55,19 @@ impl Client {
     }
 
     /// Send and decode a JSON answer; problems are printed and become [`Failed`].
+    ///
+    /// A state-changing request without a `Content-Type` is sent as JSON: a dev-mode server
+    /// refuses POST, PUT, PATCH and DELETE without one, even when they have no body.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), Failed> {
-        let res = match req.send().await {
+        let (http, req) = req.build_split();
+        let sent = match req {
+            Ok(mut req) => {
+                with_json_type(&mut req);
+                http.execute(req).await
+            }
+            Err(e) => Err(e),
+        };
+        let res = match sent {
             Ok(r) => r,
             Err(e) => {
                 eprintln!(
@@ -90,6 +101,23 @@ impl Client {
     }
 }
 
+/// Mark a state-changing request that names no content type as JSON.
+fn with_json_type(req: &mut reqwest::Request) {
+    let changes_state = matches!(
+        *req.method(),
+        reqwest::Method::POST
+            | reqwest::Method::PUT
+            | reqwest::Method::PATCH
+            | reqwest::Method::DELETE
+    );
+    if changes_state && !req.headers().contains_key(reqwest::header::CONTENT_TYPE) {
+        req.headers_mut().insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+    }
+}
+
 /// Print an API problem to stderr (or as JSON on stdout with `--json`).
 pub fn report_problem(status: u16, body: &Value, json: bool) {
     if json {
@@ -110,4 +138,43 @@ pub fn report_problem(status: u16, body: &Value, json: bool) {
 /// Turn a command body's result into an exit code.
 pub fn finish(r: Result<i32, Failed>) -> anyhow::Result<i32> {
     Ok(r.unwrap_or_else(|Failed(code)| code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_changing_requests_say_json() {
+        let client = Client::new(ClientArgs {
+            url: "http://127.0.0.1:1".into(),
+            key: None,
+            json: false,
+        });
+        let built = |m: reqwest::Method, wasm: bool| {
+            let mut b = client.request(m, "/x");
+            if wasm {
+                b = b.header("content-type", "application/wasm");
+            }
+            let mut req = b.build().unwrap();
+            with_json_type(&mut req);
+            req.headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            built(reqwest::Method::POST, false).as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(
+            built(reqwest::Method::DELETE, false).as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(built(reqwest::Method::GET, false), None);
+        // An upload keeps its own type, once.
+        assert_eq!(
+            built(reqwest::Method::PUT, true).as_deref(),
+            Some("application/wasm")
+        );
+    }
 }
