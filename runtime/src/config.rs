@@ -135,6 +135,9 @@ pub struct ApiLimits {
     pub max_idempotency_key_bytes: usize,
     /// Jobs in one batch submission.
     pub max_batch_jobs: usize,
+    /// Jobs one tenant may have waiting or running at once (0: no limit); past it a submit
+    /// gets 429 `quota-exceeded`. Checked against a count at most a second old.
+    pub max_waiting_jobs_per_tenant: u64,
     /// How much larger than `server.max_input_bytes` the body of one submission may be (its
     /// tags, webhook and other fields).
     pub submit_overhead_bytes: usize,
@@ -154,6 +157,7 @@ impl Default for ApiLimits {
             max_attempts: 100,
             max_idempotency_key_bytes: 256,
             max_batch_jobs: 1000,
+            max_waiting_jobs_per_tenant: 1_000_000,
             submit_overhead_bytes: 64 << 10,
             max_batch_body_bytes: 8 << 20,
             max_json_body_bytes: 64 << 10,

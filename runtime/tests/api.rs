@@ -1582,3 +1582,58 @@ async fn metrics_need_a_read_key_and_come_from_cached_gauges() {
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("sluice_dlq_depth"));
 }
+
+#[tokio::test]
+async fn a_tenant_past_its_waiting_jobs_quota_gets_429_and_others_do_not() {
+    let h = harness_with(|c| c.server.limits.max_waiting_jobs_per_tenant = 2).await;
+    let acme = h.key("acme", &["admin"]).await;
+    let other = h.key("other", &["admin"]).await;
+    for key in [&acme, &other] {
+        let (status, v) = h.upload(key, "noop", component("noop")).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    // Far in the future: nothing runs them (no worker here anyway).
+    let body = json!({"input": {}, "run_at": "2100-01-01T00:00:00Z"});
+    for _ in 0..2 {
+        let (status, v) = h.submit(&acme, "noop", body.clone(), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    }
+    let (status, v) = h.submit(&acme, "noop", body.clone(), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(
+        v["type"].as_str().unwrap().rsplit('/').next(),
+        Some("quota-exceeded")
+    );
+    assert_eq!(v["limit"], 2);
+    let (status, v) = h.submit(&other, "noop", body, None).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "another tenant is not affected: {v}"
+    );
+}
+
+#[tokio::test]
+async fn redrive_is_bounded_and_says_fresh() {
+    let h = harness_with(|c| c.server.limits.max_attempts = 10).await;
+    let key = h.key("acme", &["admin"]).await;
+    let redrive = |body: &str| {
+        h.json(
+            Request::post("/v1/dlq/redrive")
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+    };
+    let (status, v) = redrive(r#"{"max_attempts": 11}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["field"], "max_attempts");
+    let (status, v) = redrive(r#"{"max_attempts": 0}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    for body in [r#"{"fresh": true}"#, r#"{"clear_journal": true}"#, "{}"] {
+        let (status, v) = redrive(body).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {v}");
+        assert_eq!(v["count"], 0);
+    }
+}

@@ -193,6 +193,13 @@ impl From<StoreError> for ApiError {
             .with("field", "input")
             .with("limit", limit),
             StoreError::Invalid(msg) => ApiError::bad_request(msg),
+            StoreError::QuotaExceeded { limit, .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Too many jobs waiting",
+                e.to_string(),
+            )
+            .with("limit", limit),
             e if e.is_transient() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -802,15 +802,37 @@ pub(crate) struct RedriveRequest {
     /// onto a version needs `plugin`).
     #[schema(value_type = Option<Value>)]
     target: Option<Value>,
-    /// New attempt budget.
+    /// New attempt budget (at most `server.limits.max_attempts`).
     max_attempts: Option<u32>,
-    /// Forget journaled model calls.
-    #[serde(default)]
-    clear_journal: bool,
+    /// Run from scratch: forget the job's journal, so its model calls are made (and paid)
+    /// again. By default a redriven job replays its journal: calls it already made are
+    /// answered from it at no cost. Committed effects are kept either way. (`clear_journal`
+    /// is the older name.)
+    #[serde(default, alias = "clear_journal")]
+    fresh: bool,
 }
 
 impl RedriveRequest {
-    fn options(&self) -> ApiResult<RedriveOptions> {
+    fn options(&self, limits: &crate::config::ApiLimits) -> ApiResult<RedriveOptions> {
+        match self.max_attempts {
+            Some(0) => {
+                return Err(ApiError::bad_field(
+                    "max_attempts",
+                    "`max_attempts` must be at least 1",
+                ));
+            }
+            Some(n) if n > limits.max_attempts => {
+                return Err(ApiError::limit_exceeded(
+                    "max_attempts",
+                    limits.max_attempts,
+                    format!(
+                        "`max_attempts` may be at most {} (`server.limits.max_attempts`)",
+                        limits.max_attempts
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let target = match &self.target {
             None => RedriveTarget::Same,
             Some(Value::String(s)) if s == "same" => RedriveTarget::Same,
@@ -827,7 +849,7 @@ impl RedriveRequest {
         Ok(RedriveOptions {
             target,
             max_attempts: self.max_attempts,
-            clear_journal: self.clear_journal,
+            clear_journal: self.fresh,
         })
     }
 }
@@ -873,7 +895,7 @@ impl Redriven {
     tag = "dlq",
     params(("id" = String, Path, description = JOB_ID)),
     request_body(content = Option<RedriveRequest>, content_type = "application/json",
-        description = "Optional: `target`, `max_attempts`, `clear_journal`"),
+        description = "Optional: `target`, `max_attempts`, `fresh`"),
     responses(
         (status = 200, description = "Redriven", body = Redriven),
         (status = 400, description = "Malformed JSON or bad `target`", body = Problem, content_type = PROBLEM_JSON),
@@ -904,7 +926,11 @@ pub(crate) async fn redrive_one(
         ids: Some(vec![r.id]),
         limit: Some(1),
     };
-    let ids = st.node.store.redrive(&filter, &req.options()?).await?;
+    let ids = st
+        .node
+        .store
+        .redrive(&filter, &req.options(&st.node.config.server.limits)?)
+        .await?;
     Ok(axum::Json(Redriven::new(ids)))
 }
 
@@ -939,7 +965,11 @@ pub(crate) async fn redrive_dead(
         ids: req.ids.clone(),
         limit: req.limit,
     };
-    let ids = st.node.store.redrive(&filter, &req.options()?).await?;
+    let ids = st
+        .node
+        .store
+        .redrive(&filter, &req.options(&st.node.config.server.limits)?)
+        .await?;
     Ok(axum::Json(Redriven::new(ids)))
 }
 

@@ -40,9 +40,10 @@ enum DlqCommand {
         /// Run the plugin's active version instead of the one they ran.
         #[arg(long)]
         active: bool,
-        /// Forget journaled model calls.
-        #[arg(long)]
-        clear_journal: bool,
+        /// Run from scratch: forget journaled model calls, so they are made (and paid) again.
+        /// By default redriven jobs replay their journal.
+        #[arg(long, alias = "clear-journal")]
+        fresh: bool,
     },
 }
 
@@ -69,9 +70,9 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<i32> {
                     plugin,
                     ids,
                     active,
-                    clear_journal,
+                    fresh,
                 } => {
-                    let mut body = json!({ "clear_journal": clear_journal });
+                    let mut body = json!({ "fresh": fresh });
                     if let Some(p) = plugin {
                         body["plugin"] = json!(p);
                     }

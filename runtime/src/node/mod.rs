@@ -67,6 +67,8 @@ impl Node {
             default_max_attempts: config.worker.default_max_attempts,
             default_timeout_ms: config.engine.default_timeout_secs * 1000,
             max_connections: config.database.max_connections,
+            max_waiting_jobs_per_tenant: Some(config.server.limits.max_waiting_jobs_per_tenant)
+                .filter(|n| *n > 0),
             ..StoreConfig::default()
         };
         let store = sluice_store::open(&url, store_config)
