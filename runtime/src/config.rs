@@ -138,6 +138,9 @@ pub struct ApiLimits {
     /// Jobs one tenant may have waiting or running at once (0: no limit); past it a submit
     /// gets 429 `quota-exceeded`. Checked against a count at most a second old.
     pub max_waiting_jobs_per_tenant: u64,
+    /// Bytes of state (keys and values) one tenant may hold (0: no limit); past it a state
+    /// write gets `state-error::too-large`. Checked against a sum at most 5 s old.
+    pub max_state_bytes_per_tenant: u64,
     /// How much larger than `server.max_input_bytes` the body of one submission may be (its
     /// tags, webhook and other fields).
     pub submit_overhead_bytes: usize,
@@ -158,6 +161,7 @@ impl Default for ApiLimits {
             max_idempotency_key_bytes: 256,
             max_batch_jobs: 1000,
             max_waiting_jobs_per_tenant: 1_000_000,
+            max_state_bytes_per_tenant: 1 << 30,
             submit_overhead_bytes: 64 << 10,
             max_batch_body_bytes: 8 << 20,
             max_json_body_bytes: 64 << 10,

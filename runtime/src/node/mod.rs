@@ -69,6 +69,8 @@ impl Node {
             max_connections: config.database.max_connections,
             max_waiting_jobs_per_tenant: Some(config.server.limits.max_waiting_jobs_per_tenant)
                 .filter(|n| *n > 0),
+            max_state_bytes_per_tenant: Some(config.server.limits.max_state_bytes_per_tenant)
+                .filter(|n| *n > 0),
             ..StoreConfig::default()
         };
         let store = sluice_store::open(&url, store_config)

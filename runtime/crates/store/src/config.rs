@@ -35,6 +35,10 @@ pub struct StoreConfig {
     /// [`crate::QUOTA_COUNT_TTL`] old, plus what this process enqueued since. Default
     /// 1,000,000.
     pub max_waiting_jobs_per_tenant: Option<u64>,
+    /// Most bytes of state (keys and values, expired or not until purged) one tenant may
+    /// hold (`None`: no limit). A write past it gets `state-error::too-large`. Checked
+    /// against a sum at most 5 s old, plus what this process wrote since. Default 1 GiB.
+    pub max_state_bytes_per_tenant: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +55,7 @@ impl Default for StoreConfig {
             max_connections: 16,
             notify_debounce: Duration::from_millis(10),
             max_waiting_jobs_per_tenant: Some(1_000_000),
+            max_state_bytes_per_tenant: Some(1 << 30),
         }
     }
 }

@@ -233,7 +233,8 @@ pub struct PgStore {
     signal: Signal,
     notify: Arc<Notify>,
     rr_cursor: Mutex<String>,
-    quota: util::WaitingQuota,
+    quota: util::TenantTally,
+    state_bytes: util::TenantTally,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: std::sync::Once,
 }
@@ -299,7 +300,8 @@ impl PgStore {
             signal: Signal::new(),
             notify,
             rr_cursor: Mutex::new(String::new()),
-            quota: util::WaitingQuota::default(),
+            quota: util::TenantTally::new(util::QUOTA_COUNT_TTL),
+            state_bytes: util::TenantTally::new(util::STATE_TALLY_TTL),
             tasks: Mutex::new(vec![notifier]),
             listening: std::sync::Once::new(),
         })
@@ -388,11 +390,37 @@ impl PgStore {
         })
     }
 
+    /// Check a state write against the tenant's state quota; the bytes to tally after it.
+    async fn admit_state(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        value: &str,
+    ) -> std::result::Result<u64, StateError> {
+        util::admit_state(
+            &self.state_bytes,
+            self.config.max_state_bytes_per_tenant,
+            &scope.tenant,
+            key,
+            value,
+            |tenant| async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT coalesce(sum(octet_length(key) + octet_length(value)), 0) FROM kv_state WHERE tenant = $1",
+                )
+                .bind(tenant)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(n.max(0) as u64)
+            },
+        )
+        .await
+    }
+
     /// Enqueue within each tenant's waiting-jobs quota.
     async fn enqueue_admitted(&self, prepared: Vec<Prepared>) -> Result<Vec<Enqueued>> {
         let by_tenant = self
             .quota
-            .admit(
+            .admit_jobs(
                 self.config.max_waiting_jobs_per_tenant,
                 &prepared,
                 |tenant| async move {
@@ -405,7 +433,9 @@ impl PgStore {
             )
             .await?;
         let out = self.enqueue_prepared(prepared).await?;
-        self.quota.added(by_tenant);
+        for (tenant, n) in by_tenant {
+            self.quota.add(&tenant, n);
+        }
         Ok(out)
     }
 
@@ -1970,6 +2000,7 @@ impl StateBackend for PgStore {
     ) -> Result<(), StateError> {
         util::check_state_key(key)?;
         util::check_state_value(value, self.config.max_state_value_bytes)?;
+        let tally = self.admit_state(scope, key, value).await?;
         sqlx::query(
             "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond', now())
@@ -1984,6 +2015,7 @@ impl StateBackend for PgStore {
         .execute(&self.pool)
         .await
         .map_err(state_err)?;
+        self.state_bytes.add(&scope.tenant, tally);
         Ok(())
     }
 
@@ -2033,6 +2065,7 @@ impl StateBackend for PgStore {
     ) -> Result<bool, StateError> {
         util::check_state_key(key)?;
         util::check_state_value(value, self.config.max_state_value_bytes)?;
+        let tally = self.admit_state(scope, key, value).await?;
         let swapped: Option<i32> = match expected {
             None => sqlx::query_scalar(
                 "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
@@ -2064,6 +2097,9 @@ impl StateBackend for PgStore {
             .await
             .map_err(state_err)?,
         };
+        if swapped.is_some() {
+            self.state_bytes.add(&scope.tenant, tally);
+        }
         Ok(swapped.is_some())
     }
 }

@@ -113,7 +113,8 @@ pub struct SqliteStore {
     config: StoreConfig,
     signal: Signal,
     rr_cursor: Mutex<String>,
-    quota: util::WaitingQuota,
+    quota: util::TenantTally,
+    state_bytes: util::TenantTally,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -186,7 +187,8 @@ impl SqliteStore {
             config,
             signal: Signal::new(),
             rr_cursor: Mutex::new(String::new()),
-            quota: util::WaitingQuota::default(),
+            quota: util::TenantTally::new(util::QUOTA_COUNT_TTL),
+            state_bytes: util::TenantTally::new(util::STATE_TALLY_TTL),
         })
     }
 
@@ -225,11 +227,37 @@ impl SqliteStore {
         }
     }
 
+    /// Check a state write against the tenant's state quota; the bytes to tally after it.
+    async fn admit_state(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        value: &str,
+    ) -> std::result::Result<u64, StateError> {
+        util::admit_state(
+            &self.state_bytes,
+            self.config.max_state_bytes_per_tenant,
+            &scope.tenant,
+            key,
+            value,
+            |tenant| async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM kv_state WHERE tenant = ?1",
+                )
+                .bind(tenant)
+                .fetch_one(&self.reader)
+                .await?;
+                Ok(n.max(0) as u64)
+            },
+        )
+        .await
+    }
+
     /// Enqueue within each tenant's waiting-jobs quota.
     async fn enqueue_admitted(&self, prepared: Vec<Prepared>) -> Result<Vec<Enqueued>> {
         let by_tenant = self
             .quota
-            .admit(
+            .admit_jobs(
                 self.config.max_waiting_jobs_per_tenant,
                 &prepared,
                 |tenant| async move {
@@ -242,7 +270,9 @@ impl SqliteStore {
             )
             .await?;
         let out = self.enqueue_prepared(prepared).await?;
-        self.quota.added(by_tenant);
+        for (tenant, n) in by_tenant {
+            self.quota.add(&tenant, n);
+        }
         Ok(out)
     }
 
@@ -1821,6 +1851,7 @@ impl StateBackend for SqliteStore {
     ) -> Result<(), StateError> {
         util::check_state_key(key)?;
         util::check_state_value(value, self.config.max_state_value_bytes)?;
+        let tally = self.admit_state(scope, key, value).await?;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
@@ -1837,6 +1868,7 @@ impl StateBackend for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(state_err)?;
+        self.state_bytes.add(&scope.tenant, tally);
         Ok(())
     }
 
@@ -1888,6 +1920,7 @@ impl StateBackend for SqliteStore {
     ) -> Result<bool, StateError> {
         util::check_state_key(key)?;
         util::check_state_value(value, self.config.max_state_value_bytes)?;
+        let tally = self.admit_state(scope, key, value).await?;
         let now = now_ms();
         let swapped: Option<i64> = match expected {
             None => sqlx::query_scalar(
@@ -1922,6 +1955,9 @@ impl StateBackend for SqliteStore {
             .await
             .map_err(state_err)?,
         };
+        if swapped.is_some() {
+            self.state_bytes.add(&scope.tenant, tally);
+        }
         Ok(swapped.is_some())
     }
 }

@@ -27,20 +27,54 @@ pub(crate) fn body_hash(plugin: &str, input_json: &str) -> String {
 /// How old a tenant's waiting-job count may be when an enqueue is checked against its quota.
 pub const QUOTA_COUNT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Each tenant's waiting-job count, as last read plus what this process enqueued since, so
-/// that the quota check costs one `count(*)` per tenant per [`QUOTA_COUNT_TTL`], not one per
-/// enqueue. Other processes' enqueues show up at the next read: the limit can be overshot by
-/// what the cluster accepts in that second, never without bound.
-#[derive(Debug, Default)]
-pub(crate) struct WaitingQuota {
+/// A per-tenant amount (jobs waiting, bytes of state) as last counted in the database plus
+/// what this process added since, so a quota check costs one count per tenant per `ttl`, not
+/// one per write. Other processes' additions show up at the next count: a limit can be
+/// overshot by what the cluster adds in that window, never without bound.
+#[derive(Debug)]
+pub(crate) struct TenantTally {
+    ttl: std::time::Duration,
     counts: std::sync::Mutex<HashMap<String, (u64, std::time::Instant)>>,
 }
 
-impl WaitingQuota {
-    /// Refuse `prepared` if it would take a tenant past `limit`; `count` reads a tenant's
-    /// waiting jobs from the database when the cached count is stale. Returns the jobs per
-    /// tenant, for [`WaitingQuota::added`] once they are in.
-    pub(crate) async fn admit<F, Fut>(
+impl TenantTally {
+    pub(crate) fn new(ttl: std::time::Duration) -> Self {
+        TenantTally {
+            ttl,
+            counts: Default::default(),
+        }
+    }
+
+    /// `tenant`'s amount: cached, or counted by `count` when the cache is older than `ttl`.
+    pub(crate) async fn current<F, Fut>(&self, tenant: &str, count: F) -> Result<u64>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        let cached = self
+            .lock()
+            .get(tenant)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(c, _)| *c);
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let c = count(tenant.to_string()).await?;
+        self.lock()
+            .insert(tenant.to_string(), (c, std::time::Instant::now()));
+        Ok(c)
+    }
+
+    /// Count what was just added until the next count.
+    pub(crate) fn add(&self, tenant: &str, n: u64) {
+        if let Some((c, _)) = self.lock().get_mut(tenant) {
+            *c = c.saturating_add(n);
+        }
+    }
+
+    /// Refuse `prepared` if it would take a tenant past `limit` waiting jobs; returns the
+    /// jobs per tenant, for [`TenantTally::add`] once they are in.
+    pub(crate) async fn admit_jobs<F, Fut>(
         &self,
         limit: Option<u64>,
         prepared: &[Prepared],
@@ -56,20 +90,7 @@ impl WaitingQuota {
             *by.entry(p.job.tenant.clone()).or_default() += 1;
         }
         for (tenant, n) in &by {
-            let cached = self
-                .lock()
-                .get(tenant)
-                .filter(|(_, at)| at.elapsed() < QUOTA_COUNT_TTL)
-                .map(|(c, _)| *c);
-            let waiting = match cached {
-                Some(c) => c,
-                None => {
-                    let c = count(tenant.clone()).await?;
-                    self.lock()
-                        .insert(tenant.clone(), (c, std::time::Instant::now()));
-                    c
-                }
-            };
+            let waiting = self.current(tenant, &count).await?;
             if waiting.saturating_add(*n) > limit {
                 return Err(StoreError::QuotaExceeded {
                     tenant: tenant.clone(),
@@ -81,20 +102,42 @@ impl WaitingQuota {
         Ok(by)
     }
 
-    /// Count what was just enqueued until the next read.
-    pub(crate) fn added(&self, by_tenant: HashMap<String, u64>) {
-        let mut counts = self.lock();
-        for (tenant, n) in by_tenant {
-            if let Some((c, _)) = counts.get_mut(&tenant) {
-                *c = c.saturating_add(n);
-            }
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, std::time::Instant)>> {
         // Plain counts: a panic elsewhere cannot leave them inconsistent.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// How old a tenant's state-bytes tally may be when a write is checked against its quota
+/// (summing a tenant's state is dearer than counting its jobs).
+pub(crate) const STATE_TALLY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuse a state write that would take the tenant past `limit` bytes of state (keys and
+/// values). Returns the bytes to add to the tally once written.
+pub(crate) async fn admit_state<F, Fut>(
+    tally: &TenantTally,
+    limit: Option<u64>,
+    tenant: &str,
+    key: &str,
+    value: &str,
+    count: F,
+) -> std::result::Result<u64, sluice_types::StateError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    let add = (key.len() + value.len()) as u64;
+    let Some(limit) = limit else { return Ok(add) };
+    let held = tally
+        .current(tenant, count)
+        .await
+        .map_err(|e| sluice_types::StateError::Unavailable(e.to_string()))?;
+    if held.saturating_add(add) > limit {
+        return Err(sluice_types::StateError::TooLarge(format!(
+            "tenant `{tenant}` holds {held} bytes of state; the limit is {limit}: delete keys or give them a TTL"
+        )));
+    }
+    Ok(add)
 }
 
 /// A validated job about to be inserted: serialized once, checked once.

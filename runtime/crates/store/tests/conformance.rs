@@ -217,6 +217,7 @@ conformance!(
     events_batch_in_one_call,
     nul_characters_are_contained,
     waiting_jobs_quota_per_tenant,
+    state_bytes_quota_per_tenant,
     api_keys,
     list_jobs_filters_and_pages,
     purge_respects_retention,
@@ -1684,6 +1685,38 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(s.queue_stats().await.unwrap().queued, 3);
+    }
+
+    pub async fn state_bytes_quota_per_tenant(ctx: Ctx) {
+        let cfg = StoreConfig {
+            max_state_bytes_per_tenant: Some(100),
+            ..StoreConfig::default()
+        };
+        let s = ctx.reopen(cfg).await;
+        let scope = |tenant: &str| StateScope {
+            tenant: tenant.into(),
+            plugin: P.into(),
+        };
+        let (acme, other) = (scope(T), scope("other"));
+        // 2 + 40 bytes, twice: 84 of 100.
+        s.set(&acme, "k1", &"x".repeat(40), None).await.unwrap();
+        s.set(&acme, "k2", &"x".repeat(40), None).await.unwrap();
+        let err = s.set(&acme, "k3", &"x".repeat(40), None).await.unwrap_err();
+        assert!(
+            matches!(&err, sluice_types::StateError::TooLarge(m) if m.contains("limit is 100")),
+            "{err}"
+        );
+        // Compare-and-swap is held to the same quota; another tenant is not affected.
+        assert!(
+            s.compare_and_swap(&acme, "k4", None, &"y".repeat(40))
+                .await
+                .is_err()
+        );
+        s.set(&other, "k1", &"x".repeat(40), None).await.unwrap();
+        // Deleting frees room (once the tally is counted again).
+        assert!(s.delete(&acme, "k1").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        s.set(&acme, "k3", &"x".repeat(40), None).await.unwrap();
     }
 
     pub async fn events_resume_after_seq(ctx: Ctx) {
