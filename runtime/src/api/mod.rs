@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod budgets;
+mod dashboard;
 pub mod error;
 pub mod extract;
 mod jobs;
@@ -162,6 +163,8 @@ pub fn app(node: Node) -> Router {
     };
     ops::install_metrics();
     routes()
+        // The dashboard page is not an API route (not in `ROUTES` or the document).
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(node.config.server.max_body_bytes))
