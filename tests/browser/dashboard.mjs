@@ -69,6 +69,8 @@ try {
     assert.equal(rows[i].plugin, `${j.plugin} v${j.plugin_version}`);
   }
   await shot('jobs');
+  assert.equal(await page.isVisible('#key-form'), false, 'no key is asked for in dev mode');
+  assert.equal(await page.isVisible('text=Load more'), Boolean(jobs.next_cursor));
 
   step('filter by plugin');
   await page.selectOption('select[name=plugin]', 'state-effects');
@@ -139,6 +141,10 @@ try {
       assert.equal(cells[4], usd(b.windows[0]?.spent_usd ?? 0));
       assert.equal(cells[6], usd(b.windows[0]?.remaining_usd ?? b.spec.limit_usd));
       await shot('cost');
+      // The README's picture: one screen, small.
+      await page.setViewportSize({ width: 1180, height: 780 });
+      await page.screenshot({ path: join(ARTIFACTS, 'readme.png') });
+      await page.setViewportSize({ width: 1360, height: 900 });
     }
   }
 

@@ -75,7 +75,8 @@
   }
   const int = (v) => (Number(v) || 0).toLocaleString('en-US');
   const ms = (v) => (v === null || v === undefined ? '—' : `${Math.round(Number(v)).toLocaleString('en-US')} ms`);
-  const shortId = (id) => String(id || '').slice(0, 8);
+  // Job ids are UUIDv7: the leading digits are a timestamp shared by neighbours, the tail is random.
+  const shortId = (id) => String(id || '').slice(-12);
 
   function ago(iso) {
     if (!iso) return '—';
@@ -252,7 +253,7 @@
       for (const j of items) {
         tbody.append(el('tr', { 'data-job': j.id },
           el('td', { class: 'mono' }, el('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, shortId(j.id))),
-          el('td', {}, j.plugin, el('span', { class: 'muted' }, ` v${j.plugin_version}`)),
+          el('td', { class: 'nowrap' }, j.plugin, el('span', { class: 'muted' }, ` v${j.plugin_version}`)),
           el('td', {}, badge(j.status)),
           el('td', {}, tagChips(j.tags)),
           el('td', { class: 'num' }, `${j.attempt}/${j.max_attempts}`, j.run ? el('span', { class: 'muted' }, ` run ${j.run}`) : ''),
