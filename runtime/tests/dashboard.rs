@@ -65,11 +65,7 @@ fn browser_tools() -> PathBuf {
 
 async fn submit(server: &Server, plugin: &str, body: Value) -> String {
     let r = server.submit(None, plugin, &body).await;
-    assert!(
-        r.status.is_success(),
-        "submit to {plugin}: {:?}",
-        r.body
-    );
+    assert!(r.status.is_success(), "submit to {plugin}: {:?}", r.body);
     r.body["id"].as_str().unwrap().to_string()
 }
 
@@ -84,7 +80,10 @@ async fn wait_finished(server: &Server, id: &str) -> Value {
         ) {
             return body;
         }
-        assert!(started.elapsed() < DEADLINE, "job {id} never finished: {body}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "job {id} never finished: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -98,15 +97,39 @@ async fn the_dashboard_shows_the_api_and_redrives_from_the_button() {
     // The page and its assets: embedded, with a CSP that allows no inline code.
     let page = server.http.get(server.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe"), "{csp}");
-    let js = server.http.get(server.url("/dashboard/app.js")).send().await.unwrap();
-    assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let js = server
+        .http
+        .get(server.url("/dashboard/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
     let js = js.text().await.unwrap();
     // The page renders data as text only (see the note at the top of app.js).
-    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
         assert!(!js.contains(sink), "app.js uses {sink}");
     }
 
@@ -159,20 +182,82 @@ async fn the_dashboard_shows_the_api_and_redrives_from_the_button() {
         with_calls.push(id);
     }
     for id in with_calls.iter().chain([&xss]) {
-        assert_eq!(wait_finished(&server, id).await["status"], "completed", "{id}");
+        assert_eq!(
+            wait_finished(&server, id).await["status"],
+            "completed",
+            "{id}"
+        );
     }
     assert_eq!(wait_finished(&server, &dead).await["status"], "dead");
 
+    run_browser(
+        &chromium,
+        &server,
+        &[
+            ("XSS_JOB", xss.as_str()),
+            ("DEAD_JOB", dead.as_str()),
+            ("CALLS_JOB", with_calls[0].as_str()),
+        ],
+    )
+    .await;
+
+    // What the button did, seen through the API.
+    let job = server.get(None, &format!("/v1/jobs/{dead}")).await;
+    assert_eq!(job.ok(200)["run"], 1, "{:?}", job.body);
+}
+
+/// Outside dev mode the page asks for a key, keeps it in the tab's sessionStorage, and shows
+/// that key's tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_dev_mode_the_dashboard_asks_for_a_key() {
+    let chromium = browser_tools();
+    let site = Site::new(&[]).await;
+    let key = site.create_key("acme", "deploy,invoke,read").await;
+    let server = site.up("127.0.0.1:0").await;
+    let page = server.http.get(server.url("/")).send().await.unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "the page itself holds no data and needs no key"
+    );
+    let refused = server.get(None, "/v1/jobs").await;
+    refused.problem(401, "unauthorized");
+    let up = server
+        .upload(Some(&key), "noop", component("noop").await)
+        .await;
+    assert_eq!(up.status.as_u16(), 201, "{:?}", up.body);
+    let r = server
+        .submit(Some(&key), "noop", &json!({"input": {"hello": "acme"}}))
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    while server.get(Some(&key), &format!("/v1/jobs/{id}")).await.body["status"] != "completed" {
+        assert!(started.elapsed() < DEADLINE, "job {id} never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run_browser(
+        &chromium,
+        &server,
+        &[
+            ("MODE", "keyed"),
+            ("KEY", key.as_str()),
+            ("KEYED_JOB", id.as_str()),
+        ],
+    )
+    .await;
+}
+
+/// Run `tests/browser/dashboard.mjs` against `server` with `vars`; panics with its output
+/// when a check fails.
+async fn run_browser(chromium: &Path, server: &Server, vars: &[(&str, &str)]) {
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let mut node = tokio::process::Command::new("node");
     node.arg(repo_root().join("tests/browser/dashboard.mjs"))
         .current_dir(repo_root())
         .env("SLUICE_URL", server.url(""))
-        .env("XSS_JOB", &xss)
-        .env("DEAD_JOB", &dead)
-        .env("CALLS_JOB", &with_calls[0])
         .env("ARTIFACTS", &artifacts)
-        .env("CHROMIUM", &chromium)
+        .env("CHROMIUM", chromium)
+        .envs(vars.iter().copied())
         .kill_on_drop(true);
     let started = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(120), node.output())
@@ -191,8 +276,4 @@ async fn the_dashboard_shows_the_api_and_redrives_from_the_button() {
         started.elapsed().as_secs_f64(),
         artifacts.display()
     );
-
-    // What the button did, seen through the API.
-    let job = server.get(None, &format!("/v1/jobs/{dead}")).await;
-    assert_eq!(job.ok(200)["run"], 1, "{:?}", job.body);
 }

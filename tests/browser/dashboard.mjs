@@ -12,12 +12,14 @@ import { join } from 'node:path';
 import assert from 'node:assert/strict';
 
 const BASE = process.env.SLUICE_URL;
+// `keyed`: a server outside dev mode; the page must ask for KEY and then show KEYED_JOB.
+const MODE = process.env.MODE || 'dev';
 const XSS_JOB = process.env.XSS_JOB;
 const DEAD_JOB = process.env.DEAD_JOB;
 const CALLS_JOB = process.env.CALLS_JOB;
 const ARTIFACTS = process.env.ARTIFACTS || 'target/dashboard';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-assert.ok(BASE && XSS_JOB && DEAD_JOB && CALLS_JOB, 'set SLUICE_URL, XSS_JOB, DEAD_JOB and CALLS_JOB');
+assert.ok(BASE && (MODE === 'keyed' || (XSS_JOB && DEAD_JOB && CALLS_JOB)), 'set SLUICE_URL, XSS_JOB, DEAD_JOB and CALLS_JOB');
 mkdirSync(ARTIFACTS, { recursive: true });
 
 // The page's formatting, restated: the numbers shown must be the API's numbers.
@@ -50,6 +52,16 @@ try {
   });
   const shot = (name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
   const texts = (sel) => page.$$eval(sel, (els) => els.map((e) => e.textContent.trim()));
+
+  checks: {
+  if (MODE === 'keyed') {
+    await keyed(page, shot);
+    // The refused request shows in the console as a failed resource load; nothing else may.
+    const others = problems.filter((p) => !p.includes('401'));
+    problems.length = 0;
+    problems.push(...others);
+    break checks;
+  }
 
   step('page and headers');
   const res = await page.goto(`${BASE}/`);
@@ -178,9 +190,37 @@ try {
   await page.waitForSelector('#notice:not([hidden])');
   assert.match(await page.textContent('#notice'), /Redriven: 1 job/);
   await shot('dlq-after-redrive');
+  }
 
   assert.deepEqual(problems, [], 'no page errors, console errors or CSP violations');
   console.log(`ok: screenshots in ${ARTIFACTS}`);
 } finally {
   await browser.close();
+}
+
+// Outside dev mode: the first API call answers 401, the page asks for a key, keeps it in
+// sessionStorage only, and then shows the tenant's jobs; "Forget" drops it.
+async function keyed(page, shot) {
+  const KEY = process.env.KEY;
+  const JOB = process.env.KEYED_JOB;
+  assert.ok(KEY && JOB, 'set KEY and KEYED_JOB');
+  step('the page asks for a key');
+  await page.goto(`${BASE}/`);
+  await page.waitForSelector('#key-form', { state: 'visible' });
+  assert.match(await page.textContent('#notice'), /needs an API key/);
+  await shot('keyed-ask');
+  step('with the key it shows the jobs');
+  await page.fill('#key-input', KEY);
+  await page.click('#key-form button[type=submit]');
+  await page.waitForSelector(`table[data-testid=jobs] tr[data-job="${JOB}"]`);
+  assert.equal(await page.isVisible('#key-form'), false);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('sluice.apiKey')), KEY);
+  assert.equal(await page.evaluate(() => localStorage.length), 0, 'the key is not kept beyond the tab');
+  await page.goto(`${BASE}/#/jobs/${JOB}`);
+  await page.waitForFunction(() => document.querySelector('[data-testid=job-output]').textContent.length > 1);
+  step('forget drops it');
+  await page.click('#key-button');
+  await page.click('#key-forget');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('sluice.apiKey')), null);
+  await page.waitForSelector('#key-form', { state: 'visible' });
 }

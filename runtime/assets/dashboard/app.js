@@ -188,6 +188,8 @@
 
   function showError(e) {
     if (e && e.name === 'AbortError') return;
+    // A 401 already opened the key form with its own message.
+    if (e instanceof ApiError && e.status === 401) return;
     notice(e instanceof ApiError ? `${e.status}: ${e.message}` : String(e && e.message ? e.message : e), 'error');
   }
 
