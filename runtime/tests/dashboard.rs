@@ -37,6 +37,7 @@ fn repo_root() -> PathBuf {
 fn browser_tools() -> PathBuf {
     let chromium = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
+        .filter(|p| p.is_file())
         .or_else(|| {
             ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
                 .iter()
