@@ -538,7 +538,8 @@
       clear(tokBy).append(hbars(top.map((r) => [label(r), [r.input_tokens, r.output_tokens]]), int, ['in', 'out']));
       drawBudgets(budgets, budgetList);
     };
-    await poll(refresh, 10000);
+    // Thirteen usage queries a refresh (the window and its buckets): not more often than this.
+    await poll(refresh, 15000);
   }
 
   function drawBudgets(box, list) {
