@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod budgets;
+mod dashboard;
 pub mod error;
 pub mod extract;
 mod gauges;
@@ -201,6 +202,8 @@ fn app_on(node: Node, port: Option<u16>) -> Router {
         router = router.route_layer(middleware::from_fn(content_type_guard));
     }
     let mut router = router
+        // The dashboard page is not an API route (not in `ROUTES` or the document).
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.server.max_body_bytes));

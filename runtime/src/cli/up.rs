@@ -184,6 +184,7 @@ fn print_welcome(addr: &str, dev_open: bool, node: &Node) {
     eprintln!("    sluice submit summarize --input '{{\"text\": \"…\"}}' --follow");
     eprintln!();
     eprintln!("  Where to look:");
+    eprintln!("    dashboard {url}/");
     eprintln!("    jobs      {url}/v1/jobs        events: {url}/v1/jobs/<id>/events");
     eprintln!("    usage     {url}/v1/usage?group_by=plugin");
     eprintln!("    metrics   {url}/metrics        API: {url}/openapi.json");
