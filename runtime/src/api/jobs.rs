@@ -227,25 +227,7 @@ fn new_job(
 ) -> ApiResult<NewJob> {
     let limits = &st.node.config.server.limits;
     let run_at = req.run_at.as_deref().map(parse_run_at).transpose()?;
-    match req.max_attempts {
-        Some(0) => {
-            return Err(ApiError::bad_field(
-                "max_attempts",
-                "`max_attempts` must be at least 1",
-            ));
-        }
-        Some(n) if n > limits.max_attempts => {
-            return Err(ApiError::limit_exceeded(
-                "max_attempts",
-                limits.max_attempts,
-                format!(
-                    "`max_attempts` may be at most {} (`server.limits.max_attempts`)",
-                    limits.max_attempts
-                ),
-            ));
-        }
-        _ => {}
-    }
+    check_max_attempts(req.max_attempts, limits)?;
     match req.timeout_ms {
         Some(0) => {
             return Err(ApiError::bad_field(
@@ -814,25 +796,7 @@ pub(crate) struct RedriveRequest {
 
 impl RedriveRequest {
     fn options(&self, limits: &crate::config::ApiLimits) -> ApiResult<RedriveOptions> {
-        match self.max_attempts {
-            Some(0) => {
-                return Err(ApiError::bad_field(
-                    "max_attempts",
-                    "`max_attempts` must be at least 1",
-                ));
-            }
-            Some(n) if n > limits.max_attempts => {
-                return Err(ApiError::limit_exceeded(
-                    "max_attempts",
-                    limits.max_attempts,
-                    format!(
-                        "`max_attempts` may be at most {} (`server.limits.max_attempts`)",
-                        limits.max_attempts
-                    ),
-                ));
-            }
-            _ => {}
-        }
+        check_max_attempts(self.max_attempts, limits)?;
         let target = match &self.target {
             None => RedriveTarget::Same,
             Some(Value::String(s)) if s == "same" => RedriveTarget::Same,
@@ -851,6 +815,25 @@ impl RedriveRequest {
             max_attempts: self.max_attempts,
             clear_journal: self.fresh,
         })
+    }
+}
+
+/// `max_attempts` as a submission or a redrive may ask: at least 1, at most the server's cap.
+fn check_max_attempts(n: Option<u32>, limits: &crate::config::ApiLimits) -> ApiResult<()> {
+    match n {
+        Some(0) => Err(ApiError::bad_field(
+            "max_attempts",
+            "`max_attempts` must be at least 1",
+        )),
+        Some(n) if n > limits.max_attempts => Err(ApiError::limit_exceeded(
+            "max_attempts",
+            limits.max_attempts,
+            format!(
+                "`max_attempts` may be at most {} (`server.limits.max_attempts`)",
+                limits.max_attempts
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
