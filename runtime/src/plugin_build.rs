@@ -49,13 +49,28 @@ const PY_SDK: &[(&str, &str)] = &[
         include_str!("../../sdk-py/sluice_sdk/__init__.py"),
     ),
     ("_host.py", include_str!("../../sdk-py/sluice_sdk/_host.py")),
-    ("errors.py", include_str!("../../sdk-py/sluice_sdk/errors.py")),
-    ("models.py", include_str!("../../sdk-py/sluice_sdk/models.py")),
+    (
+        "errors.py",
+        include_str!("../../sdk-py/sluice_sdk/errors.py"),
+    ),
+    (
+        "models.py",
+        include_str!("../../sdk-py/sluice_sdk/models.py"),
+    ),
     ("state.py", include_str!("../../sdk-py/sluice_sdk/state.py")),
-    ("effects.py", include_str!("../../sdk-py/sluice_sdk/effects.py")),
-    ("events.py", include_str!("../../sdk-py/sluice_sdk/events.py")),
+    (
+        "effects.py",
+        include_str!("../../sdk-py/sluice_sdk/effects.py"),
+    ),
+    (
+        "events.py",
+        include_str!("../../sdk-py/sluice_sdk/events.py"),
+    ),
     ("usage.py", include_str!("../../sdk-py/sluice_sdk/usage.py")),
-    ("testing.py", include_str!("../../sdk-py/sluice_sdk/testing.py")),
+    (
+        "testing.py",
+        include_str!("../../sdk-py/sluice_sdk/testing.py"),
+    ),
 ];
 
 /// The JavaScript SDK (`sdk-js/sluice.js`), imported by handlers as `@sluice/sdk`.
@@ -361,17 +376,25 @@ fn build_python(dir: &Path) -> Result<PathBuf, BuildError> {
         });
     }
     if let Some(done) = staged.current() {
-        eprintln!("sluice: {} is unchanged since its last build", staged.dir.display());
+        eprintln!(
+            "sluice: {} is unchanged since its last build",
+            staged.dir.display()
+        );
         return Ok(done);
     }
     let tool = find_tool("componentize-py", &[]).ok_or_else(|| BuildError::MissingTool {
         language: Language::Python,
         tool: "componentize-py",
-        install: format!("install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}`"),
+        install: format!(
+            "install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}`"
+        ),
     })?;
     let sdk_root = staged.build.join("py");
     let wit = staged.write_inputs(&sdk_root.join("sluice_sdk"), PY_SDK)?;
-    eprintln!("sluice: building {} with componentize-py", staged.dir.display());
+    eprintln!(
+        "sluice: building {} with componentize-py",
+        staged.dir.display()
+    );
     let status = Command::new(tool)
         .arg("-d")
         .arg(&wit)
@@ -421,7 +444,10 @@ fn build_js(dir: &Path) -> Result<PathBuf, BuildError> {
         });
     }
     if let Some(done) = staged.current() {
-        eprintln!("sluice: {} is unchanged since its last build", staged.dir.display());
+        eprintln!(
+            "sluice: {} is unchanged since its last build",
+            staged.dir.display()
+        );
         return Ok(done);
     }
     let install = format!(
@@ -449,7 +475,8 @@ fn build_js(dir: &Path) -> Result<PathBuf, BuildError> {
         tool,
         install: install.clone(),
     };
-    let componentize = find_tool("componentize-js", &bins).ok_or_else(|| missing("componentize-js"))?;
+    let componentize =
+        find_tool("componentize-js", &bins).ok_or_else(|| missing("componentize-js"))?;
     let rolldown = find_tool("rolldown", &bins).ok_or_else(|| missing("rolldown"))?;
 
     let sdk_dir = staged.build.join("js");
@@ -484,7 +511,10 @@ fn build_js(dir: &Path) -> Result<PathBuf, BuildError> {
             dir: staged.dir,
         });
     }
-    eprintln!("sluice: building {} with componentize-js", staged.dir.display());
+    eprintln!(
+        "sluice: building {} with componentize-js",
+        staged.dir.display()
+    );
     let status = Command::new(componentize)
         .arg(&bundle)
         .arg("-w")
@@ -592,9 +622,7 @@ pub fn component_imports(bytes: &[u8]) -> Vec<String> {
 /// plain names (the types a world `use`s, such as `job-info`) the engine checks itself.
 pub fn unlinked_import_reason(import: &str) -> Option<String> {
     let (path, version) = import.split_once('@').unwrap_or((import, ""));
-    let Some((package, _)) = path.split_once('/') else {
-        return None;
-    };
+    let (package, _) = path.split_once('/')?;
     if package.starts_with("sluice:") || !package.contains(':') {
         return None;
     }
@@ -685,7 +713,10 @@ mod tests {
     #[test]
     fn detects_the_language_by_its_files() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(detect(dir.path()), Err(BuildError::NotAProject(_))));
+        assert!(matches!(
+            detect(dir.path()),
+            Err(BuildError::NotAProject(_))
+        ));
         std::fs::write(dir.path().join("package.json"), "{}").unwrap();
         assert_eq!(detect(dir.path()).unwrap(), Language::JavaScript);
         std::fs::write(dir.path().join("app.py"), "").unwrap();
@@ -731,8 +762,14 @@ mod tests {
         std::fs::write(dir.path().join(BUILD_DIR).join("x.wasm"), "out").unwrap();
         std::fs::create_dir_all(dir.path().join("__pycache__")).unwrap();
         std::fs::write(dir.path().join("__pycache__/app.pyc"), "c").unwrap();
-        assert_eq!(fingerprint(dir.path(), Language::Python, PY_SDK).unwrap(), first);
+        assert_eq!(
+            fingerprint(dir.path(), Language::Python, PY_SDK).unwrap(),
+            first
+        );
         std::fs::write(dir.path().join("app.py"), "a = 2").unwrap();
-        assert_ne!(fingerprint(dir.path(), Language::Python, PY_SDK).unwrap(), first);
+        assert_ne!(
+            fingerprint(dir.path(), Language::Python, PY_SDK).unwrap(),
+            first
+        );
     }
 }

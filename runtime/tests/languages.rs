@@ -17,7 +17,11 @@ fn repo() -> PathBuf {
 }
 
 fn sluice() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // SLUICE_TEST_BIN runs the tests against a copy of the binary (a target directory shared
+    // with other checkouts may replace target/debug/sluice while the tests run).
+    let bin =
+        std::env::var_os("SLUICE_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sluice").into());
+    let mut c = Command::new(bin);
     c.env_remove("RUST_LOG");
     c
 }
@@ -70,7 +74,14 @@ fn python_and_javascript_classify_match_the_rust_one() {
         assert_eq!(doc["status"], "completed", "{lang}: {doc}");
         // Same input, same simulated replies: the ports reach the same verdict by the same
         // path, with the same calls and cost.
-        for field in ["label", "method", "model_used", "escalated", "cost_micros", "note"] {
+        for field in [
+            "label",
+            "method",
+            "model_used",
+            "escalated",
+            "cost_micros",
+            "note",
+        ] {
             assert_eq!(
                 doc["output"][field], rust["output"][field],
                 "{lang}: {field}\n{doc}"
@@ -89,7 +100,8 @@ fn errors_keep_their_class_in_python_and_javascript() {
     for (lang, dir) in [("py", "plugins-py/classify"), ("js", "plugins-js/classify")] {
         example(lang);
         let dir = repo().join(dir);
-        // A permanent error raised by the handler.
+        // A permanent error raised by the handler, before any model call. (One run per
+        // language: each run compiles the component, seconds for Python and JavaScript.)
         let (code, doc, err) = run_json(
             &dir,
             r#"{"text": "x", "labels": ["a", "b"], "threshold": 1.5}"#,
@@ -103,14 +115,6 @@ fn errors_keep_their_class_in_python_and_javascript() {
                 .contains("`threshold` must be between 0 and 1"),
             "{lang}: {doc}"
         );
-        // Input that is not the handler's shape is permanent too, and says what is wrong.
-        let (code, doc, _) = run_json(&dir, r#"{"text": "x", "labels": ["a", "b"], "lables": 1}"#);
-        assert_eq!(code, Some(1));
-        assert_eq!(doc["error"]["retryable"], false, "{lang}: {doc}");
-        assert!(doc["error"]["message"].as_str().unwrap().contains("lables"));
-        // A handler error raised before any model call costs nothing.
-        let (code, doc, _) = run_json(&dir, r#"{"text": "x", "labels": []}"#);
-        assert_eq!(code, Some(1));
         assert_eq!(doc["usage"]["calls"], 0, "{lang}: {doc}");
     }
 }
@@ -146,6 +150,27 @@ fn new_projects_run_at_once_in_every_language() {
         );
         assert_eq!(doc["usage"]["calls"], 1, "{lang}: {doc}");
         assert!(doc["output"]["cost_micros"].as_u64().unwrap() > 0, "{doc}");
+
+        if lang == "rust" {
+            // The template's unit tests run natively against the SDK's host-less test double.
+            let out = Command::new(env!("CARGO"))
+                .args(["test", "--quiet"])
+                .current_dir(&dir)
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("RUSTFLAGS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cargo test in a new project: {}",
+                stderr(&out)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("2 passed"),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
 
         // `sluice new` never overwrites.
         let out = sluice()
@@ -183,7 +208,10 @@ fn a_missing_build_tool_is_named_with_its_install_command() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{lang}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("is not installed") && err.contains(needle), "{lang}: {err}");
+        assert!(
+            err.contains("is not installed") && err.contains(needle),
+            "{lang}: {err}"
+        );
     }
 }
 
@@ -256,7 +284,9 @@ fn measure_size_instantiate_and_memory_per_language() {
         .enable_all()
         .build()
         .unwrap();
-    println!("| language | component | compile | instantiate + call (median / p90 of 200) | RSS after compile | RSS after 200 jobs |");
+    println!(
+        "| language | component | compile | instantiate + call (median / p90 of 200) | RSS after compile | RSS after 200 jobs |"
+    );
     println!("|---|---|---|---|---|---|");
     rt.block_on(async {
         for (lang, path) in components {

@@ -452,14 +452,23 @@ mod tests {
             .fail("smart", ModelError::Unavailable("down".into()))
             .budget(10);
         host.run(|| {
-            assert_eq!(models::chat("fast").user("a").send().unwrap().content, "one");
-            assert_eq!(models::chat("fast").user("b").send().unwrap().content, "two");
+            assert_eq!(
+                models::chat("fast").user("a").send().unwrap().content,
+                "one"
+            );
+            assert_eq!(
+                models::chat("fast").user("b").send().unwrap().content,
+                "two"
+            );
             // The last reply repeats.
             assert_eq!(models::chat("fast").send().unwrap().content, "two");
             let e = Error::from(models::chat("smart").send().unwrap_err());
             assert!(e.is_retryable());
             let e = Error::from(models::chat("other").send().unwrap_err());
-            assert!(!e.is_retryable(), "an unscripted model is an invalid request");
+            assert!(
+                !e.is_retryable(),
+                "an unscripted model is an invalid request"
+            );
 
             state::set("k", &41).unwrap();
             let n: u64 = state::get("k").unwrap().unwrap();
@@ -484,7 +493,10 @@ mod tests {
         assert_eq!(host.calls().len(), 5);
         assert_eq!(host.calls()[0].messages, vec![Message::user("a")]);
         assert_eq!(host.state("k").as_deref(), Some("41"));
-        assert_eq!(host.effects().get("send").map(String::as_str), Some("\"sent\""));
+        assert_eq!(
+            host.effects().get("send").map(String::as_str),
+            Some("\"sent\"")
+        );
         assert_eq!(host.logs(), vec!["hello".to_string()]);
         assert_eq!(host.costs(), vec![("api".to_string(), 4)]);
     }

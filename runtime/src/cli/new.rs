@@ -53,8 +53,14 @@ const INPUT: &str = include_str!("../../templates/input.json");
 fn template(lang: Lang) -> &'static [(&'static str, &'static str)] {
     match lang {
         Lang::Rust => &[
-            ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml")),
-            ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../../templates/rust/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../templates/rust/src/lib.rs"),
+            ),
             ("README.md", include_str!("../../templates/rust/README.md")),
             (".gitignore", include_str!("../../templates/rust/gitignore")),
             ("input.json", INPUT),
@@ -69,13 +75,22 @@ fn template(lang: Lang) -> &'static [(&'static str, &'static str)] {
                 "pyproject.toml",
                 include_str!("../../templates/python/pyproject.toml"),
             ),
-            ("README.md", include_str!("../../templates/python/README.md")),
-            (".gitignore", include_str!("../../templates/python/gitignore")),
+            (
+                "README.md",
+                include_str!("../../templates/python/README.md"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/python/gitignore"),
+            ),
             ("input.json", INPUT),
         ],
         Lang::Js => &[
             ("app.js", include_str!("../../templates/js/app.js")),
-            ("package.json", include_str!("../../templates/js/package.json")),
+            (
+                "package.json",
+                include_str!("../../templates/js/package.json"),
+            ),
             ("README.md", include_str!("../../templates/js/README.md")),
             (".gitignore", include_str!("../../templates/js/gitignore")),
             ("input.json", INPUT),
@@ -108,7 +123,10 @@ pub fn run(args: NewArgs) -> anyhow::Result<i32> {
         eprintln!("error: {:?} is not a valid project name: {why}", args.name);
         return Ok(exit::USAGE);
     }
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
     if dir.exists() || dir.is_symlink() {
         eprintln!(
             "error: {} already exists; `sluice new` never overwrites (choose another NAME or --dir)",
