@@ -257,7 +257,7 @@ fn rss_kib() -> u64 {
 /// time, instantiate + one call that returns at once (median and p90 of 200), and the growth of
 /// this process's resident memory. Not a pass/fail test.
 #[test]
-#[ignore = "a measurement: cargo test --release -p sluice --test languages -- --ignored --nocapture measure"]
+#[ignore = "a measurement for BENCHMARKS.md: cargo test -p sluice --test languages -- --ignored --nocapture measure"]
 fn measure_size_instantiate_and_memory_per_language() {
     use sluice_engine::{Engine, EngineConfig, JobLimits, memory};
     use sluice_types::{CallContext, JobInfo};
