@@ -144,7 +144,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<i32> {
         }
     }
     let shown = dir.display();
-    println!("created {shown} ({:?} handler)", args.lang);
+    let lang = match args.lang {
+        Lang::Rust => "Rust",
+        Lang::Python => "Python",
+        Lang::Js => "JavaScript",
+    };
+    println!("created {shown} ({lang} handler)");
     println!("next:   sluice run {shown} --input-file {shown}/input.json");
     if args.lang == Lang::Rust && !Path::new(CHECKOUT).join("sdk/Cargo.toml").is_file() {
         eprintln!(
