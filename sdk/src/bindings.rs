@@ -12,4 +12,12 @@ wit_bindgen::generate!({
     default_bindings_module: "sluice_sdk::bindings",
 });
 
+#[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
 pub use sluice::plugin::{effects, events, models, state, types, usage};
+
+// With the `testing` feature on the build machine, the host's functions are the test double's
+// (same names and signatures, same types), so the SDK above them is unchanged.
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub use crate::testing::host::{effects, events, models, state, usage};
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub use sluice::plugin::types;

@@ -83,7 +83,9 @@
 //!
 //! The SDK builds natively too, so the pure parts of a handler (parsing, chunking, prompt
 //! building) can be unit-tested with `cargo test`; build a [`Job`] with [`Job::new`]. Calls that
-//! reach the host (models, state, effects, events, usage) only work inside a Sluice host.
+//! reach the host (models, state, effects, events, usage) only work inside a Sluice host, or,
+//! with the `testing` feature (as a dev-dependency), against `sluice_sdk::testing::FakeHost`,
+//! a host-less test double with scripted model replies and in-memory state, effects and events.
 
 #![deny(missing_docs)]
 
@@ -103,6 +105,8 @@ pub mod events;
 mod job;
 pub mod models;
 pub mod state;
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub mod testing;
 pub mod usage;
 
 pub use error::{Context, Error, Result};

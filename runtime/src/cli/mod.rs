@@ -7,6 +7,7 @@ mod deploy;
 mod dlq;
 mod jobs;
 mod keys;
+mod new;
 mod plugins;
 mod progress;
 mod run;
@@ -44,6 +45,8 @@ pub enum Command {
     /// Run one job locally on in-memory backends and the simulated provider, and print its
     /// output, token usage and cost. Exits 1 when the job fails, 2 on bad input.
     Run(run::RunArgs),
+    /// Write a ready handler project (Rust, Python or JavaScript) that `sluice run` runs at once.
+    New(new::NewArgs),
     /// Validate the configuration and print it (secrets redacted), then exit.
     CheckConfig,
     /// Run a node: the HTTP API, the worker and webhook delivery. `--dev` needs nothing else.
@@ -88,6 +91,7 @@ pub mod exit {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
+        Command::New(args) => new::run(args),
         Command::Up(args) => {
             up::run(args, crate::config::Config::load(cli.config.as_deref())?).await
         }
