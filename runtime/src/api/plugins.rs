@@ -444,6 +444,21 @@ pub(crate) async fn upload(
     let settings = params.settings();
     check_settings(&settings, &st.node.config)?;
     let size = bytes.len();
+    // An import the engine does not link would fail every job at instantiation: say which
+    // and why now (the engine's own message names only the import).
+    if let Some((import, why)) = crate::plugin_build::component_imports(&bytes)
+        .into_iter()
+        .find_map(|i| crate::plugin_build::unlinked_import_reason(&i).map(|why| (i, why)))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-component",
+            "Invalid component",
+            format!("the component imports `{import}`, which Sluice does not provide: {why}"),
+        )
+        .with("kind", "unlinked_import")
+        .with("import", import));
+    }
     // Validate and precompile before anything is stored: a rejected upload leaves nothing.
     let plugin = st
         .node
