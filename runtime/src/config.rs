@@ -25,6 +25,9 @@ pub struct Config {
     pub gateway: sluice_gateway::GatewayConfig,
     /// Outcome webhooks.
     pub webhooks: WebhookConfig,
+    /// OpenTelemetry trace export (off unless an endpoint is set here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[webhooks]`

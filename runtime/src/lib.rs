@@ -7,7 +7,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod plugin_build;
+pub mod telemetry;
 pub mod webhooks;
 pub mod worker;
