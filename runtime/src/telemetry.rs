@@ -69,7 +69,8 @@ impl Default for TelemetryConfig {
             service_name: "sluice".into(),
             sampler: "parentbased_always_on".into(),
             sampler_arg: 1.0,
-            filter: "info".into(),
+            // Provider attempts are debug spans of the gateway.
+            filter: "info,sluice_gateway=debug".into(),
             timeout_secs: 10,
             max_queue_size: 8192,
         }

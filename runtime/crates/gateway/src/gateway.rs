@@ -554,6 +554,9 @@ impl Gateway {
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
             sluice.job.id = %ctx.job.id,
+            sluice.tenant = %ctx.job.tenant,
+            sluice.plugin = %ctx.job.plugin,
+            sluice.tags = ?ctx.job.tags,
             sluice.model = Empty,
             sluice.cost_micros = Empty,
             sluice.cache_hit = Empty,
@@ -719,6 +722,9 @@ impl Gateway {
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
             sluice.job.id = %ctx.job.id,
+            sluice.tenant = %ctx.job.tenant,
+            sluice.plugin = %ctx.job.plugin,
+            sluice.tags = ?ctx.job.tags,
             sluice.model = Empty,
             sluice.cost_micros = Empty,
             sluice.cache_hit = Empty,
@@ -1007,7 +1013,7 @@ impl Gateway {
                 let budget = provider
                     .timeout
                     .min(deadline.saturating_duration_since(attempt_started));
-                let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1);
+                let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1, gen_ai.provider.name = %provider.name, gen_ai.request.model = %model.id);
                 let call = async {
                     match (op, &preq) {
                         (Op::Chat { on_delta, .. }, Some(preq)) => {
