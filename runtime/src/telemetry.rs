@@ -386,6 +386,18 @@ pub async fn claimed_job_trace(
     }
 }
 
+/// The `traceparent` a webhook delivery of job `job` sends (`None`: tracing off, not a job's
+/// delivery, or the job was not traced).
+pub async fn delivery_traceparent(
+    node: &crate::node::Node,
+    job: Option<uuid::Uuid>,
+) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    node.store.job_trace(job?).await.ok().flatten()
+}
+
 /// The span of one attempt of `job`, a child of the job's stored context when there is one.
 pub fn attempt_span(job: &sluice_store::ClaimedJob, stored: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!(

@@ -61,6 +61,7 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
     cfg.engine.max_instances = 16;
     cfg.engine.pooling = false;
     cfg.worker.poll_ms = 50;
+    cfg.webhooks.allow_private = true;
     let node = Node::start(cfg).await.unwrap();
     let bytes = plugins::component("summarize");
     node.plugins.load(bytes.clone()).await.unwrap();
@@ -80,6 +81,25 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
         .await
         .unwrap();
     let worker = sluice::worker::spawn(node.clone());
+    let webhooks = sluice::webhooks::spawn_webhooks(node.clone());
+    // A webhook receiver that reports each delivery's `traceparent`.
+    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let tx = hook_tx.clone();
+            async move {
+                let tp = headers
+                    .get("traceparent")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let _ = tx.send(tp);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
 
     let req = Request::post("/v1/plugins/summarize/jobs")
         .header(header::AUTHORIZATION, format!("Bearer {secret}"))
@@ -90,6 +110,7 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
                 // Three chunks: three `fast` calls in one batch, then one `smart` call.
                 "input": {"text": "Sluice runs AI jobs and traces them end to end. ".repeat(12), "chunk_chars": 200},
                 "tags": {"feature": "digest"},
+                "webhook": {"url": hook_url},
             })
             .to_string(),
         ))
@@ -114,6 +135,11 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
     }
     assert!(done, "the job did not finish");
     worker.shutdown(Duration::from_secs(5)).await;
+    let delivered = tokio::time::timeout(Duration::from_secs(30), hook_rx.recv())
+        .await
+        .expect("no webhook within 30 s")
+        .unwrap();
+    webhooks.abort();
     // The stored context is the job span's, in the submitter's trace.
     let stored = node.store.job_trace(id).await.unwrap().unwrap();
     assert!(stored.starts_with(&format!("00-{TRACE}-")), "{stored}");
@@ -138,6 +164,7 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
     assert_eq!(job.parent_span_id.to_string(), PARENT, "the job span is the submitter's child");
     assert_eq!(attr(job, "sluice.job.id"), Some(Value::from(id.to_string())));
     assert_eq!(stored, format!("00-{TRACE}-{}-01", job.span_context.span_id()));
+    assert_eq!(delivered.as_deref(), Some(stored.as_str()), "the webhook carries the job's context");
     let attempt = one("job.attempt summarize");
     assert_eq!(attempt.parent_span_id, job.span_context.span_id(), "attempt parent; spans: {:?}", ours.iter().map(|s| (s.name.as_ref(), s.span_context.span_id().to_string(), s.parent_span_id.to_string())).collect::<Vec<_>>());
     assert_eq!(attr(attempt, "sluice.outcome"), Some(Value::from("completed")));
