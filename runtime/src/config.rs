@@ -28,6 +28,8 @@ pub struct Config {
     /// OpenTelemetry trace export (off unless an endpoint is set here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Operational alert rules (DLQ, plugin error rate and latency, provider breakers).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[webhooks]`

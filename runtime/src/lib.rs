@@ -4,6 +4,7 @@
 //! API and telemetry. The engine (`sluice-engine`), the store (`sluice-store`) and the model
 //! gateway (`sluice-gateway`) are separate crates with narrow surfaces.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;

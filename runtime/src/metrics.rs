@@ -33,6 +33,7 @@ pub fn attempt_finished(job: &ClaimedJob, outcome: &AttemptOutcome) {
         AttemptOutcome::Failed(kind) => ("failed", *kind),
     };
     let took = seconds_between(job.attempted_at, chrono::Utc::now());
+    crate::alerts::observe_attempt(&job.tenant, &job.plugin, outcome == "completed", took);
     metrics::histogram!("sluice_job_attempt_duration_seconds", "outcome" => outcome)
         .record(took);
     metrics::counter!("sluice_job_attempts_total", "outcome" => outcome, "error_kind" => kind)
