@@ -136,6 +136,8 @@ async fn metrics_after_real_jobs() {
     assert_eq!(value(&m, "sluice_job_attempts_bucket", &[("status", "dead"), ("le", "2")]), 1.0);
     assert_eq!(value(&m, "sluice_job_attempts_sum", &[("status", "completed")]), 2.0);
     assert_eq!(value(&m, "sluice_dlq_depth", &[]), 1.0);
+    // Every attempt instantiated its component once.
+    assert_eq!(value(&m, "sluice_engine_instantiate_seconds_count", &[]), 4.0);
 
     // GenAI: each summarize job makes three map calls and one reduce call.
     let calls = value(&m, "sluice_model_calls_total", &[("source", "provider"), ("outcome", "ok")]);
@@ -164,6 +166,16 @@ async fn metrics_after_real_jobs() {
         }
     }
 
+    // Every metric scraped is documented.
+    let docs = observability_doc();
+    for (name, _, _) in &m {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(docs.contains(&format!("`{base}`")), "{base} is not in docs/observability.md");
+    }
+
     // Bounded labels: no job id, tenant or plugin name anywhere in a label.
     for (name, labels, _) in &m {
         for v in labels.values() {
@@ -174,4 +186,40 @@ async fn metrics_after_real_jobs() {
             assert!(uuid::Uuid::parse_str(v).is_err(), "{name} has an id label {v:?}");
         }
     }
+}
+
+fn observability_doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md"))
+        .unwrap()
+}
+
+/// The Grafana dashboard only queries documented metrics.
+#[test]
+fn the_dashboard_uses_documented_metrics() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let docs = observability_doc();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("sluice_") || word.starts_with("gen_ai_client") {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    assert!(docs.contains(&format!("`{base}`")), "{base} (panel {})", panel["title"]);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked}");
 }
