@@ -115,26 +115,38 @@ impl AlertsConfig {
         if self.rules.len() > MAX_RULES {
             return Err(format!("at most {MAX_RULES} alert rules"));
         }
-        if !(self.interval_secs >= 0.05) {
-            return Err("alerts.interval_secs must be at least 0.05".into());
+        if !(0.05..=86_400.0).contains(&self.interval_secs) {
+            return Err("alerts.interval_secs must be 0.05 to 86400".into());
         }
         let mut names = std::collections::HashSet::new();
         for r in &self.rules {
             if r.name.is_empty() || r.name.len() > 64 || !names.insert(r.name.as_str()) {
-                return Err(format!("alert rule names are unique, 1-64 characters: {:?}", r.name));
+                return Err(format!(
+                    "alert rule names are unique, 1-64 characters: {:?}",
+                    r.name
+                ));
             }
             if !r.threshold.is_finite() || r.threshold < 0.0 {
-                return Err(format!("alert {}: threshold must be a finite number ≥ 0", r.name));
+                return Err(format!(
+                    "alert {}: threshold must be a finite number ≥ 0",
+                    r.name
+                ));
             }
             if r.window_secs == 0 || r.window_secs > MAX_WINDOW_SECS {
-                return Err(format!("alert {}: window_secs must be 1 to {MAX_WINDOW_SECS}", r.name));
+                return Err(format!(
+                    "alert {}: window_secs must be 1 to {MAX_WINDOW_SECS}",
+                    r.name
+                ));
             }
             let plugin_rule = matches!(r.kind, RuleKind::ErrorRate | RuleKind::P95Latency);
             if plugin_rule && (r.tenant.is_none() || r.plugin.is_none()) {
                 return Err(format!("alert {}: needs `tenant` and `plugin`", r.name));
             }
             if r.kind == RuleKind::ErrorRate && r.threshold > 1.0 {
-                return Err(format!("alert {}: an error rate threshold is 0 to 1", r.name));
+                return Err(format!(
+                    "alert {}: an error rate threshold is 0 to 1",
+                    r.name
+                ));
             }
             if r.kind == RuleKind::BreakerOpen && r.provider.is_none() {
                 return Err(format!("alert {}: needs `provider`", r.name));
@@ -144,11 +156,14 @@ impl AlertsConfig {
     }
 }
 
+/// One attempt: when it ended, whether it completed, how long it ran (seconds).
+type Sample = (Instant, bool, f64);
+
 /// Recent attempts of the plugins alert rules watch (only those: memory is bounded by the
 /// rules, not by what tenants deploy).
 #[derive(Default)]
 struct Observations {
-    watched: HashMap<(String, String), VecDeque<(Instant, bool, f64)>>,
+    watched: HashMap<(String, String), VecDeque<Sample>>,
 }
 
 fn observations() -> &'static Mutex<Observations> {
@@ -167,7 +182,10 @@ pub fn observe_attempt(tenant: &str, plugin: &str, ok: bool, seconds: f64) {
     if obs.watched.is_empty() {
         return;
     }
-    if let Some(q) = obs.watched.get_mut(&(tenant.to_string(), plugin.to_string())) {
+    if let Some(q) = obs
+        .watched
+        .get_mut(&(tenant.to_string(), plugin.to_string()))
+    {
         if q.len() >= MAX_SAMPLES_PER_PLUGIN {
             q.pop_front();
         }
@@ -200,7 +218,10 @@ pub fn spawn(node: Node) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> 
             }
         }
     }
-    let url = cfg.url.clone().or_else(|| node.config.webhooks.alert_url.clone());
+    let url = cfg
+        .url
+        .clone()
+        .or_else(|| node.config.webhooks.alert_url.clone());
     Ok(Some(tokio::spawn(async move {
         let mut states: Vec<RuleState> = cfg.rules.iter().map(|_| RuleState::default()).collect();
         let mut tick = tokio::time::interval(Duration::from_secs_f64(cfg.interval_secs));
@@ -210,7 +231,9 @@ pub fn spawn(node: Node) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> 
             for (rule, state) in cfg.rules.iter().zip(states.iter_mut()) {
                 match evaluate(&node, rule, state).await {
                     Ok(value) => transition(&node, url.as_deref(), rule, state, value).await,
-                    Err(e) => tracing::warn!(alert = %rule.name, error = %e, "evaluating an alert rule failed"),
+                    Err(e) => {
+                        tracing::warn!(alert = %rule.name, error = %e, "evaluating an alert rule failed")
+                    }
                 }
             }
         }
@@ -218,7 +241,11 @@ pub fn spawn(node: Node) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> 
 }
 
 /// The rule's current value and whether it is at or over its threshold.
-async fn evaluate(node: &Node, rule: &AlertRule, state: &mut RuleState) -> anyhow::Result<(f64, bool)> {
+async fn evaluate(
+    node: &Node,
+    rule: &AlertRule,
+    state: &mut RuleState,
+) -> anyhow::Result<(f64, bool)> {
     let window = Duration::from_secs(rule.window_secs);
     Ok(match rule.kind {
         RuleKind::DlqDepth => {
@@ -231,7 +258,10 @@ async fn evaluate(node: &Node, rule: &AlertRule, state: &mut RuleState) -> anyho
             state.depths.push_back((now, n));
             // Keep one sample at or before the window's start to measure from.
             while state.depths.len() > 1
-                && state.depths.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= window)
+                && state
+                    .depths
+                    .get(1)
+                    .is_some_and(|(t, _)| now.duration_since(*t) >= window)
             {
                 state.depths.pop_front();
             }
@@ -240,11 +270,17 @@ async fn evaluate(node: &Node, rule: &AlertRule, state: &mut RuleState) -> anyho
             (growth, growth >= rule.threshold && growth > 0.0)
         }
         RuleKind::ErrorRate | RuleKind::P95Latency => {
-            let key = (rule.tenant.clone().unwrap_or_default(), rule.plugin.clone().unwrap_or_default());
+            let key = (
+                rule.tenant.clone().unwrap_or_default(),
+                rule.plugin.clone().unwrap_or_default(),
+            );
             let mut obs = lock_obs();
             let q = obs.watched.entry(key).or_default();
             let now = Instant::now();
-            while q.front().is_some_and(|(t, _, _)| now.duration_since(*t) > window) {
+            while q
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > window)
+            {
                 q.pop_front();
             }
             if (q.len() as u64) < rule.min_attempts.max(1) {

@@ -34,12 +34,13 @@ pub fn attempt_finished(job: &ClaimedJob, outcome: &AttemptOutcome) {
     };
     let took = seconds_between(job.attempted_at, chrono::Utc::now());
     crate::alerts::observe_attempt(&job.tenant, &job.plugin, outcome == "completed", took);
-    metrics::histogram!("sluice_job_attempt_duration_seconds", "outcome" => outcome)
-        .record(took);
+    metrics::histogram!("sluice_job_attempt_duration_seconds", "outcome" => outcome).record(took);
     metrics::counter!("sluice_job_attempts_total", "outcome" => outcome, "error_kind" => kind)
         .increment(1);
     match kind {
-        "timeout" => metrics::counter!("sluice_engine_kills_total", "reason" => "deadline").increment(1),
+        "timeout" => {
+            metrics::counter!("sluice_engine_kills_total", "reason" => "deadline").increment(1)
+        }
         "memory_limit" => {
             metrics::counter!("sluice_engine_kills_total", "reason" => "memory").increment(1)
         }
@@ -70,7 +71,9 @@ pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
     ];
     const ATTEMPTS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0];
     // US dollars per call: a hundredth of a cent to ten dollars.
-    const USD: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0];
+    const USD: &[f64] = &[
+        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
+    ];
     let set = |b: PrometheusBuilder, m: Matcher, v: &[f64]| {
         b.set_buckets_for_metric(m, v)
             .expect("bucket lists are non-empty constants")

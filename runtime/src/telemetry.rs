@@ -31,7 +31,9 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -90,7 +92,10 @@ pub struct Resolved {
 
 impl TelemetryConfig {
     /// Apply the `OTEL_*` variables (read through `env`) over this section. `Ok(None)`: off.
-    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<Resolved>, String> {
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Resolved>, String> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
@@ -107,7 +112,9 @@ impl TelemetryConfig {
             (None, None, None) => return Ok(None),
         };
         if !(traces_url.starts_with("http://") || traces_url.starts_with("https://")) {
-            return Err(format!("the OTLP endpoint must be an http(s) URL, not {traces_url:?}"));
+            return Err(format!(
+                "the OTLP endpoint must be an http(s) URL, not {traces_url:?}"
+            ));
         }
         let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
@@ -126,7 +133,9 @@ impl TelemetryConfig {
             None => self.sampler_arg,
         };
         if !(0.0..=1.0).contains(&arg) {
-            return Err(format!("the sampler ratio must be between 0 and 1, not {arg}"));
+            return Err(format!(
+                "the sampler ratio must be between 0 and 1, not {arg}"
+            ));
         }
         sampler_from(&sampler, arg)?;
         Ok(Some(Resolved {
@@ -274,8 +283,11 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
         return None;
     }
     let mut parts = value.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     if version != "00" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
         return None;
     }
@@ -437,8 +449,10 @@ impl opentelemetry_http::HttpClient for ExportClient {
     async fn send_bytes(
         &self,
         request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
-    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError>
-    {
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
         let (parts, body) = request.into_parts();
         let request = self
             .client

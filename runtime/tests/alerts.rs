@@ -120,7 +120,9 @@ async fn dlq_growth_fires_once_per_episode_and_resolves() {
     assert_eq!(resolved["value"].as_f64(), Some(0.0));
     // Nothing more while the queue does not grow again.
     assert!(
-        tokio::time::timeout(Duration::from_millis(2500), rx.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(2500), rx.recv())
+            .await
+            .is_err(),
         "no delivery after the resolve"
     );
     worker.shutdown(Duration::from_secs(5)).await;

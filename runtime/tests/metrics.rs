@@ -21,7 +21,10 @@ type Sample = (String, BTreeMap<String, String>, f64);
 
 fn parse(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (series, value) = line.rsplit_once(' ').unwrap();
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
         let (name, labels) = match series.split_once('{') {
@@ -48,7 +51,10 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, labels, _)| {
-            n == name && want.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|(_, _, v)| v)
         .sum()
@@ -67,7 +73,10 @@ async fn deploy(node: &Node, name: &str, component: &str, settings: PluginSettin
 async fn wait_terminal(node: &Node, id: uuid::Uuid) -> JobStatus {
     for _ in 0..600 {
         let job = node.store.get_job(id).await.unwrap().unwrap();
-        if matches!(job.status, JobStatus::Completed | JobStatus::Dead | JobStatus::Cancelled) {
+        if matches!(
+            job.status,
+            JobStatus::Completed | JobStatus::Dead | JobStatus::Cancelled
+        ) {
             return job.status;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -99,7 +108,13 @@ async fn metrics_after_real_jobs() {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let input = serde_json::json!({ "text": text, "chunk_chars": 200 });
-        ids.push(node.store.enqueue(NewJob::new("acme", "summarize", input)).await.unwrap().id);
+        ids.push(
+            node.store
+                .enqueue(NewJob::new("acme", "summarize", input))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let dead = node
         .store
@@ -118,34 +133,107 @@ async fn metrics_after_real_jobs() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let body = axum::body::to_bytes(res.into_body(), 8 << 20).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 8 << 20)
+        .await
+        .unwrap();
     let body = String::from_utf8(body.to_vec()).unwrap();
     let m = parse(&body);
 
     // Attempts by outcome and error kind: two completed, two trapped (the dead job's).
-    let attempts = |o, k| value(&m, "sluice_job_attempts_total", &[("outcome", o), ("error_kind", k)]);
+    let attempts = |o, k| {
+        value(
+            &m,
+            "sluice_job_attempts_total",
+            &[("outcome", o), ("error_kind", k)],
+        )
+    };
     assert_eq!(attempts("completed", "none"), 2.0, "{body}");
     assert_eq!(attempts("failed", "trap"), 2.0);
-    assert_eq!(value(&m, "sluice_job_attempt_duration_seconds_count", &[]), 4.0);
-    assert_eq!(value(&m, "sluice_job_queue_wait_seconds_count", &[("attempt", "first")]), 3.0);
-    assert_eq!(value(&m, "sluice_job_queue_wait_seconds_count", &[("attempt", "retry")]), 1.0);
+    assert_eq!(
+        value(&m, "sluice_job_attempt_duration_seconds_count", &[]),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_queue_wait_seconds_count",
+            &[("attempt", "first")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_queue_wait_seconds_count",
+            &[("attempt", "retry")]
+        ),
+        1.0
+    );
     // End to end and attempts per job, by terminal status.
-    assert_eq!(value(&m, "sluice_job_duration_seconds_count", &[("status", "completed")]), 2.0);
-    assert_eq!(value(&m, "sluice_job_duration_seconds_count", &[("status", "dead")]), 1.0);
-    assert_eq!(value(&m, "sluice_job_attempts_bucket", &[("status", "dead"), ("le", "1")]), 0.0);
-    assert_eq!(value(&m, "sluice_job_attempts_bucket", &[("status", "dead"), ("le", "2")]), 1.0);
-    assert_eq!(value(&m, "sluice_job_attempts_sum", &[("status", "completed")]), 2.0);
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_duration_seconds_count",
+            &[("status", "completed")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_duration_seconds_count",
+            &[("status", "dead")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_attempts_bucket",
+            &[("status", "dead"), ("le", "1")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_attempts_bucket",
+            &[("status", "dead"), ("le", "2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "sluice_job_attempts_sum", &[("status", "completed")]),
+        2.0
+    );
     assert_eq!(value(&m, "sluice_dlq_depth", &[]), 1.0);
     // Every attempt instantiated its component once.
-    assert_eq!(value(&m, "sluice_engine_instantiate_seconds_count", &[]), 4.0);
+    assert_eq!(
+        value(&m, "sluice_engine_instantiate_seconds_count", &[]),
+        4.0
+    );
 
     // GenAI: each summarize job makes three map calls and one reduce call.
-    let calls = value(&m, "sluice_model_calls_total", &[("source", "provider"), ("outcome", "ok")]);
+    let calls = value(
+        &m,
+        "sluice_model_calls_total",
+        &[("source", "provider"), ("outcome", "ok")],
+    );
     assert_eq!(calls, 8.0);
-    let usage = |t| value(&m, "gen_ai_client_token_usage_count", &[("gen_ai_token_type", t)]);
+    let usage = |t| {
+        value(
+            &m,
+            "gen_ai_client_token_usage_count",
+            &[("gen_ai_token_type", t)],
+        )
+    };
     assert_eq!(usage("input"), calls);
     assert_eq!(usage("output"), calls);
-    let input_tokens = value(&m, "gen_ai_client_token_usage_sum", &[("gen_ai_token_type", "input")]);
+    let input_tokens = value(
+        &m,
+        "gen_ai_client_token_usage_sum",
+        &[("gen_ai_token_type", "input")],
+    );
     assert_eq!(
         input_tokens,
         value(&m, "sluice_model_tokens_total", &[("kind", "input")]),
@@ -153,16 +241,29 @@ async fn metrics_after_real_jobs() {
     );
     assert!(input_tokens > 0.0);
     assert_eq!(
-        value(&m, "gen_ai_client_operation_duration_seconds_count", &[("gen_ai_operation_name", "chat"), ("error_type", "")]),
+        value(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("gen_ai_operation_name", "chat"), ("error_type", "")]
+        ),
         calls
     );
     let usd = value(&m, "sluice_model_cost_usd_sum", &[]);
     let micros = value(&m, "sluice_model_cost_micros_total", &[]);
-    assert!((usd - micros / 1e6).abs() < 1e-9, "{usd} USD vs {micros} µ$");
+    assert!(
+        (usd - micros / 1e6).abs() < 1e-9,
+        "{usd} USD vs {micros} µ$"
+    );
     for (name, labels, _) in &m {
         if name.starts_with("gen_ai_") {
-            assert!(labels.contains_key("gen_ai_provider_name"), "{name} {labels:?}");
-            assert!(labels.contains_key("gen_ai_request_model"), "{name} {labels:?}");
+            assert!(
+                labels.contains_key("gen_ai_provider_name"),
+                "{name} {labels:?}"
+            );
+            assert!(
+                labels.contains_key("gen_ai_request_model"),
+                "{name} {labels:?}"
+            );
         }
     }
 
@@ -173,24 +274,34 @@ async fn metrics_after_real_jobs() {
             .iter()
             .find_map(|s| name.strip_suffix(s))
             .unwrap_or(name);
-        assert!(docs.contains(&format!("`{base}`")), "{base} is not in docs/observability.md");
+        assert!(
+            docs.contains(&format!("`{base}`")),
+            "{base} is not in docs/observability.md"
+        );
     }
 
     // Bounded labels: no job id, tenant or plugin name anywhere in a label.
     for (name, labels, _) in &m {
         for v in labels.values() {
             assert!(
-                !v.contains("acme") && !v.contains("summarize") && !v.contains("trap") || name == "sluice_job_attempts_total" && v == "trap",
+                !v.contains("acme") && !v.contains("summarize") && !v.contains("trap")
+                    || name == "sluice_job_attempts_total" && v == "trap",
                 "{name} has a tenant-chosen label value {v:?}"
             );
-            assert!(uuid::Uuid::parse_str(v).is_err(), "{name} has an id label {v:?}");
+            assert!(
+                uuid::Uuid::parse_str(v).is_err(),
+                "{name} has an id label {v:?}"
+            );
         }
     }
 }
 
 fn observability_doc() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md"))
-        .unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/observability.md"
+    ))
+    .unwrap()
 }
 
 /// The Grafana dashboard only queries documented metrics.
@@ -215,7 +326,11 @@ fn the_dashboard_uses_documented_metrics() {
                         .iter()
                         .find_map(|s| word.strip_suffix(s))
                         .unwrap_or(word);
-                    assert!(docs.contains(&format!("`{base}`")), "{base} (panel {})", panel["title"]);
+                    assert!(
+                        docs.contains(&format!("`{base}`")),
+                        "{base} (panel {})",
+                        panel["title"]
+                    );
                     checked += 1;
                 }
             }

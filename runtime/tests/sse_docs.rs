@@ -37,21 +37,32 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
 
 /// The example block of `docs/events.md`.
 fn documented() -> Vec<(String, Value)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.md")).unwrap();
     let example = doc.split("## Example").nth(1).expect("an Example section");
-    let block = example.split("```text").nth(1).unwrap().split("```").next().unwrap();
+    let block = example
+        .split("```text")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
     parse_sse(block)
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_stream_is_what_the_server_sends() {
     let doc = documented();
-    assert!(doc.iter().any(|(e, _)| e == "token_delta"), "the example streams tokens");
+    assert!(
+        doc.iter().any(|(e, _)| e == "token_delta"),
+        "the example streams tokens"
+    );
     for (event, data) in &doc {
         if let Some(t) = data.get("type") {
             assert_eq!(t, event.as_str(), "the documented name is the data's type");
@@ -85,7 +96,12 @@ async fn the_documented_stream_is_what_the_server_sends() {
         .unwrap();
     let worker = sluice::worker::spawn(node.clone());
     let input = serde_json::json!({"conversation_id": "docs", "message": "Say hello."});
-    let id = node.store.enqueue(NewJob::new("acme", "chat", input)).await.unwrap().id;
+    let id = node
+        .store
+        .enqueue(NewJob::new("acme", "chat", input))
+        .await
+        .unwrap()
+        .id;
     let mut done = false;
     for _ in 0..400 {
         if node.store.get_job(id).await.unwrap().unwrap().status == JobStatus::Completed {
@@ -119,8 +135,15 @@ async fn the_documented_stream_is_what_the_server_sends() {
         }
     }
     for (event, data) in &doc {
-        let same: Vec<&Value> = sent.iter().filter(|(e, _)| e == event).map(|(_, d)| d).collect();
-        assert!(!same.is_empty(), "the server sent no {event:?} event: {sent:?}");
+        let same: Vec<&Value> = sent
+            .iter()
+            .filter(|(e, _)| e == event)
+            .map(|(_, d)| d)
+            .collect();
+        assert!(
+            !same.is_empty(),
+            "the server sent no {event:?} event: {sent:?}"
+        );
         assert!(
             same.iter().any(|d| keys(data).is_subset(&keys(d))),
             "no {event:?} event has the documented fields {:?}: {same:?}",

@@ -43,9 +43,11 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
     };
     let resolved = config.resolve(|_| None).unwrap().unwrap();
     let exporter = InMemorySpanExporter::default();
-    let provider =
-        telemetry::provider_with(BatchSpanProcessor::builder(exporter.clone()).build(), &resolved)
-            .unwrap();
+    let provider = telemetry::provider_with(
+        BatchSpanProcessor::builder(exporter.clone()).build(),
+        &resolved,
+    )
+    .unwrap();
     tracing_subscriber::registry()
         .with(
             telemetry::layer(&provider)
@@ -67,7 +69,13 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
     node.plugins.load(bytes.clone()).await.unwrap();
     let digest = node.store.put_component(&bytes).await.unwrap();
     node.store
-        .create_plugin_version("acme", "summarize", &digest, &PluginSettings::default(), true)
+        .create_plugin_version(
+            "acme",
+            "summarize",
+            &digest,
+            &PluginSettings::default(),
+            true,
+        )
         .await
         .unwrap();
     let secret = auth::generate_secret();
@@ -117,7 +125,9 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
         .unwrap();
     let res = app(node.clone()).oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let id: uuid::Uuid = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
         .as_str()
         .unwrap()
@@ -161,13 +171,41 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
         found[0]
     };
     let job = one("job summarize");
-    assert_eq!(job.parent_span_id.to_string(), PARENT, "the job span is the submitter's child");
-    assert_eq!(attr(job, "sluice.job.id"), Some(Value::from(id.to_string())));
-    assert_eq!(stored, format!("00-{TRACE}-{}-01", job.span_context.span_id()));
-    assert_eq!(delivered.as_deref(), Some(stored.as_str()), "the webhook carries the job's context");
+    assert_eq!(
+        job.parent_span_id.to_string(),
+        PARENT,
+        "the job span is the submitter's child"
+    );
+    assert_eq!(
+        attr(job, "sluice.job.id"),
+        Some(Value::from(id.to_string()))
+    );
+    assert_eq!(
+        stored,
+        format!("00-{TRACE}-{}-01", job.span_context.span_id())
+    );
+    assert_eq!(
+        delivered.as_deref(),
+        Some(stored.as_str()),
+        "the webhook carries the job's context"
+    );
     let attempt = one("job.attempt summarize");
-    assert_eq!(attempt.parent_span_id, job.span_context.span_id(), "attempt parent; spans: {:?}", ours.iter().map(|s| (s.name.as_ref(), s.span_context.span_id().to_string(), s.parent_span_id.to_string())).collect::<Vec<_>>());
-    assert_eq!(attr(attempt, "sluice.outcome"), Some(Value::from("completed")));
+    assert_eq!(
+        attempt.parent_span_id,
+        job.span_context.span_id(),
+        "attempt parent; spans: {:?}",
+        ours.iter()
+            .map(|s| (
+                s.name.as_ref(),
+                s.span_context.span_id().to_string(),
+                s.parent_span_id.to_string()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        attr(attempt, "sluice.outcome"),
+        Some(Value::from("completed"))
+    );
     // Unsigned fields are exported as their decimal text by tracing-opentelemetry.
     let num = |v: Option<Value>| v.and_then(|v| v.as_str().parse::<i64>().ok());
     assert_eq!(num(attr(attempt, "sluice.attempt")), Some(1));
@@ -207,7 +245,12 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
             "sluice.plugin",
             "sluice.tags",
         ] {
-            assert!(attr(call, key).is_some(), "{key} on {}: {:?}", call.name, call.attributes);
+            assert!(
+                attr(call, key).is_some(),
+                "{key} on {}: {:?}",
+                call.name,
+                call.attributes
+            );
         }
         assert_eq!(attr(call, "sluice.plugin"), Some(Value::from("summarize")));
         assert!(num(attr(call, "gen_ai.usage.output_tokens")).unwrap() > 0);
@@ -219,7 +262,9 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
         );
         let attempts = ours
             .iter()
-            .filter(|s| s.name == "gen_ai.attempt" && s.parent_span_id == call.span_context.span_id())
+            .filter(|s| {
+                s.name == "gen_ai.attempt" && s.parent_span_id == call.span_context.span_id()
+            })
             .count();
         assert!(attempts >= 1, "provider attempts under {}", call.name);
     }

@@ -262,8 +262,14 @@ pub(crate) async fn submit(
         .map_err(plugin_not_found(&plugin))?;
     metrics::counter!("sluice_jobs_submitted_total").increment(u64::from(!enqueued.existing));
     if !enqueued.existing {
-        crate::telemetry::record_submit(&st.node, &headers, enqueued.id, &principal.tenant, &plugin)
-            .await;
+        crate::telemetry::record_submit(
+            &st.node,
+            &headers,
+            enqueued.id,
+            &principal.tenant,
+            &plugin,
+        )
+        .await;
     }
 
     if let (Some(wait), Some(events)) = (wait, events)

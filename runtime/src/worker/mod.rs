@@ -22,13 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use tracing::Instrument;
 use sluice_engine::JobLimits;
 use sluice_store::{ClaimRequest, ClaimedJob, Lease, PluginSettings};
 use sluice_types::{CallContext, JobEvent};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::node::Node;
 use finalize::{Finalizer, Outcome};

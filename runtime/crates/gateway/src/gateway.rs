@@ -1262,7 +1262,11 @@ fn finish_metrics(r: &CallRecord) {
         metrics::histogram!("sluice_model_cost_usd", "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone()).record(r.cost_micros as f64 / 1e6);
     }
     // gen_ai.client.operation.duration, in seconds; `error_type` is empty on success.
-    let error_type = if r.outcome == "ok" { String::new() } else { r.outcome.clone() };
+    let error_type = if r.outcome == "ok" {
+        String::new()
+    } else {
+        r.outcome.clone()
+    };
     metrics::histogram!("gen_ai_client_operation_duration_seconds", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider, "gen_ai_request_model" => model, "error_type" => error_type).record(f64::from(r.latency_ms) / 1000.0);
 }
 
