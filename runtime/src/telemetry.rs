@@ -71,8 +71,9 @@ impl Default for TelemetryConfig {
             service_name: "sluice".into(),
             sampler: "parentbased_always_on".into(),
             sampler_arg: 1.0,
-            // Provider attempts are debug spans of the gateway.
-            filter: "info,sluice_gateway=debug".into(),
+            // Provider attempts are debug spans of the gateway; handler logs and progress are
+            // debug events (see `job_event`).
+            filter: "info,sluice_gateway=debug,sluice::telemetry::job_event=debug".into(),
             timeout_secs: 10,
             max_queue_size: 8192,
         }
@@ -408,6 +409,34 @@ pub async fn delivery_traceparent(
         return None;
     }
     node.store.job_trace(job?).await.ok().flatten()
+}
+
+/// Record a handler's log line or progress as an event of the current span (the handler's
+/// `handler.run`, when emitted from a host call). Token deltas and model calls are not: the
+/// model-call spans carry them. Their target is `sluice::telemetry::job_event`, at debug (so
+/// `RUST_LOG=info` does not print every handler's log line).
+pub fn job_event(event: &sluice_types::JobEvent) {
+    job_event::record(event);
+}
+
+mod job_event {
+    use sluice_types::JobEvent;
+
+    pub(super) fn record(event: &JobEvent) {
+        match event {
+            JobEvent::Log { level, message, .. } => tracing::debug!(
+                sluice.log.level = ?level,
+                sluice.log.message = %message,
+                "log"
+            ),
+            JobEvent::Progress { message, fraction } => tracing::debug!(
+                sluice.progress.message = %message,
+                sluice.progress.fraction = fraction.map(f64::from),
+                "progress"
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// The span of one attempt of `job`, a child of the job's stored context when there is one.

@@ -211,6 +211,20 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
     assert_eq!(num(attr(attempt, "sluice.attempt")), Some(1));
     let run = one("handler.run");
     assert_eq!(run.parent_span_id, attempt.span_context.span_id());
+    // The handler's log line is an event of its run.
+    let log = run
+        .events
+        .iter()
+        .find(|e| e.name == "log")
+        .unwrap_or_else(|| panic!("a log event on handler.run: {:?}", run.events));
+    assert!(
+        log.attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "sluice.log.message"
+                && kv.value.as_str() == "summarizing in chunks"),
+        "{:?}",
+        log.attributes
+    );
 
     // Model calls: under the handler run (directly or through host-call spans), with the
     // GenAI attributes; each has its provider attempts under it.
