@@ -382,6 +382,30 @@ mod tests {
     }
 
     #[test]
+    fn the_sections_parse_and_typos_are_errors() {
+        let c: crate::config::Config = toml::from_str(
+            "[telemetry]\nendpoint = \"http://c:4318\"\n[alerts]\ninterval_secs = 5\n\
+             [[alerts.rules]]\nname = \"d\"\nkind = \"dlq_depth\"\nthreshold = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.rules[0].kind, RuleKind::DlqDepth);
+        assert_eq!(c.telemetry.endpoint.as_deref(), Some("http://c:4318"));
+        assert!(c.alerts.validate().is_ok());
+        for bad in [
+            "[telemetry]\nendpont = \"x\"\n",
+            "[[alerts.rules]]\nname = \"d\"\nkind = \"dlq_depht\"\n",
+            "[[alerts.rules]]\nname = \"d\"\nkind = \"dlq_depth\"\nthreshhold = 1\n",
+        ] {
+            assert!(
+                toml::from_str::<crate::config::Config>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let inf: crate::config::Config = toml::from_str("[alerts]\ninterval_secs = inf\n").unwrap();
+        assert!(inf.alerts.validate().is_err());
+    }
+
+    #[test]
     fn rules_are_checked() {
         let ok = AlertsConfig {
             rules: vec![rule(RuleKind::DlqGrowth)],
