@@ -209,9 +209,27 @@ pub fn init(
             return Err(e);
         }
     };
+    let provider = otlp_provider(config, &resolved, handle)?;
+    let filter = EnvFilter::try_new(&config.filter)
+        .map_err(|e| format!("[telemetry] filter {:?}: {e}", config.filter))?;
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(layer(&provider).with_filter(filter))
+        .init();
+    Ok(TelemetryGuard(Some(provider)))
+}
+
+/// The production provider: OTLP/HTTP protobuf to `resolved.traces_url` through a bounded
+/// batch processor, requests run on `handle`.
+pub fn otlp_provider(
+    config: &TelemetryConfig,
+    resolved: &Resolved,
+    handle: tokio::runtime::Handle,
+) -> Result<SdkTracerProvider, String> {
+    let timeout = Duration::from_secs(config.timeout_secs.max(1));
     let client = ExportClient {
         client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout_secs.max(1)))
+            .timeout(timeout)
             .build()
             .map_err(|e| format!("building the OTLP HTTP client: {e}"))?,
         handle,
@@ -222,7 +240,7 @@ pub fn init(
         .with_http_client(client)
         .with_endpoint(resolved.traces_url.clone())
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_timeout(Duration::from_secs(config.timeout_secs.max(1)))
+        .with_timeout(timeout)
         .build()
         .map_err(|e| format!("building the OTLP exporter: {e}"))?;
     let processor = BatchSpanProcessor::builder(exporter)
@@ -232,14 +250,7 @@ pub fn init(
                 .build(),
         )
         .build();
-    let provider = provider_with(processor, &resolved)?;
-    let filter = EnvFilter::try_new(&config.filter)
-        .map_err(|e| format!("[telemetry] filter {:?}: {e}", config.filter))?;
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(layer(&provider).with_filter(filter))
-        .init();
-    Ok(TelemetryGuard(Some(provider)))
+    provider_with(processor, resolved)
 }
 
 /// A tracer provider exporting through `processor` with `resolved`'s resource and sampler,
