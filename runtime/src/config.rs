@@ -25,6 +25,11 @@ pub struct Config {
     pub gateway: sluice_gateway::GatewayConfig,
     /// Outcome webhooks.
     pub webhooks: WebhookConfig,
+    /// OpenTelemetry trace export (off unless an endpoint is set here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Operational alert rules (DLQ, plugin error rate and latency, provider breakers).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[webhooks]`

@@ -4,10 +4,13 @@
 //! API and telemetry. The engine (`sluice-engine`), the store (`sluice-store`) and the model
 //! gateway (`sluice-gateway`) are separate crates with narrow surfaces.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod plugin_build;
+pub mod telemetry;
 pub mod webhooks;
 pub mod worker;

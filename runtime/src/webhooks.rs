@@ -4,7 +4,8 @@
 //! - `Sluice-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` — a
 //!   receiver recomputes it with its tenant's secret and rejects old timestamps;
 //! - `Sluice-Delivery: <uuid>` — the same across retries of one delivery, for dedupe;
-//! - `Sluice-Event: job.completed | job.dead | job.cancelled`.
+//! - `Sluice-Event: job.completed | job.dead | job.cancelled`;
+//! - `traceparent` (W3C), when tracing is on and the job was traced: its `job` span.
 //!
 //! The signing secret of a tenant is `hex(HMAC-SHA256(node secret, "webhook:" + tenant))`
 //! ([`tenant_secret`]); `sluice keys webhook-secret --tenant t` prints it. The node secret is
@@ -332,6 +333,7 @@ async fn deliver_one(node: &Node, d: WebhookDelivery, node_secret: &str) {
     };
     let secret = tenant_secret(node_secret, &d.tenant);
     let open = private_allowed(&node.config);
+    let traceparent = crate::telemetry::delivery_traceparent(node, d.job_id).await;
     let outcome = match body {
         Ok(body) => {
             attempt(
@@ -341,6 +343,7 @@ async fn deliver_one(node: &Node, d: WebhookDelivery, node_secret: &str) {
                     secret: &secret,
                     event: &d.event,
                     delivery: &d.delivery_id.to_string(),
+                    traceparent: traceparent.as_deref(),
                 },
                 cfg,
                 open,
@@ -405,6 +408,9 @@ pub struct AttemptHeaders<'a> {
     pub event: &'a str,
     /// `Sluice-Delivery`: the same on every attempt of one delivery.
     pub delivery: &'a str,
+    /// W3C `traceparent` of the job's trace (tracing on and the job traced), so the receiver's
+    /// spans join the job's trace.
+    pub traceparent: Option<&'a str>,
 }
 
 /// POST `body` to `url` once, signed.
@@ -451,7 +457,12 @@ pub async fn attempt(
         )
         .header("sluice-signature", sign(h.secret, t, &bytes))
         .header("sluice-delivery", h.delivery)
-        .header("sluice-event", h.event)
+        .header("sluice-event", h.event);
+    let res = match h.traceparent {
+        Some(tp) => res.header("traceparent", tp),
+        None => res,
+    };
+    let res = res
         .body(bytes)
         .send()
         .await

@@ -142,7 +142,7 @@ async fn a_job_runs_end_to_end_over_http() {
         Some("completed"),
         "{seen:?}"
     );
-    let first_token = events.iter().position(|e| e.event == "token");
+    let first_token = events.iter().position(|e| e.event == "token_delta");
     let running = events
         .iter()
         .position(|e| e.event == "status" && e.data["status"] == "running");
@@ -152,7 +152,7 @@ async fn a_job_runs_end_to_end_over_http() {
     );
     let streamed: String = events
         .iter()
-        .filter(|e| e.event == "token")
+        .filter(|e| e.event == "token_delta")
         .map(|e| e.data["delta"].as_str().unwrap())
         .collect();
     let calls: Vec<&SseEvent> = events.iter().filter(|e| e.event == "model_call").collect();
@@ -169,7 +169,7 @@ async fn a_job_runs_end_to_end_over_http() {
     assert!(
         events
             .iter()
-            .filter(|e| matches!(e.event.as_str(), "token" | "model_call" | "log"))
+            .filter(|e| matches!(e.event.as_str(), "token_delta" | "model_call" | "log"))
             .all(|e| e.id.is_some()),
         "persisted events carry ids"
     );

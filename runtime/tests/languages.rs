@@ -313,6 +313,7 @@ fn measure_size_instantiate_and_memory_per_language() {
                 let limits = JobLimits {
                     memory_bytes: 64 << 20,
                     timeout: Duration::from_secs(30),
+                    ..JobLimits::default()
                 };
                 let started = Instant::now();
                 // Empty labels: the handler fails permanently before any model call, so this

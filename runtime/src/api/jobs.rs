@@ -377,6 +377,16 @@ pub(crate) async fn submit(
         .await
         .map_err(plugin_not_found(&plugin))?;
     metrics::counter!("sluice_jobs_submitted_total").increment(u64::from(!enqueued.existing));
+    if !enqueued.existing {
+        crate::telemetry::record_submit(
+            &st.node,
+            &headers,
+            enqueued.id,
+            &principal.tenant,
+            &plugin,
+        )
+        .await;
+    }
 
     if let (Some(wait), Some(events)) = (wait, events)
         && let Some(record) = wait_terminal(&st, enqueued.id, wait, events).await?

@@ -18,7 +18,7 @@ static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Install the Prometheus recorder once per process. If another recorder is already
 /// installed (an embedding application's), `/metrics` renders only what this one sees.
 pub(crate) fn install_metrics() -> &'static PrometheusHandle {
-    METRICS.get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+    METRICS.get_or_init(|| match crate::metrics::prometheus_builder().install_recorder() {
         Ok(handle) => handle,
         Err(e) => {
             tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics shows only queue gauges");

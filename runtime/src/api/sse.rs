@@ -33,7 +33,8 @@ const PAGE: u32 = 500;
 ///
 /// Persisted events after `Last-Event-ID` (their `id` is the per-job sequence), the current
 /// status, live events until the job finishes, then a final `result` event with the output or
-/// error. Event names: `status`, `progress`, `log`, `token_delta`, `model_call`, `result`.
+/// error. Event names: `status`, `progress`, `log`, `token_delta`, `model_call`,
+/// `events_truncated` (each the `type` of its JSON data), then `result`. See `docs/events.md`.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}/events",

@@ -207,12 +207,14 @@ async fn follow(client: &Client, id: &str) -> Result<i32, Failed> {
                 if client.args.json {
                     println!("{}", json!({ "event": event, "data": v }));
                 } else {
-                    if in_tokens && event != "token" {
+                    // `token` is what servers before 0.1 sent for `token_delta`.
+                    let token = matches!(event.as_str(), "token_delta" | "token");
+                    if in_tokens && !token {
                         eprintln!();
                         in_tokens = false;
                     }
                     match event.as_str() {
-                        "token" => {
+                        "token_delta" | "token" => {
                             eprint!("{}", v["delta"].as_str().unwrap_or(""));
                             let _ = std::io::stderr().flush();
                             in_tokens = true;

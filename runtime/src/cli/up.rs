@@ -89,6 +89,10 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
         matches!(args.role, Role::All | Role::Worker).then(|| crate::worker::spawn(node.clone()));
     let webhooks = matches!(args.role, Role::All | Role::Worker)
         .then(|| crate::webhooks::spawn_webhooks(node.clone()));
+    // Operational alert rules (`[alerts]`); their handle lives as long as the process.
+    let _alerts = matches!(args.role, Role::All | Role::Worker)
+        .then(|| crate::alerts::spawn(node.clone()))
+        .transpose()?;
     let roles = match args.role {
         Role::All => "api,worker",
         Role::Api => "api",

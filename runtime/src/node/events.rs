@@ -134,6 +134,10 @@ impl EventHub {
 
 impl EventSink for EventHub {
     fn emit(&self, job: Uuid, event: JobEvent) {
+        // A handler's logs and progress are also events of the span it runs in.
+        if crate::telemetry::enabled() {
+            crate::telemetry::job_event(&event);
+        }
         // The writer task lives as long as the runtime; a send error means shutdown.
         self.pending.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Write::Event(job, event)).is_err() {

@@ -210,6 +210,9 @@ fn announce(node: &Node, job: &ClaimedJob, finalized: Finalized, reason: Option<
         }
     };
     metrics::counter!("sluice_jobs_finished_total", "status" => status).increment(1);
+    if status != "retrying" {
+        crate::metrics::job_finished(job, status);
+    }
     node.events.publish_live(
         job.id,
         JobEvent::Status {

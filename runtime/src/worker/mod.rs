@@ -28,6 +28,7 @@ use sluice_types::{CallContext, JobEvent};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::node::Node;
 use finalize::{Finalizer, Outcome};
@@ -243,6 +244,9 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
             reason: None,
         },
     );
+    crate::metrics::attempt_claimed(&job);
+    let trace = crate::telemetry::claimed_job_trace(&node, &job).await;
+    let attempt_span = crate::telemetry::attempt_span(&job, trace.as_deref());
     let attempt = async {
         let settings = match settings {
             Ok(s) => s,
@@ -266,9 +270,11 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
         };
         let limits = limits_for(&node, &job, settings.as_ref());
         let input = job.input.to_string();
+        let run = tracing::info_span!("handler.run", sluice.digest = %job.digest);
         match node
             .engine
             .run(&plugin, ctx.clone(), &input, limits, node.services.clone())
+            .instrument(run)
             .await
         {
             Ok(output) => Outcome::Completed(output),
@@ -280,7 +286,10 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     };
     // A panic in the host while running this job (a bug, reachable from its data) fails this
     // attempt under its lease like any other error; it never takes the worker down.
-    let outcome = match AssertUnwindSafe(attempt).catch_unwind().await {
+    let outcome = match AssertUnwindSafe(attempt.instrument(attempt_span.clone()))
+        .catch_unwind()
+        .await
+    {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic_text(panic.as_ref());
@@ -294,6 +303,17 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
             )
         }
     };
+    match &outcome {
+        Outcome::Completed(_) => {
+            attempt_span.record("sluice.outcome", "completed");
+        }
+        Outcome::Failed(_, kind) => {
+            attempt_span.record("sluice.outcome", "failed");
+            attempt_span.record("sluice.error.kind", *kind);
+            attempt_span.record("otel.status_code", "ERROR");
+        }
+    }
+    crate::metrics::attempt_finished(&job, &outcome_kind(&outcome));
     node.spend.take(job.id);
     if lost.load(Ordering::Relaxed) {
         // Another worker owns the job now; our outcome must not land (it would not: the
@@ -304,6 +324,13 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     // The attempt's events first: once the job is seen finished, they must all be readable.
     node.events.flush().await;
     finalizer.submit(job, outcome).await;
+}
+
+fn outcome_kind(outcome: &Outcome) -> crate::metrics::AttemptOutcome {
+    match outcome {
+        Outcome::Completed(_) => crate::metrics::AttemptOutcome::Completed,
+        Outcome::Failed(_, kind) => crate::metrics::AttemptOutcome::Failed(kind),
+    }
 }
 
 /// A running attempt's entry in the heartbeat's map, removed on drop.

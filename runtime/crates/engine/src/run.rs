@@ -85,12 +85,15 @@ impl Engine {
 
         let max_output = limits.max_output_bytes;
         let attempt = async {
+            let instantiating = Instant::now();
             let instance = plugin
                 .pre
                 .instance_pre()
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| Failure::Wasm(e, true))?;
+            metrics::histogram!("sluice_engine_instantiate_seconds")
+                .record(instantiating.elapsed().as_secs_f64());
             let handle = instance
                 .get_typed_func::<(&wt::JobInfo, &str), HandleResult>(&mut store, "handle")
                 .map_err(|e| Failure::Wasm(e, true))?;

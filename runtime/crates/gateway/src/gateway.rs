@@ -727,6 +727,9 @@ impl Gateway {
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
             sluice.job.id = %ctx.job.id,
+            sluice.tenant = %ctx.job.tenant,
+            sluice.plugin = %ctx.job.plugin,
+            sluice.tags = ?ctx.job.tags,
             sluice.model = Empty,
             sluice.cost_micros = Empty,
             sluice.cache_hit = Empty,
@@ -922,6 +925,9 @@ impl Gateway {
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
             sluice.job.id = %ctx.job.id,
+            sluice.tenant = %ctx.job.tenant,
+            sluice.plugin = %ctx.job.plugin,
+            sluice.tags = ?ctx.job.tags,
             sluice.model = Empty,
             sluice.cost_micros = Empty,
             sluice.cache_hit = Empty,
@@ -1269,7 +1275,7 @@ impl Gateway {
                 let budget = provider
                     .timeout
                     .min(deadline.saturating_duration_since(attempt_started));
-                let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1);
+                let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1, gen_ai.provider.name = %provider.name, gen_ai.request.model = %model.id);
                 let call = async {
                     sent.store(true, Ordering::Relaxed);
                     match (op, &preq) {
@@ -1521,7 +1527,8 @@ fn ms(d: Duration) -> u32 {
 
 fn finish_metrics(r: &CallRecord) {
     let provider = r.provider.clone().unwrap_or_else(|| "none".into());
-    let model = r.model.clone().unwrap_or_else(|| r.requested_model.clone());
+    // Never the requested name: a guest chooses it, and an unknown one must not become a label.
+    let model = r.model.clone().unwrap_or_else(|| "unresolved".into());
     let source = match r.source {
         ResponseSource::Provider => "provider",
         ResponseSource::Cache => "cache",
@@ -1537,8 +1544,20 @@ fn finish_metrics(r: &CallRecord) {
         metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "input").increment(u64::from(u.input_tokens));
         metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "output").increment(u64::from(u.output_tokens));
         metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "cached_input").increment(u64::from(u.cached_input_tokens));
-        metrics::counter!("sluice_model_cost_micros_total", "provider" => provider, "model" => model).increment(r.cost_micros);
+        metrics::counter!("sluice_model_cost_micros_total", "provider" => provider.clone(), "model" => model.clone()).increment(r.cost_micros);
+        // OpenTelemetry GenAI semantic conventions (gen_ai.client.token.usage, in tokens).
+        metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "input").record(f64::from(u.input_tokens));
+        metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "output").record(f64::from(u.output_tokens));
+        // Cost per call in US dollars; the histogram's _sum is the total spend.
+        metrics::histogram!("sluice_model_cost_usd", "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone()).record(r.cost_micros as f64 / 1e6);
     }
+    // gen_ai.client.operation.duration, in seconds; `error_type` is empty on success.
+    let error_type = if r.outcome == "ok" {
+        String::new()
+    } else {
+        r.outcome.clone()
+    };
+    metrics::histogram!("gen_ai_client_operation_duration_seconds", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider, "gen_ai_request_model" => model, "error_type" => error_type).record(f64::from(r.latency_ms) / 1000.0);
 }
 
 fn record_span(r: &CallRecord, finish: Option<&str>) {

@@ -1632,6 +1632,27 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn set_job_trace(&self, job: Uuid, traceparent: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO job_traces (job_id, traceparent) VALUES ($1, $2)
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(job)
+        .bind(traceparent)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn job_trace(&self, job: Uuid) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT traceparent FROM job_traces WHERE job_id = $1")
+                .bind(job)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn journal_get(&self, job: Uuid, seq: u32) -> Result<Option<JournalEntry>> {
         let row = sqlx::query(
             "SELECT job_id, seq, fingerprint, response, usage FROM journal WHERE job_id = $1 AND seq = $2",
@@ -1887,7 +1908,8 @@ impl JobStore for PgStore {
                 ),
                 j AS (DELETE FROM journal WHERE job_id IN (SELECT id FROM gone)),
                 e AS (DELETE FROM effects WHERE job_id IN (SELECT id FROM gone)),
-                v AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone))
+                v AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone)),
+                t AS (DELETE FROM job_traces WHERE job_id IN (SELECT id FROM gone))
                 SELECT count(*) FROM gone",
             )
             .bind(Self::ms(self.config.history_retention))

@@ -1531,6 +1531,27 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn set_job_trace(&self, job: Uuid, traceparent: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO job_traces (job_id, traceparent) VALUES (?1, ?2)
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(job.to_string())
+        .bind(traceparent)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn job_trace(&self, job: Uuid) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT traceparent FROM job_traces WHERE job_id = ?1")
+                .bind(job.to_string())
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
     async fn journal_get(&self, job: Uuid, seq: u32) -> Result<Option<JournalEntry>> {
         let row = sqlx::query(
             "SELECT job_id, seq, fingerprint, response, usage FROM journal WHERE job_id = ?1 AND seq = ?2",
@@ -1796,6 +1817,7 @@ impl JobStore for SqliteStore {
                 "journal WHERE job_id",
                 "effects WHERE job_id",
                 "job_events WHERE job_id",
+                "job_traces WHERE job_id",
             ] {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {table} IN (SELECT value FROM json_each(?1))"

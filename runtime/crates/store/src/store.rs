@@ -151,6 +151,13 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
 
     // -- journal ---------------------------------------------------------------------------
 
+    /// Store the W3C `traceparent` of a job's `job` span (telemetry only; purged with the
+    /// job). The value is 55 characters, formatted by the runtime.
+    async fn set_job_trace(&self, job: Uuid, traceparent: &str) -> Result<()>;
+
+    /// The `traceparent` stored by [`JobStore::set_job_trace`], if any.
+    async fn job_trace(&self, job: Uuid) -> Result<Option<String>>;
+
     /// Record a model call at `(job, seq)`, replacing an entry from an earlier attempt.
     async fn journal_put(&self, entry: &JournalEntry) -> Result<()>;
 

@@ -90,13 +90,14 @@ pub enum JobEvent {
 }
 
 impl JobEvent {
-    /// The SSE event name for this event.
+    /// The SSE event name for this event: always its `type` in the event's JSON, so a
+    /// client can dispatch on either.
     pub fn name(&self) -> &'static str {
         match self {
             JobEvent::Status { .. } => "status",
             JobEvent::Progress { .. } => "progress",
             JobEvent::Log { .. } => "log",
-            JobEvent::TokenDelta { .. } => "token",
+            JobEvent::TokenDelta { .. } => "token_delta",
             JobEvent::ModelCall { .. } => "model_call",
             JobEvent::EventsTruncated { .. } => "events_truncated",
         }

@@ -1,0 +1,131 @@
+//! Alert rules evaluated by the runtime: a growing dead-letter queue fires one signed
+//! `alert.firing` webhook for the episode (however many jobs die in it), then one
+//! `alert.resolved` once the window passes without new dead jobs.
+
+#[path = "../crates/engine/tests/support/plugins.rs"]
+mod plugins;
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use sluice::alerts::{AlertRule, AlertsConfig, RuleKind};
+use sluice::config::Config;
+use sluice::node::Node;
+use sluice_store::{JobStatus, NewJob, PluginSettings};
+use tokio::sync::mpsc;
+
+async fn receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Vec<u8>)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body.to_vec()));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<(HeaderMap, Vec<u8>)>) -> (String, Value) {
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no alert within 30 s")
+        .unwrap();
+    let secret = sluice::webhooks::tenant_secret("node-secret", "_system");
+    let sig = headers["sluice-signature"].to_str().unwrap();
+    assert!(
+        sluice::webhooks::verify(&secret, sig, &body, chrono::Utc::now().timestamp(), 300),
+        "signed with the _system tenant's secret"
+    );
+    let event = headers["sluice-event"].to_str().unwrap().to_string();
+    (event, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_growth_fires_once_per_episode_and_resolves() {
+    let (url, mut rx) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.database.url = Some(format!("sqlite://{}", dir.path().join("db").display()));
+    config.database.data_dir = dir.path().to_path_buf();
+    config.engine.max_instances = 16;
+    config.engine.pooling = false;
+    config.worker.poll_ms = 50;
+    config.webhooks.allow_private = true;
+    config.webhooks.secret = Some("node-secret".into());
+    config.alerts = AlertsConfig {
+        url: Some(url),
+        interval_secs: 0.1,
+        rules: vec![AlertRule {
+            name: "dlq-growing".into(),
+            kind: RuleKind::DlqGrowth,
+            threshold: 1.0,
+            window_secs: 2,
+            tenant: None,
+            plugin: None,
+            provider: None,
+            min_attempts: 10,
+        }],
+    };
+    let node = Node::start(config).await.unwrap();
+    let bytes = plugins::component("trap");
+    node.plugins.load(bytes.clone()).await.unwrap();
+    let digest = node.store.put_component(&bytes).await.unwrap();
+    let once = PluginSettings {
+        max_attempts: Some(1),
+        ..PluginSettings::default()
+    };
+    node.store
+        .create_plugin_version("acme", "trap", &digest, &once, true)
+        .await
+        .unwrap();
+    let alerts = sluice::alerts::spawn(node.clone()).unwrap().unwrap();
+    let webhooks = sluice::webhooks::spawn_webhooks(node.clone());
+    // Let the rule take its first sample of an empty DLQ.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let worker = sluice::worker::spawn(node.clone());
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = NewJob::new("acme", "trap", serde_json::json!({}));
+        ids.push(node.store.enqueue(job).await.unwrap().id);
+    }
+    for id in ids {
+        for _ in 0..400 {
+            if node.store.get_job(id).await.unwrap().unwrap().status == JobStatus::Dead {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    let (event, firing) = next(&mut rx).await;
+    assert_eq!(event, "alert.firing", "{firing}");
+    assert_eq!(firing["alert"], "dlq-growing");
+    assert_eq!(firing["kind"], "dlq_growth");
+    assert_eq!(firing["status"], "firing");
+    assert!(firing["value"].as_f64().unwrap() >= 1.0);
+    // Three deaths, one episode: the next delivery is the resolve, not another firing.
+    let (event, resolved) = next(&mut rx).await;
+    assert_eq!(event, "alert.resolved", "{resolved}");
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(resolved["since"], firing["since"]);
+    assert_eq!(resolved["value"].as_f64(), Some(0.0));
+    // Nothing more while the queue does not grow again.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), rx.recv())
+            .await
+            .is_err(),
+        "no delivery after the resolve"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+    alerts.abort();
+    webhooks.abort();
+}

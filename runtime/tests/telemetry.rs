@@ -1,0 +1,285 @@
+//! Traces of real jobs: the OpenTelemetry pipeline wired as in production (the `tracing`
+//! layer, the batch span processor, the sampler and resource from the resolved config) with
+//! the SDK's in-memory exporter in place of OTLP. A job submitted with a W3C `traceparent`
+//! runs on a worker; the exported spans must form submitter → job → attempt → handler →
+//! model call → provider attempt, with the GenAI attributes on the model calls.
+
+#[path = "../crates/engine/tests/support/plugins.rs"]
+mod plugins;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, InMemorySpanExporter, SpanData};
+use sluice::api::{app, auth};
+use sluice::config::Config;
+use sluice::node::Node;
+use sluice::telemetry::{self, TelemetryConfig};
+use sluice_store::{JobStatus, NewApiKey, PluginSettings};
+use tower::ServiceExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+fn attr(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
+    // Production wiring, with an in-memory exporter behind the batch processor.
+    let config = TelemetryConfig {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..TelemetryConfig::default()
+    };
+    let resolved = config.resolve(|_| None).unwrap().unwrap();
+    let exporter = InMemorySpanExporter::default();
+    let provider = telemetry::provider_with(
+        BatchSpanProcessor::builder(exporter.clone()).build(),
+        &resolved,
+    )
+    .unwrap();
+    tracing_subscriber::registry()
+        .with(
+            telemetry::layer(&provider)
+                .with_filter(tracing_subscriber::EnvFilter::new(&config.filter)),
+        )
+        .init();
+    assert!(telemetry::enabled());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.database.url = Some(format!("sqlite://{}", dir.path().join("db").display()));
+    cfg.database.data_dir = dir.path().to_path_buf();
+    cfg.engine.max_instances = 16;
+    cfg.engine.pooling = false;
+    cfg.worker.poll_ms = 50;
+    cfg.webhooks.allow_private = true;
+    let node = Node::start(cfg).await.unwrap();
+    let bytes = plugins::component("summarize");
+    node.plugins.load(bytes.clone()).await.unwrap();
+    let digest = node.store.put_component(&bytes).await.unwrap();
+    node.store
+        .create_plugin_version(
+            "acme",
+            "summarize",
+            &digest,
+            &PluginSettings::default(),
+            true,
+        )
+        .await
+        .unwrap();
+    let secret = auth::generate_secret();
+    node.store
+        .create_api_key(&NewApiKey {
+            tenant: "acme".into(),
+            name: "t".into(),
+            scopes: vec!["invoke".into(), "read".into()],
+            secret_hash: auth::hash_secret(&secret),
+        })
+        .await
+        .unwrap();
+    let worker = sluice::worker::spawn(node.clone());
+    let webhooks = sluice::webhooks::spawn_webhooks(node.clone());
+    // A webhook receiver that reports each delivery's `traceparent`.
+    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let tx = hook_tx.clone();
+            async move {
+                let tp = headers
+                    .get("traceparent")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let _ = tx.send(tp);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let req = Request::post("/v1/plugins/summarize/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .body(Body::from(
+            serde_json::json!({
+                // Three chunks: three `fast` calls in one batch, then one `smart` call.
+                "input": {"text": "Sluice runs AI jobs and traces them end to end. ".repeat(12), "chunk_chars": 200},
+                "tags": {"feature": "digest"},
+                "webhook": {"url": hook_url},
+            })
+            .to_string(),
+        ))
+        .unwrap();
+    let res = app(node.clone()).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let id: uuid::Uuid = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut done = false;
+    for _ in 0..400 {
+        let job = node.store.get_job(id).await.unwrap().unwrap();
+        if job.status == JobStatus::Completed {
+            done = true;
+            break;
+        }
+        assert!(job.status != JobStatus::Dead, "{:?}", job.error);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done, "the job did not finish");
+    worker.shutdown(Duration::from_secs(5)).await;
+    let delivered = tokio::time::timeout(Duration::from_secs(30), hook_rx.recv())
+        .await
+        .expect("no webhook within 30 s")
+        .unwrap();
+    webhooks.abort();
+    // The stored context is the job span's, in the submitter's trace.
+    let stored = node.store.job_trace(id).await.unwrap().unwrap();
+    assert!(stored.starts_with(&format!("00-{TRACE}-")), "{stored}");
+
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let ours: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id().to_string() == TRACE)
+        .collect();
+    let by_id: HashMap<String, &SpanData> = ours
+        .iter()
+        .map(|s| (s.span_context.span_id().to_string(), *s))
+        .collect();
+    let names: Vec<&str> = ours.iter().map(|s| s.name.as_ref()).collect();
+    let one = |name: &str| -> &SpanData {
+        let found: Vec<&&SpanData> = ours.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "one span {name:?} in {names:?}");
+        found[0]
+    };
+    let job = one("job summarize");
+    assert_eq!(
+        job.parent_span_id.to_string(),
+        PARENT,
+        "the job span is the submitter's child"
+    );
+    assert_eq!(
+        attr(job, "sluice.job.id"),
+        Some(Value::from(id.to_string()))
+    );
+    assert_eq!(
+        stored,
+        format!("00-{TRACE}-{}-01", job.span_context.span_id())
+    );
+    assert_eq!(
+        delivered.as_deref(),
+        Some(stored.as_str()),
+        "the webhook carries the job's context"
+    );
+    let attempt = one("job.attempt summarize");
+    assert_eq!(
+        attempt.parent_span_id,
+        job.span_context.span_id(),
+        "attempt parent; spans: {:?}",
+        ours.iter()
+            .map(|s| (
+                s.name.as_ref(),
+                s.span_context.span_id().to_string(),
+                s.parent_span_id.to_string()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        attr(attempt, "sluice.outcome"),
+        Some(Value::from("completed"))
+    );
+    // Unsigned fields are exported as their decimal text by tracing-opentelemetry.
+    let num = |v: Option<Value>| v.and_then(|v| v.as_str().parse::<i64>().ok());
+    assert_eq!(num(attr(attempt, "sluice.attempt")), Some(1));
+    let run = one("handler.run");
+    assert_eq!(run.parent_span_id, attempt.span_context.span_id());
+    // The handler's log line is an event of its run.
+    let log = run
+        .events
+        .iter()
+        .find(|e| e.name == "log")
+        .unwrap_or_else(|| panic!("a log event on handler.run: {:?}", run.events));
+    assert!(
+        log.attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "sluice.log.message"
+                && kv.value.as_str() == "summarizing in chunks"),
+        "{:?}",
+        log.attributes
+    );
+
+    // Model calls: under the handler run (directly or through host-call spans), with the
+    // GenAI attributes; each has its provider attempts under it.
+    let under = |s: &SpanData, ancestor: &SpanData| {
+        let mut p = s.parent_span_id;
+        while let Some(parent) = by_id.get(&p.to_string()) {
+            if parent.span_context.span_id() == ancestor.span_context.span_id() {
+                return true;
+            }
+            p = parent.parent_span_id;
+        }
+        false
+    };
+    let calls: Vec<&&SpanData> = ours
+        .iter()
+        .filter(|s| attr(s, "gen_ai.operation.name") == Some(Value::from("chat")))
+        .collect();
+    assert!(calls.len() >= 3, "map calls and a reduce call: {names:?}");
+    for call in &calls {
+        assert!(under(call, run), "{} is under handler.run", call.name);
+        assert!(call.name.starts_with("chat "), "{}", call.name);
+        for key in [
+            "gen_ai.provider.name",
+            "gen_ai.request.model",
+            "gen_ai.response.model",
+            "gen_ai.request.max_tokens",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+            "gen_ai.response.finish_reasons",
+            "sluice.cost_micros",
+            "sluice.tenant",
+            "sluice.plugin",
+            "sluice.tags",
+        ] {
+            assert!(
+                attr(call, key).is_some(),
+                "{key} on {}: {:?}",
+                call.name,
+                call.attributes
+            );
+        }
+        assert_eq!(attr(call, "sluice.plugin"), Some(Value::from("summarize")));
+        assert!(num(attr(call, "gen_ai.usage.output_tokens")).unwrap() > 0);
+        assert_eq!(
+            call.span_kind,
+            opentelemetry::trace::SpanKind::Client,
+            "{}",
+            call.name
+        );
+        let attempts = ours
+            .iter()
+            .filter(|s| {
+                s.name == "gen_ai.attempt" && s.parent_span_id == call.span_context.span_id()
+            })
+            .count();
+        assert!(attempts >= 1, "provider attempts under {}", call.name);
+    }
+}
