@@ -129,7 +129,13 @@ async fn metrics_after_real_jobs() {
     worker.shutdown(Duration::from_secs(5)).await;
 
     let res = router
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/metrics")
+                // Dev mode answers only requests that name its listen address.
+                .header("host", node.config.server.listen.as_str())
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
