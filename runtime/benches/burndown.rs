@@ -17,7 +17,7 @@ mod plugins;
 use std::time::{Duration, Instant};
 
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::{NewJob, PluginSettings};
 use sqlx::Connection;
 
@@ -93,7 +93,7 @@ async fn main() {
     );
 
     let started = Instant::now();
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     let mut last_report = Instant::now();
     loop {
         let stats = node.store.queue_stats().await.unwrap();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_store::NewDelivery;
+use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 use crate::node::budgets::SYSTEM_TENANT;
@@ -201,12 +202,13 @@ struct RuleState {
     depths: VecDeque<(Instant, u64)>,
 }
 
-/// Start evaluating `node`'s `[alerts]` rules (nothing runs without rules).
-pub fn spawn(node: Node) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+/// Evaluate `node`'s `[alerts]` rules every `interval_secs` until `stop` (returns at once
+/// when there are no rules). The caller validates the rules first ([`AlertsConfig::validate`];
+/// [`crate::node::Node::start_roles`] does).
+pub async fn run(node: Node, stop: CancellationToken) {
     let cfg = node.config.alerts.clone();
-    cfg.validate().map_err(anyhow::Error::msg)?;
     if cfg.rules.is_empty() {
-        return Ok(None);
+        return;
     }
     {
         let mut obs = lock_obs();
@@ -222,22 +224,23 @@ pub fn spawn(node: Node) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> 
         .url
         .clone()
         .or_else(|| node.config.webhooks.alert_url.clone());
-    Ok(Some(tokio::spawn(async move {
-        let mut states: Vec<RuleState> = cfg.rules.iter().map(|_| RuleState::default()).collect();
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(cfg.interval_secs));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            for (rule, state) in cfg.rules.iter().zip(states.iter_mut()) {
-                match evaluate(&node, rule, state).await {
-                    Ok(value) => transition(&node, url.as_deref(), rule, state, value).await,
-                    Err(e) => {
-                        tracing::warn!(alert = %rule.name, error = %e, "evaluating an alert rule failed")
-                    }
+    let mut states: Vec<RuleState> = cfg.rules.iter().map(|_| RuleState::default()).collect();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(cfg.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for (rule, state) in cfg.rules.iter().zip(states.iter_mut()) {
+            match evaluate(&node, rule, state).await {
+                Ok(value) => transition(&node, url.as_deref(), rule, state, value).await,
+                Err(e) => {
+                    tracing::warn!(alert = %rule.name, error = %e, "evaluating an alert rule failed")
                 }
             }
         }
-    })))
+    }
 }
 
 /// The rule's current value and whether it is at or over its threshold.

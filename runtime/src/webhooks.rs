@@ -35,6 +35,8 @@ use sha2::Sha256;
 use sluice_store::{DeliveryResult, WebhookDelivery};
 use sluice_types::{EventSink, JobEvent, LogLevel};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookConfig;
 use crate::node::Node;
@@ -200,73 +202,76 @@ pub fn node_secret(config: &WebhookConfig, data_dir: &Path) -> std::io::Result<S
 /// Deliveries in flight at once per node.
 const CONCURRENCY: usize = 32;
 
-/// Run the webhook outbox until the event hub closes: claim due deliveries (from any node's
-/// jobs: the store queues one when a job with a webhook finishes, in the same transaction),
-/// POST each once, and record the result: delivered, retry later with backoff, or dead.
-/// A finished job on this node wakes the loop at once; otherwise it polls every second.
-pub fn spawn_webhooks(node: Node) -> tokio::task::JoinHandle<()> {
+/// Run the webhook outbox until `stop` (or the event hub closes): claim due deliveries (from
+/// any node's jobs: the store queues one when a job with a webhook finishes, in the same
+/// transaction), POST each once, and record the result: delivered, retry later with backoff,
+/// or dead. A finished job on this node wakes the loop at once; otherwise it polls every
+/// second. Deliveries in flight are this loop's own tasks: on stop it waits for them (each is
+/// bounded by `webhooks.timeout_secs`), so a result is recorded rather than left to the lease.
+pub async fn run(node: Node, stop: CancellationToken) {
     let mut events = node.events.subscribe();
-    tokio::spawn(async move {
-        let secret = match node_secret(&node.config.webhooks, &node.config.database.data_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "no webhook secret: webhooks are disabled");
-                return;
+    let secret = match node_secret(&node.config.webhooks, &node.config.database.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "no webhook secret: webhooks are disabled");
+            return;
+        }
+    };
+    let mut deliveries = JoinSet::new();
+    let lease = Duration::from_secs(node.config.webhooks.timeout_secs.max(1) * 2 + 30);
+    let mut last_purge = tokio::time::Instant::now();
+    while !stop.is_cancelled() {
+        // Reap finished deliveries so the set holds only those in flight.
+        while deliveries.try_join_next().is_some() {}
+        let free = CONCURRENCY.saturating_sub(deliveries.len()) as u32;
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            match node.store.webhook_claim(free, lease).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                    Vec::new()
+                }
             }
         };
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-        let lease = Duration::from_secs(node.config.webhooks.timeout_secs.max(1) * 2 + 30);
-        let mut last_purge = tokio::time::Instant::now();
-        loop {
-            let free = permits.available_permits() as u32;
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                match node.store.webhook_claim(free, lease).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming webhook deliveries failed");
-                        Vec::new()
-                    }
-                }
-            };
-            let busy = !claimed.is_empty();
-            for d in claimed {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let node = node.clone();
-                let secret = secret.clone();
-                tokio::spawn(async move {
-                    deliver_one(&node, d, &secret).await;
-                    drop(permit);
-                });
-            }
-            if last_purge.elapsed() > Duration::from_secs(3600) {
-                last_purge = tokio::time::Instant::now();
-                let keep = Duration::from_secs(node.config.webhooks.retention_hours * 3600);
-                if let Err(e) = node.store.purge_control(keep).await {
-                    tracing::warn!(error = %e, "purging delivered webhooks failed");
-                }
-            }
-            if busy {
-                continue;
-            }
-            let wait = tokio::time::sleep(Duration::from_secs(1));
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    _ = &mut wait => break,
-                    ev = events.recv() => match ev {
-                        Ok(ev) if crate::api::is_terminal_status(&ev.event) => break,
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => return,
-                    },
-                }
+        let busy = !claimed.is_empty() && deliveries.len() + claimed.len() < CONCURRENCY;
+        for d in claimed {
+            let node = node.clone();
+            let secret = secret.clone();
+            deliveries.spawn(async move { deliver_one(&node, d, &secret).await });
+        }
+        if last_purge.elapsed() > Duration::from_secs(3600) {
+            last_purge = tokio::time::Instant::now();
+            let keep = Duration::from_secs(node.config.webhooks.retention_hours * 3600);
+            if let Err(e) = node.store.purge_control(keep).await {
+                tracing::warn!(error = %e, "purging delivered webhooks failed");
             }
         }
-    })
+        if busy {
+            continue;
+        }
+        let wait = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                _ = stop.cancelled() => break,
+                // A slot freed: claim again at once.
+                Some(_) = deliveries.join_next(), if deliveries.len() >= CONCURRENCY => break,
+                ev = events.recv() => match ev {
+                    Ok(ev) if crate::api::is_terminal_status(&ev.event) => break,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => {
+                        stop.cancel();
+                        break;
+                    }
+                },
+            }
+        }
+    }
+    while deliveries.join_next().await.is_some() {}
 }
 
 /// Why an attempt failed, and whether trying again could help.

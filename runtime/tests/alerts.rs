@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use sluice::alerts::{AlertRule, AlertsConfig, RuleKind};
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::{JobStatus, NewJob, PluginSettings};
 use tokio::sync::mpsc;
 
@@ -86,11 +86,9 @@ async fn dlq_growth_fires_once_per_episode_and_resolves() {
         .create_plugin_version("acme", "trap", &digest, &once, true)
         .await
         .unwrap();
-    let alerts = sluice::alerts::spawn(node.clone()).unwrap().unwrap();
-    let webhooks = sluice::webhooks::spawn_webhooks(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     // Let the rule take its first sample of an empty DLQ.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let worker = sluice::worker::spawn(node.clone());
 
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -126,6 +124,4 @@ async fn dlq_growth_fires_once_per_episode_and_resolves() {
         "no delivery after the resolve"
     );
     worker.shutdown(Duration::from_secs(5)).await;
-    alerts.abort();
-    webhooks.abort();
 }

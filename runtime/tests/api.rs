@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use sluice::api::{app, auth};
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::NewApiKey;
 use tower::ServiceExt;
 
@@ -461,7 +461,7 @@ async fn sse_checks_job_and_resume_id() {
 async fn end_to_end_with_the_worker() {
     let h = harness().await;
     let key = h.key("acme", &["admin"]).await;
-    let worker = sluice::worker::spawn(h.node.clone());
+    let worker = h.node.start_roles(Roles::WORKER, None).await.unwrap();
     let (status, _) = h.upload(&key, "noop", component("noop")).await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -676,7 +676,7 @@ async fn answers_fit_their_documented_schemas() {
     let h = harness().await;
     let key = h.key("acme", &["admin"]).await;
     let doc = h.openapi().await;
-    let worker = sluice::worker::spawn(h.node.clone());
+    let worker = h.node.start_roles(Roles::WORKER, None).await.unwrap();
 
     let (_, uploaded) = h.upload(&key, "noop", component("noop")).await;
     assert_fits(&doc, "DeployedVersion", &uploaded);
@@ -862,7 +862,7 @@ async fn bad_settings_patches_are_rejected() {
 async fn jobs_run_with_patched_limits() {
     let h = harness().await;
     let key = h.key("acme", &["admin"]).await;
-    let worker = sluice::worker::spawn(h.node.clone());
+    let worker = h.node.start_roles(Roles::WORKER, None).await.unwrap();
     h.upload(&key, "spin", component("busy-loop")).await;
     h.upload(&key, "bomb", component("memory-bomb")).await;
 
@@ -912,7 +912,7 @@ async fn jobs_run_with_patched_limits() {
 async fn plugins_call_only_their_allowed_models() {
     let h = harness().await;
     let key = h.key("acme", &["admin"]).await;
-    let worker = sluice::worker::spawn(h.node.clone());
+    let worker = h.node.start_roles(Roles::WORKER, None).await.unwrap();
     // summarize calls `smart` for a short text; this version may only call `fast`.
     let (status, v) = h.upload(&key, "summarize", component("summarize")).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use serde_json::{Value, json};
 use sluice::api::{app, auth};
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::NewApiKey;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -199,8 +199,7 @@ fn verify(secret: &str, hit: &Hit) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_refuse_calls_and_send_alerts() {
     let h = Harness::start().await;
-    let worker = sluice::worker::spawn(h.node.clone());
-    let webhooks = sluice::webhooks::spawn_webhooks(h.node.clone());
+    let worker = h.node.start_roles(Roles::WORKER, None).await.unwrap();
     let (url, _, mut hits) = receiver().await;
     let admin = h.key("acme", &["admin"]).await;
     let reader = h.key("acme", &["read", "invoke"]).await;
@@ -330,15 +329,13 @@ async fn budgets_refuse_calls_and_send_alerts() {
         .await;
     assert_eq!(job["status"], "completed", "{job}");
 
-    webhooks.abort();
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_webhooks_are_kept_and_can_be_retried() {
     let h = Harness::start().await;
-    let worker = sluice::worker::spawn(h.node.clone());
-    let webhooks = sluice::webhooks::spawn_webhooks(h.node.clone());
+    let worker = h.node.start_roles(Roles::WORKER, None).await.unwrap();
     let (url, answer, mut hits) = receiver().await;
     let key = h.key("acme", &["admin"]).await;
     let other = h.key("globex", &["admin"]).await;
@@ -443,7 +440,6 @@ async fn dead_webhooks_are_kept_and_can_be_retried() {
     );
     verify(&secret, &retried);
 
-    webhooks.abort();
     worker.shutdown(Duration::from_secs(5)).await;
 }
 

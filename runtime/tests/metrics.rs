@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use sluice::api::app;
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::{JobStatus, NewJob, PluginSettings};
 use tower::ServiceExt;
 
@@ -102,7 +102,7 @@ async fn metrics_after_real_jobs() {
         ..PluginSettings::default()
     };
     deploy(&node, "trap", "trap", dies).await;
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     let text = "Sluice runs AI jobs and measures them. ".repeat(12);
     let mut ids = Vec::new();

@@ -13,7 +13,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::Value;
 use sluice::api::{app, auth};
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::{JobStatus, NewApiKey, NewJob, PluginSettings};
 use tower::ServiceExt;
 
@@ -94,7 +94,7 @@ async fn the_documented_stream_is_what_the_server_sends() {
         })
         .await
         .unwrap();
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     let input = serde_json::json!({"conversation_id": "docs", "message": "Say hello."});
     let id = node
         .store

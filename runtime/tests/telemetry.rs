@@ -16,7 +16,7 @@ use opentelemetry::Value;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, InMemorySpanExporter, SpanData};
 use sluice::api::{app, auth};
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice::telemetry::{self, TelemetryConfig};
 use sluice_store::{JobStatus, NewApiKey, PluginSettings};
 use tower::ServiceExt;
@@ -88,8 +88,7 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
         })
         .await
         .unwrap();
-    let worker = sluice::worker::spawn(node.clone());
-    let webhooks = sluice::webhooks::spawn_webhooks(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     // A webhook receiver that reports each delivery's `traceparent`.
     let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let receiver = axum::Router::new().route(
@@ -144,12 +143,11 @@ async fn a_job_is_one_trace_from_its_submitter_to_its_provider_attempts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(done, "the job did not finish");
-    worker.shutdown(Duration::from_secs(5)).await;
     let delivered = tokio::time::timeout(Duration::from_secs(30), hook_rx.recv())
         .await
         .expect("no webhook within 30 s")
         .unwrap();
-    webhooks.abort();
+    worker.shutdown(Duration::from_secs(5)).await;
     // The stored context is the job span's, in the submitter's trace.
     let stored = node.store.job_trace(id).await.unwrap().unwrap();
     assert!(stored.starts_with(&format!("00-{TRACE}-")), "{stored}");

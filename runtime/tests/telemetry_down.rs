@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice::telemetry::{self, TelemetryConfig};
 use sluice_store::{JobStatus, NewJob, PluginSettings};
 use tracing_subscriber::Layer;
@@ -64,7 +64,7 @@ async fn a_silent_collector_never_blocks_jobs() {
         .create_plugin_version("acme", "noop", &digest, &PluginSettings::default(), true)
         .await
         .unwrap();
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     let mut ids = Vec::new();
     for i in 0..60 {

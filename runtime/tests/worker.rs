@@ -8,7 +8,7 @@ mod plugins;
 use std::time::Duration;
 
 use sluice::config::Config;
-use sluice::node::Node;
+use sluice::node::{Node, Roles};
 use sluice_store::{JobStatus, NewJob, PluginSettings};
 
 async fn node(dir: &std::path::Path) -> Node {
@@ -62,7 +62,7 @@ async fn jobs_complete_and_failures_retry_with_replay() {
         ..PluginSettings::default()
     };
     deploy(&node, "trap", "trap", bad).await;
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     // A burst of trivial jobs all complete with their own output.
     let mut ids = Vec::new();
@@ -174,10 +174,10 @@ async fn two_nodes_on_one_postgres_share_the_work_exactly_once() {
         nodes.push(Node::start(config).await.unwrap());
     }
     deploy(&nodes[0], "noop", "noop", PluginSettings::default()).await;
-    let workers: Vec<_> = nodes
-        .iter()
-        .map(|n| sluice::worker::spawn(n.clone()))
-        .collect();
+    let mut workers = Vec::new();
+    for n in &nodes {
+        workers.push(n.start_roles(Roles::WORKER, None).await.unwrap());
+    }
     let jobs: Vec<NewJob> = (0..300)
         .map(|i| NewJob::new("acme", "noop", serde_json::json!({ "i": i })))
         .collect();
@@ -349,7 +349,7 @@ async fn a_host_panic_fails_only_its_own_job_and_releases_its_lease() {
     };
     deploy(&node, "state-effects", "state-effects", once).await;
     deploy(&node, "noop", "noop", PluginSettings::default()).await;
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     let id = node
         .store
@@ -419,7 +419,7 @@ async fn one_tenant_cannot_hold_every_slot() {
         job.max_attempts = Some(1);
         hog.push(node.store.enqueue(job).await.unwrap().id);
     }
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     // Wait until the hog holds what it may.
     let mut running = 0;
     for _ in 0..200 {
@@ -463,7 +463,7 @@ async fn a_redriven_job_replays_its_journal_unless_asked_fresh() {
         ..PluginSettings::default()
     };
     deploy(&node, "state-effects", "state-effects", once).await;
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     // Makes one model call, then fails on attempt 1: dead, with the call in its journal.
     let input = serde_json::json!({ "fail_attempts": 1, "chat_model": "fast", "prefix": "r/" });
@@ -578,7 +578,7 @@ async fn hostile_jobs_fail_alone_and_another_tenant_is_untouched() {
             }
         })
     };
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     let mut evil = std::collections::HashMap::new();
     for name in hostile {
@@ -698,7 +698,7 @@ async fn plugin_limits_only_tighten_the_node_defaults() {
     };
     deploy(&node, "tight", "event-flood", tight).await;
     deploy(&node, "loose", "event-flood", loose).await;
-    let worker = sluice::worker::spawn(node.clone());
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     let node_cap = node.engine.config().default_limits.max_events;
     for (plugin, cap) in [("tight", 50), ("loose", node_cap)] {
         let input = serde_json::json!({ "n": node_cap + 500, "bytes": 1 });

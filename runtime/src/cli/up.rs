@@ -9,7 +9,7 @@ use sluice_store::PluginSettings;
 
 use super::exit;
 use crate::config::Config;
-use crate::node::Node;
+use crate::node::{Node, Roles};
 
 /// Which parts of a node to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -20,6 +20,17 @@ pub enum Role {
     Api,
     /// Only the worker (and webhook delivery).
     Worker,
+}
+
+impl Role {
+    /// The node roles this choice runs.
+    pub fn roles(self) -> Roles {
+        match self {
+            Role::All => Roles::ALL,
+            Role::Api => Roles::API,
+            Role::Worker => Roles::WORKER,
+        }
+    }
 }
 
 /// Arguments of `sluice up`.
@@ -85,65 +96,37 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
         deploy_dev_plugins(&node, &args.plugins).await?;
     }
 
-    let worker =
-        matches!(args.role, Role::All | Role::Worker).then(|| crate::worker::spawn(node.clone()));
-    let webhooks = matches!(args.role, Role::All | Role::Worker)
-        .then(|| crate::webhooks::spawn_webhooks(node.clone()));
-    // Operational alert rules (`[alerts]`); their handle lives as long as the process.
-    let _alerts = matches!(args.role, Role::All | Role::Worker)
-        .then(|| crate::alerts::spawn(node.clone()))
-        .transpose()?;
-    let roles = match args.role {
-        Role::All => "api,worker",
-        Role::Api => "api",
-        Role::Worker => "worker",
-    };
-    let membership = crate::node::cluster::join(node.clone(), roles);
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = if args.role != Role::Worker {
-        let listener = match tokio::net::TcpListener::bind(&listen).await {
-            Ok(l) => l,
+    let listener = if args.role != Role::Worker {
+        match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("error: cannot listen on {listen}: {e}");
+                node.store.close().await;
                 return Ok(exit::FAILED);
             }
-        };
-        let addr = listener.local_addr()?;
-        print_welcome(&addr.to_string(), dev_open, &node);
-        let mut rx = stop_rx.clone();
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        Some(tokio::spawn(crate::api::serve(
-            node.clone(),
-            listener,
-            shutdown,
-        )))
+        }
     } else {
-        eprintln!("worker running; Ctrl-C to stop");
         None
     };
+    let running = match node.start_roles(args.role.roles(), listener).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            node.store.close().await;
+            return Ok(exit::FAILED);
+        }
+    };
+    match running.api_addr() {
+        Some(addr) => print_welcome(&addr.to_string(), dev_open, &node),
+        None => eprintln!("worker running; Ctrl-C to stop"),
+    }
 
     shutdown_signal().await;
     eprintln!("\nshutting down: finishing requests and running jobs (Ctrl-C again to force)…");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        if let Some(server) = server {
-            let _ = server.await;
-        }
-        if let Some(worker) = worker {
-            worker.shutdown(Duration::from_secs(30)).await;
-        }
-    };
     tokio::select! {
-        _ = drain => {}
+        _ = running.shutdown(Duration::from_secs(30)) => {}
         _ = shutdown_signal() => eprintln!("forced stop"),
     }
-    if let Some(w) = webhooks {
-        w.abort();
-    }
-    membership.leave().await;
     node.store.close().await;
     Ok(exit::OK)
 }

@@ -32,6 +32,11 @@ impl Membership {
         &self.id
     }
 
+    /// Stop announcing without removing this node (its entry expires after [`NODE_TTL`]).
+    pub(crate) fn cancel(&self) {
+        self.stop.cancel();
+    }
+
     /// Stop announcing and remove this node, so the others take its share at once.
     pub async fn leave(self) {
         self.stop.cancel();

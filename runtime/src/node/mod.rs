@@ -7,6 +7,7 @@ mod events;
 mod ledger;
 mod models;
 mod plugins;
+mod run;
 mod usage;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use events::{EventHub, LiveEvent};
 pub use ledger::StoreLedger;
 pub use models::GatewayModels;
 pub use plugins::{PluginCache, PluginLoadError};
+pub use run::{Roles, RunningNode, StartError};
 pub use usage::SpendTracker;
 
 use crate::config::Config;

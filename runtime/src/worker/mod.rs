@@ -33,7 +33,8 @@ use tracing::Instrument;
 use crate::node::Node;
 use finalize::{Finalizer, Outcome};
 
-/// A running worker. Dropping the handle does not stop it; call [`WorkerHandle::shutdown`].
+/// A running worker. Dropping the handle aborts its loops and running jobs at once (their
+/// leases expire to another node); [`WorkerHandle::shutdown`] drains them instead.
 pub struct WorkerHandle {
     stop: CancellationToken,
     tasks: JoinSet<()>,
