@@ -105,7 +105,11 @@ async fn the_report_accounts_for_every_job_the_store_holds() {
         attempts += row.get::<i64, _>("attempts");
     }
     let count = |s: &str| by_state.get(s).copied().unwrap_or(0);
-    assert_eq!(count("available") + count("running"), 0, "unfinished in the store: {by_state:?}");
+    assert_eq!(
+        count("available") + count("running"),
+        0,
+        "unfinished in the store: {by_state:?}"
+    );
     assert_eq!(count("completed"), u(&jobs["completed"]), "{by_state:?}");
     assert_eq!(count("dead"), u(&jobs["dead"]), "{by_state:?}");
     assert_eq!(count("cancelled"), u(&jobs["cancelled"]), "{by_state:?}");
@@ -125,8 +129,14 @@ async fn the_report_accounts_for_every_job_the_store_holds() {
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    assert_eq!(usage.get::<i64, _>("n") as u64, u(&r["retries"]["model_calls"]));
-    assert_eq!(usage.get::<i64, _>("cost") as u64, u(&r["cost"]["total_micros"]));
+    assert_eq!(
+        usage.get::<i64, _>("n") as u64,
+        u(&r["retries"]["model_calls"])
+    );
+    assert_eq!(
+        usage.get::<i64, _>("cost") as u64,
+        u(&r["cost"]["total_micros"])
+    );
     assert!(u(&r["cost"]["total_micros"]) > 0, "classify calls models");
     let _ = conn.close().await;
 
@@ -174,12 +184,7 @@ async fn a_missed_slo_exits_1_and_a_bad_scenario_exits_2() {
     std::fs::write(&scenario, strict).unwrap();
     let json = dir.path().join("report.json");
     // In-process on SQLite this time (the default).
-    let out = loadtest(&[
-        scenario.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ])
-    .await;
+    let out = loadtest(&[scenario.to_str().unwrap(), "--json", json.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("MISS p95_latency_ms"), "{stdout}");

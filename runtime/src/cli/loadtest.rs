@@ -9,10 +9,12 @@ use crate::loadtest::{self, LocalOptions, Where, scenario::Scenario};
 
 /// Arguments of `sluice loadtest`.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit codes: 0 every SLO met; 1 an SLO missed (or the run failed); \
+#[command(
+    after_help = "Exit codes: 0 every SLO met; 1 an SLO missed (or the run failed); \
     2 a bad scenario or arguments.\n\nExamples:\n  \
     sluice loadtest examples/loadtest/3x-expected.toml --html report.html\n  \
-    sluice loadtest monday-9am.toml --url http://127.0.0.1:8080 --key $SLUICE_API_KEY --json -")]
+    sluice loadtest monday-9am.toml --url http://127.0.0.1:8080 --key $SLUICE_API_KEY --json -"
+)]
 pub struct LoadtestArgs {
     /// The scenario file (see `examples/loadtest/` and docs/loadtest.md).
     pub scenario: PathBuf,
@@ -66,6 +68,12 @@ pub async fn run(args: LoadtestArgs, config: Option<&Path>) -> anyhow::Result<i3
                     return Ok(exit::USAGE);
                 }
             };
+            if std::env::var_os("RUST_LOG").is_none() && !args.quiet {
+                eprintln!(
+                    "note: the node's warnings (handlers' own included) are logged as they \
+                     happen; RUST_LOG=error keeps the live view clean"
+                );
+            }
             if let Err(e) = loadtest::target_gateway_check(&scenario, &config) {
                 eprintln!("error: {}: {e}", args.scenario.display());
                 return Ok(exit::USAGE);

@@ -149,7 +149,11 @@ impl Listed {
 pub const LIVE_STATUSES: [&str; 4] = ["queued", "scheduled", "retrying", "running"];
 
 /// Every job of the run in `status` (all statuses when `None`), paging through the list.
-pub async fn list(target: &Target, run_id: &str, status: Option<&str>) -> anyhow::Result<Vec<Listed>> {
+pub async fn list(
+    target: &Target,
+    run_id: &str,
+    status: Option<&str>,
+) -> anyhow::Result<Vec<Listed>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -211,7 +215,12 @@ pub async fn drain(target: &Target, run_id: &str, deadline: Instant) -> anyhow::
 pub async fn cancel_unfinished(target: &Arc<Target>, run_id: &str) -> anyhow::Result<u64> {
     let mut ids = Vec::new();
     for s in LIVE_STATUSES {
-        ids.extend(list(target, run_id, Some(s)).await?.into_iter().map(|j| j.id));
+        ids.extend(
+            list(target, run_id, Some(s))
+                .await?
+                .into_iter()
+                .map(|j| j.id),
+        );
     }
     ids.sort();
     ids.dedup();

@@ -65,8 +65,10 @@ fn num(v: f64) -> String {
         format!("{:.0}", v)
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
-    } else {
+    } else if v.abs() >= 0.1 || v == 0.0 {
         format!("{v:.2}")
+    } else {
+        format!("{v:.5}")
     }
 }
 
@@ -90,7 +92,11 @@ fn line_chart(
     series: &[(&str, Vec<Option<f64>>)],
     windows: &[Window],
 ) -> String {
-    let t_max = points.last().map(|p| p.t + bucket_s).unwrap_or(1.0).max(1.0);
+    let t_max = points
+        .last()
+        .map(|p| p.t + bucket_s)
+        .unwrap_or(1.0)
+        .max(1.0);
     let y_max = nice(
         series
             .iter()
@@ -106,7 +112,10 @@ fn line_chart(
         t = esc(title)
     );
     for w in windows {
-        let (a, b) = (w.from.as_secs_f64().min(t_max), w.until.as_secs_f64().min(t_max));
+        let (a, b) = (
+            w.from.as_secs_f64().min(t_max),
+            w.until.as_secs_f64().min(t_max),
+        );
         let what = if w.outage {
             format!("{} down", w.provider)
         } else if let Some(f) = w.latency_factor {
@@ -139,10 +148,14 @@ fn line_chart(
         let t = t_max * f64::from(k) / 5.0;
         let _ = write!(
             s,
-            "<text class=\"ax\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}s</text>",
+            "<text class=\"ax\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}s</text>",
             x(t),
             H - MB + 16.0,
-            t
+            if t_max < 10.0 {
+                format!("{t:.1}")
+            } else {
+                format!("{t:.0}")
+            }
         );
     }
     let _ = write!(
@@ -240,14 +253,14 @@ fn shorten(s: &str, n: usize) -> String {
     }
 }
 
-/// A round number at or above `v` (1, 2, 5 × 10ⁿ), at least 1.
+/// A round number at or above `v` (1, 2, 5 × 10ⁿ); 1 when there is nothing to show.
 fn nice(v: f64) -> f64 {
-    if !(v.is_finite() && v > 1.0) {
+    if !(v.is_finite() && v > 0.0) {
         return 1.0;
     }
     let e = 10f64.powf(v.log10().floor());
     for m in [1.0, 2.0, 5.0, 10.0] {
-        if m * e >= v {
+        if m * e >= v * (1.0 - 1e-12) {
             return m * e;
         }
     }
@@ -285,8 +298,18 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
         ("jobs.completed", j.completed, "completed", false),
         ("jobs.dead", j.dead, "dead", j.dead > 0),
         ("jobs.cancelled", j.cancelled, "cancelled", false),
-        ("jobs.unfinished", j.unfinished, "unfinished at the deadline", j.unfinished > 0),
-        ("jobs.lost", j.lost, "lost (accepted − terminal)", j.lost > 0),
+        (
+            "jobs.unfinished",
+            j.unfinished,
+            "unfinished at the deadline",
+            j.unfinished > 0,
+        ),
+        (
+            "jobs.lost",
+            j.lost,
+            "lost (accepted − terminal)",
+            j.lost > 0,
+        ),
     ] {
         body.push_str(&tile(k, &int(v), label, bad));
     }
@@ -297,7 +320,12 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
         ("latency_ms.p99", l.p99, "p99 latency"),
         ("latency_ms.max", l.max, "max latency"),
     ] {
-        body.push_str(&tile(k, &format!("{} ms", int(v.round() as u64)), label, false));
+        body.push_str(&tile(
+            k,
+            &format!("{} ms", int(v.round() as u64)),
+            label,
+            false,
+        ));
     }
     body.push_str(&tile(
         "throughput.completed_per_s",
@@ -368,7 +396,8 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
 
     let pts = &r.series;
     let b = r.run.bucket_s;
-    let per_s = |f: fn(&Point) -> f64| -> Vec<Option<f64>> { pts.iter().map(|p| Some(f(p) / b)).collect() };
+    let per_s =
+        |f: fn(&Point) -> f64| -> Vec<Option<f64>> { pts.iter().map(|p| Some(f(p) / b)).collect() };
     body.push_str("<section><h2>Over time</h2><div class=\"charts\">");
     body.push_str(&line_chart(
         "chart-throughput",
@@ -403,7 +432,10 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
         pts,
         b,
         &[
-            ("outstanding", pts.iter().map(|p| Some(p.outstanding as f64)).collect()),
+            (
+                "outstanding",
+                pts.iter().map(|p| Some(p.outstanding as f64)).collect(),
+            ),
             ("queued", pts.iter().map(|p| p.queued).collect()),
             ("running", pts.iter().map(|p| p.running).collect()),
             ("retrying", pts.iter().map(|p| p.retrying).collect()),
@@ -454,16 +486,32 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
             errors.push((format!("{prefix}: {k}"), *v as f64, int(*v)));
         }
     }
-    body.push_str(&bar_chart("chart-error-classes", "Errors by class", &errors));
+    body.push_str(&bar_chart(
+        "chart-error-classes",
+        "Errors by class",
+        &errors,
+    ));
     let x = &r.retries;
     body.push_str(&bar_chart(
         "chart-amplification",
         "Retry amplification",
         &[
             ("accepted jobs".into(), j.accepted as f64, int(j.accepted)),
-            ("job attempts".into(), x.job_attempts as f64, int(x.job_attempts)),
-            ("model calls".into(), x.model_calls as f64, int(x.model_calls)),
-            ("provider attempts".into(), x.provider_attempts as f64, int(x.provider_attempts)),
+            (
+                "job attempts".into(),
+                x.job_attempts as f64,
+                int(x.job_attempts),
+            ),
+            (
+                "model calls".into(),
+                x.model_calls as f64,
+                int(x.model_calls),
+            ),
+            (
+                "provider attempts".into(),
+                x.provider_attempts as f64,
+                int(x.provider_attempts),
+            ),
         ],
     ));
     let mut cost_bars = vec![(
@@ -474,7 +522,11 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
     if let Some(t) = r.cost.projection.as_ref().and_then(|p| p.total_usd) {
         cost_bars.push(("total, projected".into(), t, usd(t)));
     }
-    body.push_str(&bar_chart("chart-cost-total", "Total cost against the projection", &cost_bars));
+    body.push_str(&bar_chart(
+        "chart-cost-total",
+        "Total cost against the projection",
+        &cost_bars,
+    ));
     let mut per_job = vec![(
         "per job, measured".to_string(),
         r.cost.per_job_micros / 1e6,
@@ -483,7 +535,11 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
     if let Some(t) = r.cost.projection.as_ref().and_then(|p| p.cost_per_job_usd) {
         per_job.push(("per job, projected".into(), t, usd(t)));
     }
-    body.push_str(&bar_chart("chart-cost-job", "Cost per job against the projection", &per_job));
+    body.push_str(&bar_chart(
+        "chart-cost-job",
+        "Cost per job against the projection",
+        &per_job,
+    ));
     body.push_str(&bar_chart(
         "chart-accounting",
         "Accepted jobs, accounted for",
@@ -503,7 +559,11 @@ pub fn render(r: &Report, windows: &[Window]) -> String {
         .collect();
     users.sort_by(|a, b| b.1.total_cmp(&a.1));
     users.truncate(15);
-    body.push_str(&bar_chart("chart-cost-tags", "Spend by user and feature (top 15)", &users));
+    body.push_str(&bar_chart(
+        "chart-cost-tags",
+        "Spend by user and feature (top 15)",
+        &users,
+    ));
     body.push_str("</div></section>");
 
     body.push_str("<section><h2>Providers</h2><table id=\"providers\"><thead><tr><th>provider</th><th>outcome</th><th>attempts</th></tr></thead><tbody>");
@@ -592,7 +652,9 @@ mod tests {
         assert_eq!(int(1234567), "1,234,567");
         assert_eq!(usd(0.0001234), "$0.000123");
         assert_eq!(usd(12.5), "$12.50");
-        assert_eq!(nice(0.3), 1.0);
+        assert_eq!(nice(0.0), 1.0);
+        assert_eq!(nice(0.3), 0.5);
+        assert_eq!(nice(0.019), 0.02);
         assert_eq!(nice(7.0), 10.0);
         assert_eq!(nice(1234.0), 2000.0);
     }

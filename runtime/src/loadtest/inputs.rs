@@ -6,19 +6,63 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::scenario::{
-    InputSpec, MAX_JSONL_BYTES, MAX_JSONL_LINES, Scenario, TagSpec, Words,
-};
+use super::scenario::{InputSpec, MAX_JSONL_BYTES, MAX_JSONL_LINES, Scenario, TagSpec, Words};
 
 /// Words `{{text}}` is made of: support-ticket vocabulary, so a classifier's prompt reads
 /// like one.
 const VOCABULARY: &[&str] = &[
-    "invoice", "refund", "charged", "twice", "subscription", "login", "password", "error",
-    "crash", "upgrade", "plan", "pricing", "discount", "quote", "export", "report", "slow",
-    "timeout", "billing", "account", "team", "seat", "renewal", "contract", "api", "key",
-    "webhook", "failed", "delivery", "order", "shipping", "address", "cancel", "trial",
-    "feature", "request", "bug", "dashboard", "integration", "mobile", "app", "sync", "data",
-    "missing", "please", "help", "urgent", "thanks", "since", "yesterday", "again", "customer",
+    "invoice",
+    "refund",
+    "charged",
+    "twice",
+    "subscription",
+    "login",
+    "password",
+    "error",
+    "crash",
+    "upgrade",
+    "plan",
+    "pricing",
+    "discount",
+    "quote",
+    "export",
+    "report",
+    "slow",
+    "timeout",
+    "billing",
+    "account",
+    "team",
+    "seat",
+    "renewal",
+    "contract",
+    "api",
+    "key",
+    "webhook",
+    "failed",
+    "delivery",
+    "order",
+    "shipping",
+    "address",
+    "cancel",
+    "trial",
+    "feature",
+    "request",
+    "bug",
+    "dashboard",
+    "integration",
+    "mobile",
+    "app",
+    "sync",
+    "data",
+    "missing",
+    "please",
+    "help",
+    "urgent",
+    "thanks",
+    "since",
+    "yesterday",
+    "again",
+    "customer",
 ];
 
 /// The tag under which every job of a run is filed, with the run's id as its value.
@@ -57,40 +101,45 @@ impl Inputs {
             template,
             words,
         } = &scenario.input;
-        let kind = if let Some(v) = json {
-            Kind::Fixed(v.clone())
-        } else if let Some(p) = jsonl {
-            let path = scenario.resolve(p);
-            let len = std::fs::metadata(&path)
-                .map_err(|e| format!("input.jsonl {}: {e}", path.display()))?
-                .len();
-            if len > MAX_JSONL_BYTES {
-                return Err(format!(
-                    "input.jsonl {}: {len} bytes; at most {MAX_JSONL_BYTES}",
-                    path.display()
-                ));
-            }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("input.jsonl {}: {e}", path.display()))?;
-            let mut lines = Vec::new();
-            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                if lines.len() == MAX_JSONL_LINES {
+        let kind =
+            if let Some(v) = json {
+                Kind::Fixed(v.clone())
+            } else if let Some(p) = jsonl {
+                let path = scenario.resolve(p);
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| format!("input.jsonl {}: {e}", path.display()))?
+                    .len();
+                if len > MAX_JSONL_BYTES {
                     return Err(format!(
-                        "input.jsonl {}: more than {MAX_JSONL_LINES} lines",
+                        "input.jsonl {}: {len} bytes; at most {MAX_JSONL_BYTES}",
                         path.display()
                     ));
                 }
-                lines.push(serde_json::from_str(line).map_err(|e| {
-                    format!("input.jsonl {} line {}: {e}", path.display(), n + 1)
-                })?);
-            }
-            if lines.is_empty() {
-                return Err(format!("input.jsonl {}: no input in it", path.display()));
-            }
-            Kind::Lines(lines)
-        } else {
-            Kind::Template(template.clone().unwrap_or_default())
-        };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("input.jsonl {}: {e}", path.display()))?;
+                let mut lines = Vec::new();
+                for (n, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    if lines.len() == MAX_JSONL_LINES {
+                        return Err(format!(
+                            "input.jsonl {}: more than {MAX_JSONL_LINES} lines",
+                            path.display()
+                        ));
+                    }
+                    lines.push(serde_json::from_str(line).map_err(|e| {
+                        format!("input.jsonl {} line {}: {e}", path.display(), n + 1)
+                    })?);
+                }
+                if lines.is_empty() {
+                    return Err(format!("input.jsonl {}: no input in it", path.display()));
+                }
+                Kind::Lines(lines)
+            } else {
+                Kind::Template(template.clone().unwrap_or_default())
+            };
         let mut inputs = Inputs {
             kind,
             words: *words,
@@ -201,7 +250,11 @@ words = [3, 6]"#,
         assert_eq!(a.input["n"], 0);
         assert_eq!(b.input["n"], 1);
         let words = a.input["text"].as_str().unwrap().split(' ').count();
-        assert!((4..=7).contains(&words), "3 to 6 words and the user: {}", a.input);
+        assert!(
+            (4..=7).contains(&words),
+            "3 to 6 words and the user: {}",
+            a.input
+        );
         assert_eq!(a.tags[RUN_TAG], "run1");
         assert!(a.tags["user"].starts_with("user-000"));
         assert!(["search", "support"].contains(&a.tags["feature"].as_str()));

@@ -2,8 +2,8 @@
 //! view (indicatif on a terminal, a plain line every few seconds otherwise).
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,9 +58,7 @@ pub fn delta(now: &Metrics, base: &Metrics, name: &str, with: &[(&str, &str)]) -
 impl Live {
     /// The live numbers now.
     pub fn read(subs: &Submissions, base: &Metrics, now: &Metrics) -> Live {
-        let fin = |s: &str| {
-            delta(now, base, "sluice_jobs_finished_total", &[("status", s)])
-        };
+        let fin = |s: &str| delta(now, base, "sluice_jobs_finished_total", &[("status", s)]);
         let (completed, dead, cancelled) = (fin("completed"), fin("dead"), fin("cancelled"));
         let accepted = subs.accepted.load(Ordering::Relaxed);
         let hist_base = base.buckets("sluice_job_duration_seconds", &[("status", "completed")]);
@@ -152,7 +150,11 @@ impl Sampler {
                 bar.set_position((live.completed + live.dead + live.cancelled) as u64);
                 bar.set_message(live.line());
                 if !tty && !quiet && last_line.elapsed() >= LINE_EVERY {
-                    eprintln!("[{:>5.0}s] {}", started.elapsed().as_secs_f64(), live.line());
+                    eprintln!(
+                        "[{:>5.0}s] {}",
+                        started.elapsed().as_secs_f64(),
+                        live.line()
+                    );
                     last_line = Instant::now();
                 }
                 samples.push(Sample {

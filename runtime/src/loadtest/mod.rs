@@ -38,8 +38,8 @@ use crate::config::Config;
 use driver::{Listed, Submissions};
 use live::{Sample, Sampler, delta};
 use report::{
-    Cost, Errors, JobCounts, MAX_LISTED_IDS, Percentiles, Point, ProviderSummary, Report,
-    Retries, RunInfo, Throughput,
+    Cost, Errors, JobCounts, MAX_LISTED_IDS, Percentiles, Point, ProviderSummary, Report, Retries,
+    RunInfo, Throughput,
 };
 use scenario::Scenario;
 pub use target::LocalOptions;
@@ -208,7 +208,11 @@ async fn drive(
 }
 
 fn warn_unreachable_sims(scenario: &Scenario, target: &Target) {
-    let mut wanted: BTreeSet<&str> = scenario.timeline.iter().map(|w| w.provider.as_str()).collect();
+    let mut wanted: BTreeSet<&str> = scenario
+        .timeline
+        .iter()
+        .map(|w| w.provider.as_str())
+        .collect();
     wanted.extend(
         scenario
             .providers
@@ -247,7 +251,10 @@ async fn apply_timeline(scenario: Scenario, target: Arc<Target>, started: Instan
     }
 }
 
-fn sim_delta(a: &sluice_gateway::SimStats, b: &sluice_gateway::SimStats) -> sluice_gateway::SimStats {
+fn sim_delta(
+    a: &sluice_gateway::SimStats,
+    b: &sluice_gateway::SimStats,
+) -> sluice_gateway::SimStats {
     sluice_gateway::SimStats {
         requests: b.requests.saturating_sub(a.requests),
         chat_requests: b.chat_requests.saturating_sub(a.chat_requests),
@@ -295,10 +302,7 @@ async fn usage(target: &Target, run_id: &str, since: chrono::DateTime<Utc>) -> U
             .unwrap_or_default()
     };
     let get = |by: &str| {
-        let path = format!(
-            "/v1/usage?group_by={by}&{}",
-            window.replace('+', "%2B")
-        );
+        let path = format!("/v1/usage?group_by={by}&{}", window.replace('+', "%2B"));
         async move { target.get_json(&path).await.ok() }
     };
     let mut u = Usage {
@@ -348,12 +352,14 @@ fn secs_since(start: chrono::DateTime<Utc>, t: chrono::DateTime<Utc>) -> f64 {
     (t - start).num_microseconds().unwrap_or(0) as f64 / 1e6
 }
 
-fn by_delta(
-    now: &BTreeMap<String, f64>,
-    base: &BTreeMap<String, f64>,
-) -> BTreeMap<String, u64> {
+fn by_delta(now: &BTreeMap<String, f64>, base: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
     now.iter()
-        .map(|(k, v)| (k.clone(), (v - base.get(k).copied().unwrap_or(0.0)).max(0.0) as u64))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - base.get(k).copied().unwrap_or(0.0)).max(0.0) as u64,
+            )
+        })
         .filter(|(_, v)| *v > 0)
         .collect()
 }
@@ -439,7 +445,9 @@ fn build(i: BuildInputs<'_>) -> Report {
             }
             "dead" => {
                 counts.dead += 1;
-                *dead_by_class.entry(error_class(j.error.as_ref())).or_insert(0) += 1;
+                *dead_by_class
+                    .entry(error_class(j.error.as_ref()))
+                    .or_insert(0) += 1;
             }
             "cancelled" => counts.cancelled += 1,
             _ => {}
@@ -458,7 +466,12 @@ fn build(i: BuildInputs<'_>) -> Report {
         })
         .collect();
     let bucket = |t: f64| ((t.max(0.0) / bucket_s) as usize).min(n - 1);
-    for t in subs.sent_at.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for t in subs
+        .sent_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
         series[bucket(*t)].submitted += 1;
     }
     let mut lat_by_bucket: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -499,7 +512,12 @@ fn build(i: BuildInputs<'_>) -> Report {
         let m = &sample.metrics;
         let gauge = |state: &str| Some(m.sum("sluice_queue_depth", &[("state", state)]));
         (p.queued, p.running, p.retrying) = (gauge("queued"), gauge("running"), gauge("retrying"));
-        p.failed_attempts += delta(m, prev, "sluice_job_attempts_total", &[("outcome", "failed")]);
+        p.failed_attempts += delta(
+            m,
+            prev,
+            "sluice_job_attempts_total",
+            &[("outcome", "failed")],
+        );
         p.provider_errors += delta(m, prev, "sluice_model_attempts_total", &[])
             - delta(m, prev, "sluice_model_attempts_total", &[("outcome", "ok")]);
         p.rate_limited += delta(m, prev, "sluice_provider_rate_limited_total", &[]);
@@ -514,8 +532,11 @@ fn build(i: BuildInputs<'_>) -> Report {
     let mut attempts_by = BTreeMap::<String, BTreeMap<String, u64>>::new();
     let before = base.by_pair("sluice_model_attempts_total", "provider", "outcome");
     for ((prov, outcome), v) in last.by_pair("sluice_model_attempts_total", "provider", "outcome") {
-        let d = (v - before.get(&(prov.clone(), outcome.clone())).copied().unwrap_or(0.0)).max(0.0)
-            as u64;
+        let d = (v - before
+            .get(&(prov.clone(), outcome.clone()))
+            .copied()
+            .unwrap_or(0.0))
+        .max(0.0) as u64;
         if d > 0 {
             attempts_by.entry(prov).or_default().insert(outcome, d);
         }
@@ -537,7 +558,12 @@ fn build(i: BuildInputs<'_>) -> Report {
     };
     let model_calls = i.usage.calls.unwrap_or_else(|| {
         (delta(last, base, "sluice_model_calls_total", &[])
-            - delta(last, base, "sluice_model_calls_total", &[("source", "journal")])) as u64
+            - delta(
+                last,
+                base,
+                "sluice_model_calls_total",
+                &[("source", "journal")],
+            )) as u64
     });
     let finished_jobs = (counts.completed + counts.dead).max(1) as f64;
     let retries = Retries {
@@ -599,7 +625,9 @@ fn build(i: BuildInputs<'_>) -> Report {
                 Some(store) => format!("in-process ({store})"),
                 None => i.target.url.clone(),
             },
-            started_at: i.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            started_at: i
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             duration_s: s.duration.as_secs_f64(),
             arrival: report::describe_arrival(s),
             planned_jobs: s.planned_jobs(),

@@ -373,8 +373,16 @@ fn usd(m: f64) -> String {
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
     let j = &r.jobs;
-    let _ = writeln!(s, "\nload test {} ({}) — {}", r.run.scenario, r.run.run_id, r.run.target);
-    let _ = writeln!(s, "  arrival     {}; {:.1} s wall", r.run.arrival, r.run.wall_s);
+    let _ = writeln!(
+        s,
+        "\nload test {} ({}) — {}",
+        r.run.scenario, r.run.run_id, r.run.target
+    );
+    let _ = writeln!(
+        s,
+        "  arrival     {}; {:.1} s wall",
+        r.run.arrival, r.run.wall_s
+    );
     let _ = writeln!(
         s,
         "  jobs        submitted {}  accepted {}  rejected {}  unanswered {}",

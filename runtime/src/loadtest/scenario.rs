@@ -488,10 +488,7 @@ impl Scenario {
             ));
         }
         if self.drain.timeout > MAX_DRAIN {
-            return Err(format!(
-                "drain.timeout: at most {}",
-                human::show(MAX_DRAIN)
-            ));
+            return Err(format!("drain.timeout: at most {}", human::show(MAX_DRAIN)));
         }
         match (&self.plugin.path, &self.plugin.name) {
             (None, None) => return Err("plugin: set `path` (a plugin directory) or `name`".into()),
@@ -518,7 +515,9 @@ impl Scenario {
                     return Err("arrival.base_rate: a non-negative rate".into());
                 }
                 if *at + *over > self.duration {
-                    return Err("arrival: the burst (`at` + `over`) must end within `duration`".into());
+                    return Err(
+                        "arrival: the burst (`at` + `over`) must end within `duration`".into(),
+                    );
                 }
             }
             Arrival::Expected {
@@ -577,10 +576,14 @@ impl Scenario {
         for (name, p) in &self.providers {
             let fraction = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
             if !fraction(p.error_rate) {
-                return Err(format!("providers.{name}.error_rate: a fraction from 0 to 1"));
+                return Err(format!(
+                    "providers.{name}.error_rate: a fraction from 0 to 1"
+                ));
             }
             if [p.rpm, p.tpm, p.sluice_rpm, p.sluice_tpm].contains(&Some(0)) {
-                return Err(format!("providers.{name}: a limit of 0 allows nothing; leave it out for none"));
+                return Err(format!(
+                    "providers.{name}: a limit of 0 allows nothing; leave it out for none"
+                ));
             }
         }
         if self.timeline.len() > MAX_TIMELINE {
@@ -725,7 +728,8 @@ mod tests {
         assert_eq!(t.len(), 50);
         assert_eq!(t[1], Duration::from_millis(200));
 
-        let s = parse("[arrival]\npattern = \"expected\"\nper_minute = 60\nmultiplier = 3").unwrap();
+        let s =
+            parse("[arrival]\npattern = \"expected\"\nper_minute = 60\nmultiplier = 3").unwrap();
         assert_eq!(schedule(&s).len(), 30, "3 a second for 10 s");
 
         let s = parse("[arrival]\npattern = \"ramp\"\nfrom = 0\nto = 10").unwrap();
@@ -764,11 +768,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("timeline[0]"), "{e}");
-        let e = parse("[arrival]\npattern = \"constant\"\nrate = 1\n[slo]\nmax_lost = 3")
-            .unwrap_err();
+        let e =
+            parse("[arrival]\npattern = \"constant\"\nrate = 1\n[slo]\nmax_lost = 3").unwrap_err();
         assert!(e.contains("max_lost"), "{e}");
-        let e = parse("[arrival]\npattern = \"constant\"\nrate = 1\n[input]\nwords = 3")
-            .unwrap_err();
+        let e =
+            parse("[arrival]\npattern = \"constant\"\nrate = 1\n[input]\nwords = 3").unwrap_err();
         assert!(e.contains("input"), "{e}");
     }
 

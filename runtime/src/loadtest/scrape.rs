@@ -46,10 +46,7 @@ impl Metrics {
             .get(name)
             .into_iter()
             .flatten()
-            .filter(|(l, _)| {
-                with.iter()
-                    .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
-            })
+            .filter(|(l, _)| with.iter().all(|(k, v)| l.get(*k).is_some_and(|x| x == v)))
             .map(|(_, v)| *v)
             .sum()
     }
@@ -164,7 +161,11 @@ pub fn quantile(before: &[(f64, f64)], now: &[(f64, f64)], q: f64) -> Option<f64
                 return Some(prev.0);
             }
             let span = c - prev.1;
-            let frac = if span > 0.0 { (rank - prev.1) / span } else { 1.0 };
+            let frac = if span > 0.0 {
+                (rank - prev.1) / span
+            } else {
+                1.0
+            };
             return Some(prev.0 + (le - prev.0) * frac);
         }
         prev = (*le, *c);
@@ -199,7 +200,10 @@ sluice_job_duration_seconds_bucket{status="completed",le="+Inf"} 7
         let by = m.by("sluice_model_attempts_total", "outcome");
         assert_eq!(by["ok"], 11.0);
         assert_eq!(by["rate_limited"], 3.0);
-        assert_eq!(m.by("sluice_odd", "label")["with \"quotes\", and = signs"], 1.5);
+        assert_eq!(
+            m.by("sluice_odd", "label")["with \"quotes\", and = signs"],
+            1.5
+        );
         assert_eq!(m.sum("absent", &[]), 0.0);
     }
 

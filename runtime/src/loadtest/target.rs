@@ -72,14 +72,21 @@ fn client() -> reqwest::Client {
 
 impl Target {
     /// A running server.
-    pub async fn remote(url: &str, key: Option<String>, scenario: &Scenario) -> anyhow::Result<Target> {
+    pub async fn remote(
+        url: &str,
+        key: Option<String>,
+        scenario: &Scenario,
+    ) -> anyhow::Result<Target> {
         let sims = scenario
             .providers
             .iter()
             .filter_map(|(name, p)| {
-                p.admin_url
-                    .as_ref()
-                    .map(|u| (name.clone(), SimLink::Admin(u.trim_end_matches('/').to_string())))
+                p.admin_url.as_ref().map(|u| {
+                    (
+                        name.clone(),
+                        SimLink::Admin(u.trim_end_matches('/').to_string()),
+                    )
+                })
             })
             .collect();
         let t = Target {
@@ -204,7 +211,9 @@ impl Target {
         if body.len() > super::scrape::MAX_METRICS_BYTES {
             bail!("GET /metrics: {} bytes, more than this reads", body.len());
         }
-        Ok(super::scrape::Metrics::parse(&String::from_utf8_lossy(&body)))
+        Ok(super::scrape::Metrics::parse(&String::from_utf8_lossy(
+            &body,
+        )))
     }
 
     /// Make `name` runnable: upload the component at `path` (built first when a directory),
@@ -264,10 +273,12 @@ impl Target {
         for (name, link) in &self.sims {
             let stats = match link {
                 SimLink::Local(c) => Some(c.stats()),
-                SimLink::Admin(url) => match self.http.get(format!("{url}/admin/stats")).send().await {
-                    Ok(r) => r.json::<SimStats>().await.ok(),
-                    Err(_) => None,
-                },
+                SimLink::Admin(url) => {
+                    match self.http.get(format!("{url}/admin/stats")).send().await {
+                        Ok(r) => r.json::<SimStats>().await.ok(),
+                        Err(_) => None,
+                    }
+                }
             };
             if let Some(s) = stats {
                 out.insert(name.clone(), s);

@@ -862,7 +862,10 @@ fn latency(state: &SimState, faults: &Faults, output_tokens: u32) -> (Duration, 
         0 => Duration::ZERO,
         tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
     };
-    (faults.slowed(ttft), faults.slowed(per_token * output_tokens))
+    (
+        faults.slowed(ttft),
+        faults.slowed(per_token * output_tokens),
+    )
 }
 
 async fn sleep(d: Duration) {
