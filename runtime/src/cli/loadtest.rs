@@ -79,7 +79,7 @@ pub async fn run(args: LoadtestArgs, config: Option<&Path>) -> anyhow::Result<i3
                 return Ok(exit::USAGE);
             }
             Where::InProcess(
-                config,
+                Box::new(config),
                 LocalOptions {
                     database_url: args.database_url.clone(),
                     data_dir: args.data_dir.clone(),

@@ -50,8 +50,8 @@ pub const MAX_SERIES_POINTS: usize = 300;
 
 /// Where to run.
 pub enum Where {
-    /// Start a node here.
-    InProcess(Config, LocalOptions),
+    /// Start a node here, with this configuration.
+    InProcess(Box<Config>, LocalOptions),
     /// A running server.
     Remote {
         /// Base URL.
@@ -78,7 +78,7 @@ pub async fn run(scenario: Scenario, place: Where, quiet: bool) -> anyhow::Resul
             if !quiet {
                 eprintln!("starting an in-process node with simulated providers…");
             }
-            Target::local(&scenario, config, opts).await?
+            Target::local(&scenario, *config, opts).await?
         }
         Where::Remote { url, key } => Target::remote(&url, key, &scenario).await?,
     };

@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 /// Bytes of one `/metrics` answer read.
 pub const MAX_METRICS_BYTES: usize = 16 << 20;
 
+/// A series' labels.
+type Labels = BTreeMap<String, String>;
+
 /// One scrape: every sample by name, with its labels.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
-    samples: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+    samples: BTreeMap<String, Vec<(Labels, f64)>>,
 }
 
 impl Metrics {
