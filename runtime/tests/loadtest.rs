@@ -293,3 +293,77 @@ async fn the_html_report_renders_offline_and_shows_the_json_numbers() {
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_unfinished_at_the_drain_deadline_are_cancelled_and_counted_not_lost() {
+    let db = Db::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let classify = repo_root().join("plugins/classify");
+    // Providers that take 60 s to answer and a 1 s drain: every job is still in its first
+    // model call when the deadline passes.
+    let scenario = format!(
+        r#"name = "stuck"
+duration = "1s"
+[plugin]
+path = {classify:?}
+[input]
+template = '{{"text": "{{{{text}}}}", "labels": ["billing", "other"]}}'
+[arrival]
+pattern = "constant"
+rate = 5
+[providers.sim]
+ttft_ms = 60000
+[providers.sim-b]
+ttft_ms = 60000
+[drain]
+timeout = "1s"
+[slo]
+max_unfinished = 0
+"#,
+        classify = classify.display().to_string()
+    );
+    let path = dir.path().join("stuck.toml");
+    std::fs::write(&path, scenario).unwrap();
+    let json = dir.path().join("report.json");
+    let out = loadtest(&[
+        path.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let r = read_json(&json);
+    let jobs = &r["jobs"];
+    assert_eq!(u(&jobs["accepted"]), 5, "{jobs}");
+    assert_eq!(u(&jobs["unfinished"]), 5, "{jobs}");
+    assert_eq!(u(&jobs["cancelled"]), 5, "{jobs}");
+    assert_eq!(u(&jobs["lost"]), 0, "{jobs}");
+    let missed: Vec<&str> = r["slo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["met"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(missed, ["max_unfinished"]);
+
+    let run_id = r["run"]["run_id"].as_str().unwrap().to_string();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let cancelled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_history WHERE state = 'cancelled' AND tags->>'loadtest' = $1",
+    )
+    .bind(&run_id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tags->>'loadtest' = $1")
+        .bind(&run_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((cancelled, live), (5, 0));
+    let _ = conn.close().await;
+}
