@@ -7,6 +7,7 @@ mod deploy;
 mod dlq;
 mod jobs;
 mod keys;
+mod loadtest;
 mod new;
 mod plugins;
 mod progress;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Serve the simulated model provider (OpenAI and Anthropic wire formats) standalone,
     /// for load tests against a real HTTP provider.
     SimProvider(admin::SimProviderArgs),
+    /// Run a load-test scenario (in-process, or against `--url`) and report against its SLOs;
+    /// exits 1 when one is missed.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// Process exit codes, as documented in `--help`.
@@ -110,6 +114,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             admin::migrate(&crate::config::Config::load(cli.config.as_deref())?).await
         }
         Command::SimProvider(args) => admin::sim_provider(args).await,
+        Command::Loadtest(args) => loadtest::run(args, cli.config.as_deref()).await,
         Command::CheckConfig => {
             let config = crate::config::Config::load(cli.config.as_deref())?;
             println!("{config:#?}");

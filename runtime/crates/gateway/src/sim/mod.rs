@@ -18,7 +18,8 @@
 //! - **Faults** ([`Faults`], switchable at run time through [`SimControl`] or
 //!   `PUT /admin/faults`): fail everything with a status, a random error rate, Anthropic 529
 //!   overload, forced 429s, malformed bodies, an error event mid-stream, usage on the last
-//!   content chunk; plus outage windows scheduled from start in [`SimConfig::outages`].
+//!   content chunk, added or multiplied latency (`latency_factor = 5.0`: a slow day); plus
+//!   outage windows scheduled from start in [`SimConfig::outages`].
 
 pub mod text;
 
@@ -134,6 +135,11 @@ pub struct Faults {
     pub usage_in_last_content_chunk: bool,
     /// Added to every request's latency, ms.
     pub extra_latency_ms: u64,
+    /// Multiplies the latency (time to first token, `extra_latency_ms` and the time per
+    /// output token): 5.0 is a slow day. 1.0 (the default) changes nothing; values outside
+    /// [`Faults::MIN_LATENCY_FACTOR`, `Faults::MAX_LATENCY_FACTOR`] (or not a number) are
+    /// clamped into that range.
+    pub latency_factor: f64,
     /// A misreporting provider: when 2 or more, usage reports this many times the real prompt
     /// and reply token counts (saturating). 0 and 1 report honestly.
     pub overreport_factor: u32,
@@ -151,8 +157,30 @@ impl Default for Faults {
             stream_error_after: None,
             usage_in_last_content_chunk: false,
             extra_latency_ms: 0,
+            latency_factor: 1.0,
             overreport_factor: 0,
         }
+    }
+}
+
+impl Faults {
+    /// The smallest `latency_factor` applied.
+    pub const MIN_LATENCY_FACTOR: f64 = 0.0;
+    /// The largest `latency_factor` applied: a 1000× slower provider is already a dead one.
+    pub const MAX_LATENCY_FACTOR: f64 = 1000.0;
+
+    /// `d` scaled by the latency factor in force.
+    fn slowed(&self, d: Duration) -> Duration {
+        let f = if self.latency_factor.is_nan() {
+            1.0
+        } else {
+            self.latency_factor
+                .clamp(Self::MIN_LATENCY_FACTOR, Self::MAX_LATENCY_FACTOR)
+        };
+        if f == 1.0 {
+            return d;
+        }
+        Duration::try_from_secs_f64(d.as_secs_f64() * f).unwrap_or(Duration::MAX)
     }
 }
 
@@ -829,12 +857,15 @@ fn reply_id(prefix: &str, state: &SimState, reply: &Reply) -> String {
 }
 
 fn latency(state: &SimState, faults: &Faults, output_tokens: u32) -> (Duration, Duration) {
-    let ttft = Duration::from_millis(state.cfg.ttft_ms + faults.extra_latency_ms);
+    let ttft = Duration::from_millis(state.cfg.ttft_ms.saturating_add(faults.extra_latency_ms));
     let per_token = match state.cfg.tokens_per_sec {
         0 => Duration::ZERO,
         tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
     };
-    (ttft, per_token * output_tokens)
+    (
+        faults.slowed(ttft),
+        faults.slowed(per_token * output_tokens),
+    )
 }
 
 async fn sleep(d: Duration) {
@@ -1008,10 +1039,10 @@ fn openai_frames(
         v
     };
     let per_chunk = tokens_per_chunk(&state.cfg);
-    let token_time = match state.cfg.tokens_per_sec {
+    let token_time = faults.slowed(match state.cfg.tokens_per_sec {
         0 => Duration::ZERO,
         tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
-    };
+    });
     let mut frames = vec![(
         Duration::ZERO,
         data_frame(&chunk(
@@ -1118,10 +1149,10 @@ fn anthropic_frames(
         ),
     ];
     let per_chunk = tokens_per_chunk(&state.cfg);
-    let token_time = match state.cfg.tokens_per_sec {
+    let token_time = faults.slowed(match state.cfg.tokens_per_sec {
         0 => Duration::ZERO,
         tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
-    };
+    });
     let mut at = ttft;
     for (i, piece) in chunks(&reply.text, per_chunk).into_iter().enumerate() {
         if faults.stream_error_after == Some(i as u32) {
@@ -1206,9 +1237,9 @@ async fn openai_embed(State(state): State<Arc<SimState>>, body: Bytes) -> Respon
     }
     let mut headers = HeaderMap::new();
     rate_headers(&state, wire, &mut headers);
-    sleep(Duration::from_millis(
-        state.cfg.ttft_ms + faults.extra_latency_ms,
-    ))
+    sleep(faults.slowed(Duration::from_millis(
+        state.cfg.ttft_ms.saturating_add(faults.extra_latency_ms),
+    )))
     .await;
     if faults.malformed {
         return malformed(&state);
@@ -1284,6 +1315,33 @@ mod tests {
         assert!(!c.truncated);
         assert_eq!(c.output_tokens, tokens::text_tokens(&c.text));
         assert!(c.text.ends_with('.'));
+    }
+
+    #[test]
+    fn a_slow_day_multiplies_every_latency() {
+        let sim = SimControl::new(SimConfig {
+            ttft_ms: 100,
+            tokens_per_sec: 10,
+            ..SimConfig::default()
+        });
+        let at = |latency_factor: f64| {
+            let f = Faults {
+                latency_factor,
+                ..Faults::default()
+            };
+            latency(&sim.state, &f, 10)
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(at(1.0), (ms(100), ms(1000)));
+        assert_eq!(at(5.0), (ms(500), ms(5000)));
+        assert_eq!(at(f64::NAN), (ms(100), ms(1000)), "not a number: unchanged");
+        assert_eq!(at(-3.0), (ms(0), ms(0)), "clamped at 0");
+        assert_eq!(at(1e9), (ms(100_000), ms(1_000_000)), "clamped at 1000×");
+        let slow = Faults {
+            latency_factor: 5.0,
+            ..Faults::default()
+        };
+        assert_eq!(slow.slowed(Duration::MAX), Duration::MAX, "saturates");
     }
 
     #[test]
