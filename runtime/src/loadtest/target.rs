@@ -45,10 +45,7 @@ pub struct Target {
 
 struct Local {
     node: Node,
-    worker: crate::worker::WorkerHandle,
-    membership: crate::node::cluster::Membership,
-    stop: tokio::sync::watch::Sender<bool>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: crate::node::RunningNode,
     /// The SQLite data directory, when the run made its own.
     _data: Option<tempfile::TempDir>,
 }
@@ -139,14 +136,13 @@ impl Target {
         config.gateway = gateway_config(scenario, config.gateway)?;
         let store = crate::config::redact_url(&config.database.effective_url());
         let node = Node::start(config).await?;
-        let worker = crate::worker::spawn(node.clone());
-        let membership = crate::node::cluster::join(node.clone(), "api,worker");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::api::serve(node.clone(), listener, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        let running = node
+            .start_roles(crate::node::Roles::ALL, Some(listener))
+            .await?;
+        let addr = running
+            .api_addr()
+            .context("the in-process node has no API address")?;
         let sims = SIM_PROVIDERS
             .iter()
             .filter_map(|name| {
@@ -163,10 +159,7 @@ impl Target {
             store: Some(store),
             local: Some(Local {
                 node,
-                worker,
-                membership,
-                stop,
-                server,
+                running,
                 _data: data,
             }),
         })
@@ -290,10 +283,7 @@ impl Target {
     /// Stop the in-process node (nothing for a remote one).
     pub async fn shutdown(self) {
         if let Some(l) = self.local {
-            let _ = l.stop.send(true);
-            let _ = l.server.await;
-            l.worker.shutdown(Duration::from_secs(10)).await;
-            l.membership.leave().await;
+            l.running.shutdown(Duration::from_secs(10)).await;
             l.node.store.close().await;
         }
     }
