@@ -32,7 +32,7 @@ fn prints_toml_with_file_and_environment_layered_and_typed() {
         &file,
         "[worker]\nslots = 7\nlease_secs = 9\n\n\
          [gateway.providers.openai]\nkind = \"openai\"\n\
-         [gateway.models.\"openai/gpt-4o-mini\"]\ninput_usd_per_mtok = 0.15\n\
+         [gateway.models.\"openai/gpt-4o-mini\"]\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\n\
          [gateway.aliases]\nfast = [\"openai/gpt-4o-mini\"]\n",
     )
     .unwrap();

@@ -467,7 +467,7 @@ impl Config {
 
     /// The configuration as a TOML document (unset optional keys left out).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string_pretty(self)
+        toml::to_string(self)
     }
 
     /// Values that parse but contradict each other or the store's own bounds.
@@ -512,11 +512,22 @@ impl Config {
 
 /// A figment error as a [`ConfigError`] naming the file or the variable, and the key.
 fn from_figment(e: figment::Error, file: &Path, env: &layers::EnvLayer) -> ConfigError {
-    let key = schema::display_path(&e.path);
-    let message = if key.is_empty() {
-        e.kind.to_string()
-    } else {
-        format!("`{key}`: {}", e.kind)
+    let message = match &e.kind {
+        // Said the way the environment layer says it, with the table it is not a key of.
+        figment::error::Kind::UnknownField(field, expected) => {
+            let table = schema::display_path(&e.path[..e.path.len().saturating_sub(1)]);
+            let at = if table.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in `{table}`")
+            };
+            format!(
+                "unknown key `{field}` {at} (expected one of: {})",
+                expected.join(", ")
+            )
+        }
+        kind if e.path.is_empty() => kind.to_string(),
+        kind => format!("`{}`: {kind}", schema::display_path(&e.path)),
     };
     let from_env = e
         .metadata
