@@ -215,12 +215,12 @@ fn typed_value(path: &[String], raw: &str) -> Result<Value, String> {
                 _ => "a TOML inline table such as `{ key = \"value\" }`",
             };
             let parsed = toml_value(raw).ok_or_else(|| bad(what))?;
-            let fits = match (&shape, &parsed) {
-                (Shape::List, toml::Value::Array(_)) => true,
-                (Shape::Map | Shape::Table(_), toml::Value::Table(_)) => true,
-                (Shape::Any, _) => true,
-                _ => false,
-            };
+            let fits = matches!(
+                (&shape, &parsed),
+                (Shape::List, toml::Value::Array(_))
+                    | (Shape::Map | Shape::Table(_), toml::Value::Table(_))
+                    | (Shape::Any, _)
+            );
             if !fits {
                 return Err(bad(what));
             }
