@@ -88,8 +88,8 @@ impl EnvLayer {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
             .filter(|(k, _)| is_config_var(k))
             .collect();
-        // Name order, so that a conflict (`…__PROVIDERS__X` set whole and key by key) is
-        // reported the same way every time.
+        // Name order: a table set whole (`…__PROVIDERS__X='{ kind = "openai" }'`) comes
+        // before the variables that set its keys one by one, which then add to it.
         sorted.sort();
         for (name, value) in sorted {
             let err = |message: String| ConfigError::Env {

@@ -748,6 +748,36 @@ mod tests {
     }
 
     #[test]
+    fn tables_and_lists_of_tables_can_be_set_whole_from_one_variable() {
+        let vars = env(&[
+            (
+                "SLUICE_GATEWAY__PROVIDERS__LOCAL",
+                "{ kind = \"openai\", rpm = 60 }",
+            ),
+            ("SLUICE_GATEWAY__PROVIDERS__LOCAL__TPM", "1000"),
+            (
+                "SLUICE_GATEWAY__BUDGETS",
+                "[{ scope = \"tenant\", period = \"day\", limit_usd = 5.0 }]",
+            ),
+        ]);
+        let c = Config::load_with(None, vars).unwrap();
+        let local = &c.gateway.providers["local"];
+        assert_eq!((local.rpm, local.tpm), (Some(60), Some(1000)));
+        assert_eq!(c.gateway.budgets.len(), 1);
+        assert_eq!(c.gateway.budgets[0].limit_usd, 5.0);
+        // Inside a whole table, the strict rule holds too, and names the variable.
+        let vars = env(&[(
+            "SLUICE_GATEWAY__PROVIDERS__LOCAL",
+            "{ kind = \"openai\", rmp = 60 }",
+        )]);
+        let err = Config::load_with(None, vars).unwrap_err().to_string();
+        assert!(
+            err.contains("SLUICE_GATEWAY__PROVIDERS__LOCAL") && err.contains("rmp"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_environment_wins_over_the_file_and_the_file_over_defaults() {
         let (_dir, p) = file(
             "[worker]\nslots = 7\nlease_secs = 9\n[webhooks]\nallow_hosts = [\"f.example\"]\n",
