@@ -2,6 +2,7 @@
 
 mod admin;
 mod budgets;
+mod check_config;
 mod client;
 mod deploy;
 mod dlq;
@@ -48,8 +49,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Write a ready handler project (Rust, Python or JavaScript) that `sluice run` runs at once.
     New(new::NewArgs),
-    /// Validate the configuration and print it (secrets redacted), then exit.
-    CheckConfig,
+    /// Validate the configuration and print it as TOML or JSON (secrets redacted), then exit.
+    /// Exits 2 when it is invalid. Every key: docs/configuration.md.
+    CheckConfig(check_config::CheckConfigArgs),
     /// Run a node: the HTTP API, the worker and webhook delivery. `--dev` needs nothing else.
     Up(up::UpArgs),
     /// Upload a component (or build and upload a plugin directory) to a server.
@@ -115,10 +117,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::SimProvider(args) => admin::sim_provider(args).await,
         Command::Loadtest(args) => loadtest::run(args, cli.config.as_deref()).await,
-        Command::CheckConfig => {
-            let config = crate::config::Config::load(cli.config.as_deref())?;
-            println!("{config:#?}");
-            Ok(exit::OK)
-        }
+        Command::CheckConfig(args) => check_config::run(args, cli.config.as_deref()),
     }
 }

@@ -1,12 +1,21 @@
 //! Strict, typed configuration: defaults → `sluice.toml` → `SLUICE_*` environment.
 //!
-//! Unknown keys are errors (a typo must not silently fall back to a default), and secrets
-//! never appear in `Debug` output or in `--check-config`.
+//! The defaults are the types' own (`Default`, through `#[serde(default)]`); `figment` lays
+//! the file and the environment over them. Unknown keys are errors in both (a typo must not
+//! silently fall back to a default), an environment value is typed by the key it sets, and
+//! secrets never appear in `Debug` output or in `sluice check-config`. Every key is listed in
+//! `docs/configuration.md`.
+
+mod layers;
+pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+pub use layers::{ENV_PREFIX, ENV_SEPARATOR};
 
 /// The whole configuration of a `sluice` process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -402,35 +411,63 @@ impl Config {
     /// Load defaults, then `path` if given (it must exist), then `SLUICE_*` variables
     /// (`SLUICE_DATABASE__URL=…` sets `database.url`; sections and keys joined by `__`).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut doc = toml::Table::new();
+        Config::load_with(path, std::env::vars_os())
+    }
+
+    /// [`Config::load`] with the environment given.
+    pub fn load_with(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.into(),
-                source,
-            })?;
-            doc = text
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.into(),
-                    message: e.to_string(),
-                })?;
+            figment = figment.merge(layers::TomlFile::read(path)?);
         }
-        apply_env(&mut doc, std::env::vars())?;
+        let env = layers::EnvLayer::from_vars(vars)?;
         let label = path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("<defaults+env>"));
-        let config =
-            toml::Value::Table(doc)
-                .try_into::<Config>()
-                .map_err(|e| ConfigError::Parse {
-                    path: label.clone(),
-                    message: e.to_string(),
-                })?;
+        let config: Config = figment
+            .merge(&env)
+            .extract()
+            .map_err(|e| from_figment(e, &label, &env))?;
         config.check().map_err(|message| ConfigError::Parse {
             path: label,
             message,
         })?;
         Ok(config)
+    }
+
+    /// A copy fit to print: secrets replaced by `<redacted>` (API keys already print so),
+    /// passwords cut out of URLs. Provider headers are redacted whole, since they are where
+    /// credentials other than the API key go.
+    pub fn redacted(&self) -> Config {
+        const REDACTED: &str = "<redacted>";
+        let mut c = self.clone();
+        if c.webhooks.secret.is_some() {
+            c.webhooks.secret = Some(REDACTED.into());
+        }
+        for url in [
+            &mut c.database.url,
+            &mut c.telemetry.endpoint,
+            &mut c.alerts.url,
+            &mut c.webhooks.alert_url,
+        ] {
+            if let Some(u) = url.as_mut() {
+                *u = redact_url(u);
+            }
+        }
+        for provider in c.gateway.providers.values_mut() {
+            for value in provider.headers.values_mut() {
+                *value = REDACTED.into();
+            }
+        }
+        c
+    }
+
+    /// The configuration as a TOML document (unset optional keys left out).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 
     /// Values that parse but contradict each other or the store's own bounds.
@@ -473,48 +510,38 @@ impl Config {
     }
 }
 
-/// Lay `SLUICE_*` variables over `doc`: `SLUICE_SERVER__LIMITS__MAX_TAGS=8` sets
-/// `server.limits.max_tags` (sections, subsections and the key joined by `__`).
-fn apply_env(
-    doc: &mut toml::Table,
-    vars: impl Iterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    for (name, value) in vars {
-        let Some(rest) = name.strip_prefix("SLUICE_") else {
-            continue;
-        };
-        let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-        let Some((key, sections)) = parts.split_last() else {
-            continue;
-        };
-        if sections.is_empty() {
-            continue;
+/// A figment error as a [`ConfigError`] naming the file or the variable, and the key.
+fn from_figment(e: figment::Error, file: &Path, env: &layers::EnvLayer) -> ConfigError {
+    let message = match &e.kind {
+        // Said the way the environment layer says it, with the table it is not a key of.
+        figment::error::Kind::UnknownField(field, expected) => {
+            let table = schema::display_path(&e.path[..e.path.len().saturating_sub(1)]);
+            let at = if table.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in `{table}`")
+            };
+            format!(
+                "unknown key `{field}` {at} (expected one of: {})",
+                expected.join(", ")
+            )
         }
-        let mut table = &mut *doc;
-        for section in sections {
-            table = table
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(Default::default()))
-                .as_table_mut()
-                .ok_or_else(|| ConfigError::Env {
-                    name: name.clone(),
-                    message: format!("`{section}` is not a section"),
-                })?;
-        }
-        table.insert(key.clone(), env_value(&value));
-    }
-    Ok(())
-}
-
-/// Environment values are typed by their look: integers, booleans, else strings.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(i) = raw.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.to_string()),
+        kind if e.path.is_empty() => kind.to_string(),
+        kind => format!("`{}`: {kind}", schema::display_path(&e.path)),
+    };
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name == layers::EnvLayer::NAME);
+    match env.var_for(&e.path) {
+        Some(name) if from_env => ConfigError::Env {
+            name: name.to_string(),
+            message,
+        },
+        _ => ConfigError::Parse {
+            path: file.to_path_buf(),
+            message,
+        },
     }
 }
 
@@ -550,20 +577,27 @@ mod tests {
         c.gateway.validate().unwrap();
     }
 
+    /// `(name, value)` pairs as the environment hands them over.
+    fn env(vars: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        vars.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sluice.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
     #[test]
     fn nested_sections_come_from_the_environment_too() {
-        let mut doc: toml::Table = "[server]\nlisten = \"127.0.0.1:1\"\n".parse().unwrap();
-        let vars = [
+        let (_dir, p) = file("[server]\nlisten = \"127.0.0.1:1\"\n");
+        let vars = env(&[
             ("SLUICE_SERVER__LIMITS__MAX_TAGS", "3"),
             ("SLUICE_SERVER__DEV", "true"),
             ("OTHER__THING", "1"),
-        ];
-        apply_env(
-            &mut doc,
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .unwrap();
-        let c: Config = toml::Value::Table(doc).try_into().unwrap();
+        ]);
+        let c = Config::load_with(Some(&p), vars).unwrap();
         assert_eq!(c.server.limits.max_tags, 3);
         assert!(c.server.dev);
         assert_eq!(c.server.listen, "127.0.0.1:1");
@@ -572,17 +606,237 @@ mod tests {
             ApiLimits::default().max_tag_key_bytes
         );
         // A key is not a section.
-        let mut doc = toml::Table::new();
-        let vars = [
+        let vars = env(&[
             ("SLUICE_SERVER__DEV", "true"),
             ("SLUICE_SERVER__DEV__X", "1"),
-        ];
-        let err = apply_env(
-            &mut doc,
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .unwrap_err();
+        ]);
+        let err = Config::load_with(None, vars).unwrap_err();
         assert!(err.to_string().contains("SLUICE_SERVER__DEV__X"), "{err}");
+    }
+
+    #[test]
+    fn environment_values_are_typed_by_their_key_not_their_look() {
+        let vars = env(&[
+            ("SLUICE_WEBHOOKS__SECRET", "123456"),
+            ("SLUICE_SERVER__LISTEN", "0.0.0.0:9000"),
+            ("SLUICE_SERVER__DEV", "true"),
+            (
+                "SLUICE_SERVER__LIMITS__MAX_WAITING_JOBS_PER_TENANT",
+                "18446744073709551615",
+            ),
+            ("SLUICE_WORKER__TENANT_SHARE", "1"),
+            ("SLUICE_TELEMETRY__SERVICE_NAME", "false"),
+            (
+                "SLUICE_WEBHOOKS__ALLOW_HOSTS",
+                "[\"a.example\", \"b.example\"]",
+            ),
+            // The CLI's own variables are not configuration keys.
+            ("SLUICE_CONFIG", "elsewhere.toml"),
+            ("SLUICE_URL", "http://x"),
+            ("SLUICE_API_KEY", "k"),
+        ]);
+        let c = Config::load_with(None, vars).unwrap();
+        assert_eq!(c.webhooks.secret.as_deref(), Some("123456"));
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert!(c.server.dev);
+        assert_eq!(c.server.limits.max_waiting_jobs_per_tenant, u64::MAX);
+        assert_eq!(c.worker.tenant_share, 1.0);
+        assert_eq!(c.telemetry.service_name, "false");
+        assert_eq!(c.webhooks.allow_hosts, ["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn a_value_its_key_cannot_take_is_an_error_naming_the_variable() {
+        for (name, value, says) in [
+            ("SLUICE_SERVER__LIMITS__MAX_TAGS", "many", "whole number"),
+            ("SLUICE_SERVER__LIMITS__MAX_TAGS", "-1", "whole number"),
+            ("SLUICE_WORKER__SLOTS", "4294967296", "4294967295"),
+            ("SLUICE_SERVER__DEV", "yes", "`true` or `false`"),
+            ("SLUICE_WORKER__TENANT_SHARE", "most", "a number"),
+            ("SLUICE_WEBHOOKS__ALLOW_HOSTS", "a.example", "TOML list"),
+            (
+                "SLUICE_GATEWAY__PROVIDERS__OPENAI__KIND",
+                "openia",
+                "openai",
+            ),
+        ] {
+            let mut vars = env(&[(name, value)]);
+            if name.contains("PROVIDERS") {
+                vars.extend(env(&[(
+                    "SLUICE_GATEWAY__PROVIDERS__OPENAI__API_KEY_ENV",
+                    "OPENAI_API_KEY",
+                )]));
+            }
+            let err = Config::load_with(None, vars).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Env { .. }),
+                "{name}={value}: {err:?}"
+            );
+            let err = err.to_string();
+            assert!(err.contains(name), "{name}={value}: {err}");
+            assert!(err.contains(says), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_environment_variable_naming_an_unknown_key_is_an_error() {
+        for (name, unknown) in [
+            ("SLUICE_SERVER__LIMITS__MAX_TAG", "max_tag"),
+            ("SLUICE_SERVR__LISTEN", "servr"),
+            (
+                "SLUICE_GATEWAY__PROVIDERS__OPENAI__API_KEY_ENVV",
+                "api_key_envv",
+            ),
+        ] {
+            let err = Config::load_with(None, env(&[(name, "1")])).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, ConfigError::Env { .. }), "{text}");
+            assert!(text.contains(name) && text.contains(unknown), "{text}");
+        }
+        let err = Config::load_with(None, env(&[("SLUICE_SERVER____DEV", "true")])).unwrap_err();
+        assert!(err.to_string().contains("SLUICE_SERVER____DEV"), "{err}");
+    }
+
+    #[test]
+    fn map_keys_come_from_the_environment() {
+        let (_dir, p) = file(
+            "[gateway.providers.openai]\nkind = \"openai\"\n\
+             [gateway.models.\"openai/gpt-4o-mini\"]\ninput_usd_per_mtok = 0.15\n\
+             [gateway.aliases]\nfast = [\"openai/gpt-4o-mini\"]\n",
+        );
+        let vars = env(&[
+            (
+                "SLUICE_GATEWAY__PROVIDERS__OPENAI__API_KEY_ENV",
+                "MY_OPENAI_KEY",
+            ),
+            ("SLUICE_GATEWAY__PROVIDERS__OPENAI__BREAKER__MIN_CALLS", "7"),
+            ("SLUICE_GATEWAY__PROVIDERS__LOCAL__KIND", "openai"),
+            (
+                "SLUICE_GATEWAY__PROVIDERS__LOCAL__BASE_URL",
+                "http://127.0.0.1:11434/v1",
+            ),
+            (
+                "SLUICE_GATEWAY__ALIASES__SMART",
+                "[\"openai/gpt-4o-mini\", \"local/llama\"]",
+            ),
+        ]);
+        let c = Config::load_with(Some(&p), vars).unwrap();
+        let openai = &c.gateway.providers["openai"];
+        // The file's keys stay; the environment adds to the same provider.
+        assert_eq!(openai.kind, sluice_gateway::ProviderKind::OpenAi);
+        assert_eq!(openai.api_key_env.as_deref(), Some("MY_OPENAI_KEY"));
+        assert_eq!(openai.breaker.min_calls, 7);
+        let local = &c.gateway.providers["local"];
+        assert_eq!(local.base_url.as_deref(), Some("http://127.0.0.1:11434/v1"));
+        assert_eq!(c.gateway.aliases["fast"], ["openai/gpt-4o-mini"]);
+        assert_eq!(
+            c.gateway.aliases["smart"],
+            ["openai/gpt-4o-mini", "local/llama"]
+        );
+        // A provider made only from the environment still needs its required keys, and the
+        // error names the provider.
+        let err = Config::load_with(
+            None,
+            env(&[("SLUICE_GATEWAY__PROVIDERS__X__API_KEY_ENV", "K")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gateway.providers.x") && err.contains("kind"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tables_and_lists_of_tables_can_be_set_whole_from_one_variable() {
+        let vars = env(&[
+            (
+                "SLUICE_GATEWAY__PROVIDERS__LOCAL",
+                "{ kind = \"openai\", rpm = 60 }",
+            ),
+            ("SLUICE_GATEWAY__PROVIDERS__LOCAL__TPM", "1000"),
+            (
+                "SLUICE_GATEWAY__BUDGETS",
+                "[{ scope = \"tenant\", period = \"day\", limit_usd = 5.0 }]",
+            ),
+        ]);
+        let c = Config::load_with(None, vars).unwrap();
+        let local = &c.gateway.providers["local"];
+        assert_eq!((local.rpm, local.tpm), (Some(60), Some(1000)));
+        assert_eq!(c.gateway.budgets.len(), 1);
+        assert_eq!(c.gateway.budgets[0].limit_usd, 5.0);
+        // Inside a whole table, the strict rule holds too, and names the variable.
+        let vars = env(&[(
+            "SLUICE_GATEWAY__PROVIDERS__LOCAL",
+            "{ kind = \"openai\", rmp = 60 }",
+        )]);
+        let err = Config::load_with(None, vars).unwrap_err().to_string();
+        assert!(
+            err.contains("SLUICE_GATEWAY__PROVIDERS__LOCAL") && err.contains("rmp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_and_the_file_over_defaults() {
+        let (_dir, p) = file(
+            "[worker]\nslots = 7\nlease_secs = 9\n[webhooks]\nallow_hosts = [\"f.example\"]\n",
+        );
+        let vars = env(&[
+            ("SLUICE_WORKER__SLOTS", "8"),
+            ("SLUICE_WEBHOOKS__ALLOW_HOSTS", "[\"e.example\"]"),
+        ]);
+        let c = Config::load_with(Some(&p), vars).unwrap();
+        assert_eq!(c.worker.slots, 8);
+        assert_eq!(c.worker.lease_secs, 9);
+        assert_eq!(c.worker.poll_ms, WorkerConfig::default().poll_ms);
+        // A list from the environment replaces the file's, it does not append to it.
+        assert_eq!(c.webhooks.allow_hosts, ["e.example"]);
+    }
+
+    #[test]
+    fn file_values_are_not_typed_by_their_look_either() {
+        // In the file, TOML's own types are kept strictly: a quoted number is a string.
+        let (_dir, p) = file("[worker]\nslots = \"8\"\n");
+        let err = Config::load_with(Some(&p), env(&[])).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{text}");
+        assert!(
+            text.contains("worker.slots") && text.contains("sluice.toml"),
+            "{text}"
+        );
+        // The environment's value replaces the file's before types are checked.
+        let err = Config::load_with(Some(&p), env(&[("SLUICE_WORKER__SLOTS", "8")]));
+        assert_eq!(err.unwrap().worker.slots, 8);
+    }
+
+    #[test]
+    fn printed_configuration_has_no_secrets_and_loads_back() {
+        let (_dir, p) = file(
+            "[database]\nurl = \"postgres://u:dbpw@h/db\"\n\
+             [webhooks]\nsecret = \"whsecret\"\n\
+             [gateway.providers.openai]\nkind = \"openai\"\napi_key = \"sk-inline\"\n\
+             headers = { Authorization = \"Bearer hdrsecret\" }\n\
+             [gateway.models.\"openai/m\"]\ninput_usd_per_mtok = 1.0\n[gateway.aliases]\nfast = [\"openai/m\"]\n\
+             [telemetry]\nendpoint = \"http://user:otelpw@collector:4318\"\n",
+        );
+        let c = Config::load_with(Some(&p), env(&[])).unwrap();
+        let shown = c.redacted();
+        let toml = shown.to_toml().unwrap();
+        let json = serde_json::to_string(&shown).unwrap();
+        for secret in ["dbpw", "whsecret", "sk-inline", "hdrsecret", "otelpw"] {
+            assert!(!toml.contains(secret), "{secret} in {toml}");
+            assert!(!json.contains(secret), "{secret} in {json}");
+        }
+        assert!(toml.contains("<redacted>"), "{toml}");
+        assert!(toml.contains("postgres://u:***@h/db"), "{toml}");
+        // Without secrets, what is printed is the configuration itself: it loads back the same.
+        let plain = Config::load_with(None, env(&[("SLUICE_WORKER__SLOTS", "3")])).unwrap();
+        let printed = plain.redacted().to_toml().unwrap();
+        let (_dir2, p2) = file(&printed);
+        let again = Config::load_with(Some(&p2), env(&[])).unwrap();
+        assert_eq!(again.to_toml().unwrap(), printed);
+        assert_eq!(again.worker.slots, 3);
     }
 
     #[test]
