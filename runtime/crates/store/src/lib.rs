@@ -29,6 +29,7 @@ mod config;
 mod control;
 mod error;
 mod machine;
+mod migrations;
 mod model;
 mod pg;
 mod sqlite;

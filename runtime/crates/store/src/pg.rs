@@ -4,7 +4,7 @@ mod control;
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +31,7 @@ use crate::util::{self, MAX_CLAIM_ROUNDS, Prepared, more_rounds};
 /// The `LISTEN`/`NOTIFY` channel that announces new work.
 pub const NOTIFY_CHANNEL: &str = "sluice_jobs";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static MIGRATOR: LazyLock<sqlx::migrate::Migrator> = LazyLock::new(crate::migrations::postgres);
 
 /// Columns shared by `jobs` and `job_history`, in one order.
 macro_rules! common_cols {

@@ -8,7 +8,7 @@ mod control;
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +32,7 @@ use crate::model::*;
 use crate::store::{Backend, JobStore, Signal, WorkSignal};
 use crate::util::{self, Candidate, MAX_CLAIM_ROUNDS, Prepared, more_rounds};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATOR: LazyLock<sqlx::migrate::Migrator> = LazyLock::new(crate::migrations::sqlite);
 
 macro_rules! common_cols {
     () => {
