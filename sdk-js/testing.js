@@ -1,6 +1,7 @@
 // @sluice/sdk/testing: a host-less test double, so a handler can be unit-tested with plain
-// Node (`node --test`, Node 18.19 or 20.6+ for its module hooks), no component and no host. The same double as the Rust SDK's
-// `sluice_sdk::testing::FakeHost` and the Python SDK's `sluice_sdk.testing.FakeHost`.
+// Node (`node --test`; Node 18.19 or 20.6+, for its module hooks), no component and no host.
+// The same double as the Rust SDK's `sluice_sdk::testing::FakeHost` and the Python SDK's
+// `sluice_sdk.testing.FakeHost`.
 //
 //   import { test } from 'node:test';
 //   import assert from 'node:assert/strict';
