@@ -3,8 +3,10 @@
 mod admin;
 mod budgets;
 mod client;
+mod completions;
 mod deploy;
 mod dlq;
+mod events;
 mod jobs;
 mod keys;
 mod new;
@@ -75,6 +77,8 @@ pub enum Command {
     /// Serve the simulated model provider (OpenAI and Anthropic wire formats) standalone,
     /// for load tests against a real HTTP provider.
     SimProvider(admin::SimProviderArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Process exit codes, as documented in `--help`.
@@ -85,6 +89,8 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// Bad invocation or input: the command could not be carried out as asked.
     pub const USAGE: i32 = 2;
+    /// What the command names does not exist (an API 404, an unknown key id).
+    pub const NOT_FOUND: i32 = 3;
 }
 
 /// Run the parsed command and return the process exit code.
@@ -110,6 +116,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             admin::migrate(&crate::config::Config::load(cli.config.as_deref())?).await
         }
         Command::SimProvider(args) => admin::sim_provider(args).await,
+        Command::Completions(args) => Ok(completions::run(args)),
         Command::CheckConfig => {
             let config = crate::config::Config::load(cli.config.as_deref())?;
             println!("{config:#?}");
