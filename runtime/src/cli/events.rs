@@ -58,11 +58,17 @@ pub(crate) async fn follow(client: &Client, id: &str) -> Result<i32, Failed> {
                     match next {
                         Ok(event) => {
                             failures = 0;
-                            if !event.id.is_empty() {
-                                last_id = Some(event.id.clone());
+                            // The parser carries the last id over to events without one (the
+                            // SSE "last event ID"): an event has an id of its own when it
+                            // changes, as the server's ids only grow.
+                            let own_id = (!event.id.is_empty()
+                                && last_id.as_deref() != Some(event.id.as_str()))
+                            .then(|| event.id.clone());
+                            if let Some(id) = &own_id {
+                                last_id = Some(id.clone());
                             }
                             server_retry = event.retry.or(server_retry);
-                            if let Some(code) = printer.show(&event) {
+                            if let Some(code) = printer.show(&event, own_id.as_deref()) {
                                 return Ok(code);
                             }
                         }
@@ -125,7 +131,7 @@ impl<'a> Printer<'a> {
     }
 
     /// Show one event; the exit code once it is the job's `result`.
-    fn show(&mut self, event: &Event) -> Option<i32> {
+    fn show(&mut self, event: &Event, own_id: Option<&str>) -> Option<i32> {
         let name = event.event.as_str();
         if name == "status" {
             // After a resume the server repeats the current status: not news.
@@ -138,8 +144,8 @@ impl<'a> Printer<'a> {
             serde_json::from_str(&event.data).unwrap_or_else(|_| Value::String(event.data.clone()));
         if self.client.args.json {
             let mut line = json!({ "event": name, "data": v });
-            if !event.id.is_empty() {
-                line["id"] = json!(event.id);
+            if let Some(id) = own_id {
+                line["id"] = json!(id);
             }
             println!("{line}");
         } else {
