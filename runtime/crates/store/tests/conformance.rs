@@ -1794,9 +1794,9 @@ mod cases {
         assert_eq!(
             order,
             [
-                ("alpha", "key-2"),
                 (T, "key-1"),
                 (T, "key-3"),
+                ("alpha", "key-2"),
                 ("zeta", "key-0")
             ],
             "by tenant, then oldest first"
@@ -1816,7 +1816,7 @@ mod cases {
             .iter()
             .map(|k| k.revoked)
             .collect();
-        assert_eq!(revoked, [false, true, false, false]);
+        assert_eq!(revoked, [true, false, false, false]);
         assert!(
             s.api_key_by_hash(&made[1].secret_hash)
                 .await
