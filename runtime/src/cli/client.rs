@@ -88,6 +88,7 @@ impl Client {
             report_problem(status, &body, self.args.json);
             let code = match status {
                 400 | 413 | 415 | 422 => exit::USAGE,
+                404 => exit::NOT_FOUND,
                 _ => exit::FAILED,
             };
             return Err(Failed(code));

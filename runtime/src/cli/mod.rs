@@ -4,8 +4,10 @@ mod admin;
 mod budgets;
 mod check_config;
 mod client;
+mod completions;
 mod deploy;
 mod dlq;
+mod events;
 mod jobs;
 mod keys;
 mod loadtest;
@@ -81,6 +83,8 @@ pub enum Command {
     /// Run a load-test scenario (in-process, or against `--url`) and report against its SLOs;
     /// exits 1 when one is missed.
     Loadtest(loadtest::LoadtestArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Process exit codes, as documented in `--help`.
@@ -91,6 +95,8 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// Bad invocation or input: the command could not be carried out as asked.
     pub const USAGE: i32 = 2;
+    /// What the command names does not exist (an API 404, an unknown key id).
+    pub const NOT_FOUND: i32 = 3;
 }
 
 /// Run the parsed command and return the process exit code.
@@ -118,5 +124,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::SimProvider(args) => admin::sim_provider(args).await,
         Command::Loadtest(args) => loadtest::run(args, cli.config.as_deref()).await,
         Command::CheckConfig(args) => check_config::run(args, cli.config.as_deref()),
+        Command::Completions(args) => Ok(completions::run(args)),
     }
 }

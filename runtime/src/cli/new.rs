@@ -88,6 +88,10 @@ fn template(lang: Lang) -> &'static [(&'static str, &'static str)] {
         Lang::Js => &[
             ("app.js", include_str!("../../templates/js/app.js")),
             (
+                "app.test.js",
+                include_str!("../../templates/js/app.test.js"),
+            ),
+            (
                 "package.json",
                 include_str!("../../templates/js/package.json"),
             ),
@@ -175,6 +179,7 @@ fn write_project(dir: &Path, args: &NewArgs) -> std::io::Result<()> {
         ("{{dir}}", dir.to_string_lossy().into_owned()),
         ("{{sdk_path}}", path_text(checkout.join("sdk"))),
         ("{{sdk_py_path}}", path_text(checkout.join("sdk-py"))),
+        ("{{sdk_js_path}}", path_text(checkout.join("sdk-js"))),
         ("{{cpy_version}}", COMPONENTIZE_PY_VERSION.to_owned()),
         ("{{js_install}}", js_install),
     ];

@@ -1,14 +1,12 @@
 //! `sluice submit <plugin> --input JSON [--wait | --follow]`.
 
-use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
-use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{Client, ClientArgs, Failed, finish};
+use super::client::{Client, ClientArgs, finish};
 use super::exit;
 use super::progress::spinner;
 
@@ -88,7 +86,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
             let (_, v) = client.send(req).await?;
             let id = v["id"].as_str().unwrap_or_default().to_string();
             if args.follow {
-                return follow(&client, &id).await;
+                return super::events::follow(&client, &id).await;
             }
             if !args.wait {
                 if client.args.json {
@@ -165,100 +163,4 @@ pub(crate) fn print_outcome(client: &Client, job: &Value) -> i32 {
     } else {
         exit::FAILED
     }
-}
-
-/// Stream `/v1/jobs/{id}/events` and print it; the exit code says whether it completed.
-async fn follow(client: &Client, id: &str) -> Result<i32, Failed> {
-    let res = client
-        .request(Method::GET, &format!("/v1/jobs/{id}/events"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            Failed(exit::FAILED)
-        })?;
-    if !res.status().is_success() {
-        let status = res.status().as_u16();
-        let body = res.json::<Value>().await.unwrap_or_default();
-        super::client::report_problem(status, &body, client.args.json);
-        return Err(Failed(exit::FAILED));
-    }
-    let mut stream = res.bytes_stream();
-    let mut buf = String::new();
-    let (mut event, mut data) = (String::new(), String::new());
-    let mut code = exit::FAILED;
-    let mut in_tokens = false;
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { break };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(nl) = buf.find('\n') {
-            let line = buf[..nl].trim_end_matches('\r').to_string();
-            buf.drain(..=nl);
-            if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            } else if line.is_empty() && !data.is_empty() {
-                let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data.clone()));
-                if client.args.json {
-                    println!("{}", json!({ "event": event, "data": v }));
-                } else {
-                    // `token` is what servers before 0.1 sent for `token_delta`.
-                    let token = matches!(event.as_str(), "token_delta" | "token");
-                    if in_tokens && !token {
-                        eprintln!();
-                        in_tokens = false;
-                    }
-                    match event.as_str() {
-                        "token_delta" | "token" => {
-                            eprint!("{}", v["delta"].as_str().unwrap_or(""));
-                            let _ = std::io::stderr().flush();
-                            in_tokens = true;
-                        }
-                        "status" => eprintln!("· {}", v["status"].as_str().unwrap_or("?")),
-                        "progress" => eprintln!("· {}", v["message"].as_str().unwrap_or("")),
-                        "log" => eprintln!(
-                            "  [{}] {}",
-                            v["level"].as_str().unwrap_or("info"),
-                            v["message"].as_str().unwrap_or("")
-                        ),
-                        "model_call" => eprintln!(
-                            "  model {} via {}: {} in / {} out tokens",
-                            v["model"].as_str().unwrap_or("?"),
-                            v["provider"].as_str().unwrap_or("?"),
-                            v["input_tokens"],
-                            v["output_tokens"]
-                        ),
-                        "result" => {}
-                        other => eprintln!("  {other}: {v}"),
-                    }
-                }
-                if event == "result" {
-                    if !client.args.json {
-                        if v["status"] == "completed" {
-                            client.print_json(&v["output"]);
-                        } else {
-                            eprintln!(
-                                "job {}: {}",
-                                v["status"].as_str().unwrap_or("?"),
-                                v["error"]
-                            );
-                        }
-                    }
-                    code = if v["status"] == "completed" {
-                        exit::OK
-                    } else {
-                        exit::FAILED
-                    };
-                }
-                data.clear();
-                event.clear();
-            }
-        }
-    }
-    Ok(code)
 }

@@ -1877,6 +1877,27 @@ impl JobStore for PgStore {
         rows.iter().map(api_key_from_row).collect()
     }
 
+    async fn list_all_api_keys(&self) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
+             ORDER BY tenant, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(api_key_from_row).collect()
+    }
+
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>> {
+        let row = sqlx::query(
+            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
     async fn revoke_api_key(&self, id: Uuid) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",

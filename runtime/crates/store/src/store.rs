@@ -204,6 +204,12 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
     /// A tenant's keys (revoked included).
     async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>>;
 
+    /// Every tenant's keys (revoked included), by tenant, then oldest first.
+    async fn list_all_api_keys(&self) -> Result<Vec<ApiKey>>;
+
+    /// The key with this id, revoked or not.
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>>;
+
     /// Revoke a key; true when it existed and was live.
     async fn revoke_api_key(&self, id: Uuid) -> Result<bool>;
 

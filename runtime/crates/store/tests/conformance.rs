@@ -219,6 +219,7 @@ conformance!(
     waiting_jobs_quota_per_tenant,
     state_bytes_quota_per_tenant,
     api_keys,
+    api_keys_across_tenants_and_by_id,
     list_jobs_filters_and_pages,
     purge_respects_retention,
     plugins_and_components,
@@ -1768,6 +1769,60 @@ mod cases {
         }
         got.sort();
         assert_eq!(got, (6..=13).collect::<Vec<u64>>());
+    }
+
+    pub async fn api_keys_across_tenants_and_by_id(ctx: Ctx) {
+        let s = &ctx.store;
+        let mut made = Vec::new();
+        for (i, tenant) in ["zeta", T, "alpha", T].into_iter().enumerate() {
+            made.push(
+                s.create_api_key(&NewApiKey {
+                    tenant: tenant.into(),
+                    name: format!("key-{i}"),
+                    scopes: vec!["read".into()],
+                    secret_hash: format!("{i:064x}"),
+                })
+                .await
+                .unwrap(),
+            );
+        }
+        let all = s.list_all_api_keys().await.unwrap();
+        let order: Vec<(&str, &str)> = all
+            .iter()
+            .map(|k| (k.tenant.as_str(), k.name.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (T, "key-1"),
+                (T, "key-3"),
+                ("alpha", "key-2"),
+                ("zeta", "key-0")
+            ],
+            "by tenant, then oldest first"
+        );
+        assert_eq!(
+            s.api_key(made[1].id).await.unwrap().as_ref(),
+            Some(&made[1])
+        );
+        assert!(s.api_key(Uuid::now_v7()).await.unwrap().is_none());
+        // A revoked key is still found by id and listed, marked revoked; the others are not.
+        assert!(s.revoke_api_key(made[1].id).await.unwrap());
+        assert!(s.api_key(made[1].id).await.unwrap().unwrap().revoked);
+        let revoked: Vec<bool> = s
+            .list_all_api_keys()
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.revoked)
+            .collect();
+        assert_eq!(revoked, [true, false, false, false]);
+        assert!(
+            s.api_key_by_hash(&made[1].secret_hash)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     pub async fn api_keys(ctx: Ctx) {
