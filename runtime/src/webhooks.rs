@@ -258,7 +258,7 @@ pub fn spawn_webhooks(node: Node) -> tokio::task::JoinHandle<()> {
                 tokio::select! {
                     _ = &mut wait => break,
                     ev = events.recv() => match ev {
-                        Ok(ev) if crate::api::is_terminal_status(&ev.event) => break,
+                        Ok(ev) if ev.event.is_terminal() => break,
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => break,
                         Err(RecvError::Closed) => return,
