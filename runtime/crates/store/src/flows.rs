@@ -17,8 +17,8 @@ use crate::config::BackoffPolicy;
 use crate::error::{Result, StoreError};
 use crate::machine::{self, Decision, Running};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, CancelOutcome, DeadFilter, Finalized, Lease, PluginVersion,
-    RedriveOptions, RedriveTarget, RescueReport,
+    AttemptOutcome, AttemptRecord, CancelOutcome, DeadFilter, Finalized, Lease, RedriveOptions,
+    RedriveTarget, RescueReport,
 };
 use crate::store::PluginStore;
 
@@ -62,8 +62,8 @@ pub(crate) enum RedriveTo {
     Same,
     /// Its plugin's active version (the old code where the plugin has none any more).
     Active,
-    /// This version (checked to exist).
-    Version(PluginVersion),
+    /// This version (checked to exist) and its component's digest.
+    Version(i64, String),
 }
 
 /// The statements the flows are made of, one implementation per backend. Every method but
@@ -268,7 +268,7 @@ pub(crate) async fn redrive_target<P: PluginStore + ?Sized>(
                 ));
             };
             match plugins.get_plugin_version(t, p, v).await? {
-                Some(version) => RedriveTo::Version(version),
+                Some(version) => RedriveTo::Version(version.version, version.digest),
                 None => {
                     return Err(StoreError::NotFound {
                         what: "plugin version",

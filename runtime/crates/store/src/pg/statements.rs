@@ -178,7 +178,7 @@ impl Statements for PgStore {
         let (mode, version) = match to {
             RedriveTo::Same => ("same", None),
             RedriveTo::Active => ("active", None),
-            RedriveTo::Version(v) => ("version", Some(v.version)),
+            RedriveTo::Version(v, _) => ("version", Some(*v)),
         };
         let limit = i64::from(filter.limit.unwrap_or(10_000));
         Ok(sqlx::query_scalar(

@@ -180,11 +180,11 @@ impl Statements for SqliteStore {
             let plugin: String = r.try_get("plugin")?;
             let target = match to {
                 RedriveTo::Same => None,
-                RedriveTo::Version(v) => Some((v.version, v.digest.clone())),
+                RedriveTo::Version(v, digest) => Some((*v, digest.clone())),
                 RedriveTo::Active => {
                     let key = (tenant.clone(), plugin.clone());
                     if !active.contains_key(&key) {
-                        let v = Self::resolve_plugin(&mut **tx, &tenant, &plugin)
+                        let v = Self::resolve_plugin(tx, &tenant, &plugin)
                             .await?
                             .map(|(v, d, _)| (v, d));
                         active.insert(key.clone(), v);
