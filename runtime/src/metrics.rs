@@ -28,12 +28,13 @@ pub fn attempt_claimed(job: &ClaimedJob) {
 
 /// An attempt ended (before it is finalized).
 pub fn attempt_finished(job: &ClaimedJob, outcome: &AttemptOutcome) {
+    let completed = matches!(outcome, AttemptOutcome::Completed);
     let (outcome, kind) = match outcome {
         AttemptOutcome::Completed => ("completed", "none"),
         AttemptOutcome::Failed(kind) => ("failed", *kind),
     };
     let took = seconds_between(job.attempted_at, chrono::Utc::now());
-    crate::alerts::observe_attempt(&job.tenant, &job.plugin, outcome == "completed", took);
+    crate::alerts::observe_attempt(&job.tenant, &job.plugin, completed, took);
     metrics::histogram!("sluice_job_attempt_duration_seconds", "outcome" => outcome).record(took);
     metrics::counter!("sluice_job_attempts_total", "outcome" => outcome, "error_kind" => kind)
         .increment(1);
@@ -49,7 +50,8 @@ pub fn attempt_finished(job: &ClaimedJob, outcome: &AttemptOutcome) {
 }
 
 /// A job reached a terminal status (`completed`, `dead`, `cancelled`) after this attempt.
-pub fn job_finished(job: &ClaimedJob, status: &'static str) {
+pub fn job_finished(job: &ClaimedJob, status: sluice_types::JobStatus) {
+    let status = status.as_str();
     metrics::histogram!("sluice_job_duration_seconds", "status" => status)
         .record(seconds_between(job.created_at, chrono::Utc::now()));
     metrics::histogram!("sluice_job_attempts", "status" => status).record(f64::from(job.attempt));

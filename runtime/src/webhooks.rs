@@ -260,7 +260,7 @@ pub async fn run(node: Node, stop: CancellationToken) {
                 // A slot freed: claim again at once.
                 Some(_) = deliveries.join_next(), if deliveries.len() >= CONCURRENCY => break,
                 ev = events.recv() => match ev {
-                    Ok(ev) if crate::api::is_terminal_status(&ev.event) => break,
+                    Ok(ev) if ev.event.is_terminal() => break,
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => {

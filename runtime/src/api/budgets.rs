@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sluice_store::{BudgetRecord, LedgerWindow};
+use sluice_types::Micros;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -89,7 +90,7 @@ pub(crate) struct BudgetList {
 }
 
 fn usd(micros: u64) -> f64 {
-    micros as f64 / 1e6
+    Micros::new(micros).to_usd()
 }
 
 fn window_view(w: &LedgerWindow, limit_micros: u64) -> WindowView {
@@ -107,8 +108,9 @@ fn window_view(w: &LedgerWindow, limit_micros: u64) -> WindowView {
 
 async fn view(st: &AppState, rec: &BudgetRecord, windows: u32) -> ApiResult<BudgetView> {
     let limit = serde_json::from_value::<BudgetSpec>(rec.spec.clone())
-        .map(|s| (s.limit_usd * 1e6).round() as u64)
-        .unwrap_or(0);
+        .ok()
+        .and_then(|s| Micros::from_usd(s.limit_usd))
+        .map_or(0, Micros::get);
     // The gateway keeps a tenant's rule under `<tenant>/<name>` in the ledger.
     let ledger_name = format!("{}/{}", rec.tenant, rec.name);
     let spend = st.node.store.ledger_windows(&ledger_name, windows).await?;

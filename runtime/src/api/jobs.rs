@@ -14,7 +14,7 @@ use sluice_store::{
     CancelOutcome, DeadFilter, JobFilter, JobRecord, JobStatus, JobSummary, NewJob, PageRequest,
     RedriveOptions, RedriveTarget,
 };
-use sluice_types::{JobEvent, Tags};
+use sluice_types::{JobEvent, Micros, Tags};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -298,7 +298,8 @@ pub(crate) struct Submitted {
     /// Job id.
     id: Uuid,
     /// Its status now (`queued`, `scheduled`, … or later for an existing job).
-    status: String,
+    #[schema(value_type = String)]
+    status: JobStatus,
     /// True when the idempotency key named an existing job (nothing was inserted).
     existing: bool,
     /// Links.
@@ -394,10 +395,7 @@ pub(crate) async fn submit(
         return Ok((StatusCode::OK, axum::Json(job_view(&st, &record).await)).into_response());
     }
     let record = st.node.store.get_job(enqueued.id).await?;
-    let status = record
-        .as_ref()
-        .map(|r| r.status.as_str())
-        .unwrap_or("queued");
+    let status = record.as_ref().map_or(JobStatus::Queued, |r| r.status);
     let code = if enqueued.existing {
         StatusCode::OK
     } else {
@@ -407,7 +405,7 @@ pub(crate) async fn submit(
         code,
         axum::Json(Submitted {
             id: enqueued.id,
-            status: status.to_string(),
+            status,
             existing: enqueued.existing,
             links: links(enqueued.id),
         }),
@@ -448,7 +446,7 @@ pub(crate) async fn wait_terminal(
         let until = tick.min(deadline);
         loop {
             match tokio::time::timeout_at(until, events.recv()).await {
-                Ok(Ok(ev)) if ev.job == id && is_terminal_event(&ev.event) => break,
+                Ok(Ok(ev)) if ev.job == id && ev.event.is_terminal() => break,
                 Ok(Ok(_)) => continue,
                 Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Err(RecvError::Closed)) | Err(_) => break,
@@ -466,11 +464,6 @@ pub(crate) async fn wait_terminal(
 }
 
 /// Whether `event` reports a terminal status.
-pub(crate) fn is_terminal_event(event: &JobEvent) -> bool {
-    matches!(event, JobEvent::Status { status, .. }
-        if matches!(status.as_str(), "completed" | "dead" | "cancelled"))
-}
-
 /// What a job's model calls used.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub(crate) struct JobUsage {
@@ -499,7 +492,7 @@ pub(crate) struct Timings {
 
 /// Sum of the job's persisted model-call events.
 async fn usage_of(st: &AppState, id: Uuid) -> JobUsage {
-    let (mut calls, mut input, mut output, mut cost) = (0u64, 0u64, 0u64, 0u64);
+    let (mut calls, mut input, mut output, mut cost) = (0u64, 0u64, 0u64, Micros::ZERO);
     let mut after = 0;
     loop {
         let Ok(batch) = st.node.store.events_after(id, after, 1000).await else {
@@ -518,8 +511,8 @@ async fn usage_of(st: &AppState, id: Uuid) -> JobUsage {
                 calls = calls.saturating_add(1);
                 input = input.saturating_add(u64::from(*input_tokens));
                 output = output.saturating_add(u64::from(*output_tokens));
-                // Reported by guests: saturate rather than overflow.
-                cost = cost.saturating_add(*cost_micros);
+                // Reported by guests: `Micros` saturates rather than overflows.
+                cost += Micros::new(*cost_micros);
             }
         }
         if batch.len() < 1000 {
@@ -530,8 +523,8 @@ async fn usage_of(st: &AppState, id: Uuid) -> JobUsage {
         model_calls: calls,
         input_tokens: input,
         output_tokens: output,
-        cost_micros: cost,
-        cost_usd: cost as f64 / 1e6,
+        cost_micros: cost.get(),
+        cost_usd: cost.to_usd(),
     }
 }
 
@@ -748,17 +741,17 @@ pub(crate) async fn cancel(
             st.node.events.publish_live(
                 r.id,
                 JobEvent::Status {
-                    status: "cancelled".into(),
+                    status: JobStatus::Cancelled,
                     attempt: r.attempt,
                     reason: Some("cancelled by request".into()),
                 },
             );
-            (StatusCode::OK, "cancelled")
+            (StatusCode::OK, JobStatus::Cancelled.as_str())
         }
         CancelOutcome::CancelRequested => (StatusCode::ACCEPTED, "cancel_requested"),
         CancelOutcome::AlreadyFinished {
             status: JobStatus::Cancelled,
-        } => (StatusCode::OK, "cancelled"),
+        } => (StatusCode::OK, JobStatus::Cancelled.as_str()),
         CancelOutcome::AlreadyFinished { status } => {
             // Not `status`: in a problem document that is the HTTP status.
             return Err(ApiError::conflict(

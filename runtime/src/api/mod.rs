@@ -41,11 +41,6 @@ use crate::config::Config;
 use crate::node::Node;
 pub use error::{ApiError, ApiResult};
 
-/// Whether `event` reports a terminal job status (`completed`, `dead`, `cancelled`).
-pub fn is_terminal_status(event: &sluice_types::JobEvent) -> bool {
-    jobs::is_terminal_event(event)
-}
-
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {

@@ -25,7 +25,7 @@ use super::AppState;
 use super::auth::Reader;
 use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
 use super::extract::Path;
-use super::jobs::{find_job, is_terminal_event};
+use super::jobs::find_job;
 
 const PAGE: u32 = 500;
 
@@ -122,7 +122,7 @@ async fn replay(st: &AppState, id: Uuid, sent: &mut u64, tx: &mpsc::Sender<Event
 
 fn status_event(r: &JobRecord) -> Event {
     let ev = JobEvent::Status {
-        status: r.status.as_str().into(),
+        status: r.status,
         attempt: r.attempt,
         reason: None,
     };
@@ -196,7 +196,7 @@ async fn pump(
                     if ev.seq > 0 {
                         sent = ev.seq;
                     }
-                    if is_terminal_event(&ev.event) {
+                    if ev.event.is_terminal() {
                         finish(&st, id, &mut sent, &tx).await;
                         return;
                     }

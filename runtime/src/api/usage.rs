@@ -176,8 +176,8 @@ pub(crate) async fn usage(
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             cached_input_tokens: r.cached_input_tokens,
-            cost_micros: r.cost_micros,
-            cost_usd: r.cost_micros as f64 / 1e6,
+            cost_micros: i64::try_from(r.cost_micros.get()).unwrap_or(i64::MAX),
+            cost_usd: r.cost_micros.to_usd(),
             latency_p50_ms: r.latency_p50_ms,
             latency_p95_ms: r.latency_p95_ms,
         })

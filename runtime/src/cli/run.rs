@@ -207,7 +207,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             spend.calls,
             spend.input_tokens,
             spend.output_tokens,
-            spend.cost_micros as f64 / 1e6,
+            sluice_types::Micros::new(spend.cost_micros).to_usd(),
             elapsed.as_millis()
         )?;
     }

@@ -9,6 +9,7 @@ use serde_json::json;
 use sluice_gateway::budget::{AlertKind, AlertSink, BudgetAlert, LogAlertSink};
 use sluice_gateway::{BudgetConfig, BudgetScope, Period};
 use sluice_store::{BudgetRecord, JobStore, NewDelivery};
+use sluice_types::Micros;
 use tokio::sync::mpsc;
 
 /// The tenant whose secret signs alerts of rules from the node's config
@@ -140,8 +141,8 @@ impl AlertSink for AlertRouter {
             "threshold": fraction,
             "scope": a.key.scope,
             "window": a.key.window,
-            "spent_usd": a.spent_micros as f64 / 1e6,
-            "limit_usd": a.limit_micros as f64 / 1e6,
+            "spent_usd": Micros::new(a.spent_micros).to_usd(),
+            "limit_usd": Micros::new(a.limit_micros).to_usd(),
             "spent_micros": a.spent_micros,
             "limit_micros": a.limit_micros,
             "at": chrono::Utc::now(),

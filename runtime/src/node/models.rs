@@ -11,7 +11,7 @@ use sluice_store::{JobStore, JournalEntry, UsageRecord};
 use sluice_types::model::{
     ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource,
 };
-use sluice_types::{CallContext, EventSink, JobEvent, ModelBackend};
+use sluice_types::{CallContext, EventSink, JobEvent, Micros, ModelBackend};
 use tokio::sync::mpsc;
 
 use super::{EventHub, SpendTracker};
@@ -53,17 +53,17 @@ impl GatewayModels {
         let job = &ctx.job;
         let _ = self.usage_tx.send(usage_row(ctx, record));
         // A failed call can cost too (text streamed before the failure).
-        if record.outcome == "ok" || record.cost_micros > 0 {
+        if record.outcome.is_ok() || record.cost_micros > 0 {
             self.spend.add(job.id, record.usage, record.cost_micros);
         }
-        let outcome = if record.outcome == "ok" {
+        let outcome = if record.outcome.is_ok() {
             match record.source {
-                ResponseSource::Provider => "provider".to_string(),
-                ResponseSource::Cache => "cache".to_string(),
-                ResponseSource::Journal => "journal".to_string(),
+                ResponseSource::Provider => "provider",
+                ResponseSource::Cache => "cache",
+                ResponseSource::Journal => "journal",
             }
         } else {
-            record.outcome.clone()
+            record.outcome.as_str()
         };
         self.events.emit(
             job.id,
@@ -77,7 +77,7 @@ impl GatewayModels {
                 input_tokens: record.usage.input_tokens,
                 output_tokens: record.usage.output_tokens,
                 cost_micros: record.cost_micros,
-                outcome,
+                outcome: outcome.to_string(),
             },
         );
     }
@@ -227,11 +227,11 @@ fn usage_row(ctx: &CallContext, record: &CallRecord) -> UsageRecord {
         input_tokens: u64::from(record.usage.input_tokens),
         output_tokens: u64::from(record.usage.output_tokens),
         cached_input_tokens: u64::from(record.usage.cached_input_tokens),
-        cost_micros: i64::try_from(record.cost_micros).unwrap_or(i64::MAX),
+        cost_micros: Micros::new(record.cost_micros),
         latency_ms: record.latency_ms,
         ttft_ms: record.ttft_ms,
         source: record.source,
-        outcome: record.outcome.clone(),
+        outcome: record.outcome,
         created_at: Utc::now(),
     }
 }
@@ -350,9 +350,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert_eq!(row.calls, 1);
-        assert!(row.cost_micros > 0, "never free: {row:?}");
+        assert!(row.cost_micros > Micros::ZERO, "never free: {row:?}");
         let spent = spend.get(ctx.job.id);
-        assert_eq!(spent.cost_micros as i64, row.cost_micros);
+        assert_eq!(spent.cost_micros, row.cost_micros.get());
         assert_eq!(spent.calls, 1);
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sluice_store::{ClaimedJob, Completion, Failure, Finalized};
-use sluice_types::{JobError, JobEvent};
+use sluice_types::{JobError, JobEvent, JobStatus};
 use tokio::sync::{Notify, mpsc};
 
 use crate::node::Node;
@@ -200,23 +200,23 @@ where
 
 fn announce(node: &Node, job: &ClaimedJob, finalized: Finalized, reason: Option<&str>) {
     let status = match finalized {
-        Finalized::Completed => "completed",
-        Finalized::Retrying { .. } => "retrying",
-        Finalized::Dead => "dead",
-        Finalized::Cancelled => "cancelled",
+        Finalized::Completed => JobStatus::Completed,
+        Finalized::Retrying { .. } => JobStatus::Retrying,
+        Finalized::Dead => JobStatus::Dead,
+        Finalized::Cancelled => JobStatus::Cancelled,
         Finalized::LeaseLost => {
             tracing::info!(job = %job.id, "finalize ignored: the lease was lost (rescued or cancelled)");
             return;
         }
     };
-    metrics::counter!("sluice_jobs_finished_total", "status" => status).increment(1);
-    if status != "retrying" {
+    metrics::counter!("sluice_jobs_finished_total", "status" => status.as_str()).increment(1);
+    if status.is_terminal() {
         crate::metrics::job_finished(job, status);
     }
     node.events.publish_live(
         job.id,
         JobEvent::Status {
-            status: status.into(),
+            status,
             attempt: job.attempt,
             reason: reason.map(str::to_string),
         },

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use sluice_engine::JobLimits;
 use sluice_store::{ClaimRequest, ClaimedJob, Lease, PluginSettings};
-use sluice_types::{CallContext, JobEvent};
+use sluice_types::{CallContext, JobEvent, JobStatus};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -240,7 +240,7 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     node.events.publish_live(
         job.id,
         JobEvent::Status {
-            status: "running".into(),
+            status: JobStatus::Running,
             attempt: job.attempt,
             reason: None,
         },

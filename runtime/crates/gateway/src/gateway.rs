@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sluice_types::model::{
     ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ModelError, ResponseSource, Usage,
 };
-use sluice_types::{CallContext, Micros, ModelBackend};
+use sluice_types::{CallContext, Micros, ModelBackend, ModelOutcome};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -19,6 +19,7 @@ use crate::budget::{AlertSink, Budgets, Hold, Ledger, LedgerError, LogAlertSink,
 use crate::cache::ResponseCache;
 use crate::config::{BudgetConfig, ConfigError, GatewayConfig, ProviderKind, RetryConfig, Wire};
 use crate::limiter::LimiterSet;
+use crate::outcome::AttemptOutcome;
 use crate::provider::{
     AnthropicProvider, DeltaFn, FailureKind, OpenAiProvider, Provider, ProviderChatReply,
     ProviderChatRequest, ProviderEmbedReply, ProviderError,
@@ -158,7 +159,7 @@ impl Drop for HoldGuard {
                 },
                 cost_micros: cost.get(),
                 reserved_micros: self.reserved.get(),
-                outcome: "abandoned".into(),
+                outcome: ModelOutcome::Abandoned,
                 ..CallRecord::new(self.operation, &self.requested_model)
             };
             sink(AbandonedCall {
@@ -191,7 +192,7 @@ pub struct AttemptInfo {
     /// `ok`, a failure kind (`server_error`, `rate_limited`, …), or why the position was
     /// skipped: `circuit_open`, `throttled` (no rate-limit capacity before the deadline),
     /// `context_exceeded`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// HTTP status, when there was one.
     pub status: Option<u16>,
     /// Time in the provider call, ms.
@@ -240,7 +241,7 @@ pub struct CallRecord {
     /// Provider or cache.
     pub source: ResponseSource,
     /// `ok` or the [`ModelError::kind`].
-    pub outcome: String,
+    pub outcome: ModelOutcome,
 }
 
 impl CallRecord {
@@ -300,7 +301,7 @@ impl CallRecord {
             fallbacks: 0,
             rate_limit_wait_ms: 0,
             source: ResponseSource::Provider,
-            outcome: "ok".into(),
+            outcome: ModelOutcome::Ok,
         }
     }
 }
@@ -752,7 +753,7 @@ impl Gateway {
         let inner = &*self.inner;
         let mut record = CallRecord::new("chat", &request.model);
         let fail = |mut record: CallRecord, error: ModelError| {
-            record.outcome = error.kind().into();
+            record.outcome = error.outcome();
             record.latency_ms = ms(started.elapsed());
             finish_metrics(&record);
             record_span(&record, None);
@@ -947,7 +948,7 @@ impl Gateway {
         let inner = &*self.inner;
         let mut record = CallRecord::new("embeddings", &request.model);
         let fail = |mut record: CallRecord, error: ModelError| {
-            record.outcome = error.kind().into();
+            record.outcome = error.outcome();
             record.latency_ms = ms(started.elapsed());
             finish_metrics(&record);
             record_span(&record, None);
@@ -1172,11 +1173,11 @@ impl Gateway {
                 metrics::counter!("sluice_model_fallbacks_total", "to" => provider.name.clone())
                     .increment(1);
             }
-            let skip = |record: &mut CallRecord, outcome: &str| {
+            let skip = |record: &mut CallRecord, outcome: AttemptOutcome| {
                 record.attempts.push(AttemptInfo {
                     provider: provider.name.clone(),
                     model: model.id.clone(),
-                    outcome: outcome.into(),
+                    outcome,
                     status: None,
                     latency_ms: 0,
                     rate_limit_wait_ms: 0,
@@ -1186,7 +1187,7 @@ impl Gateway {
                 && u64::from(est_input.saturating_sub(ESTIMATE_MARGIN_TOKENS)) + u64::from(max_out)
                     > u64::from(limit)
             {
-                skip(record, "context_exceeded");
+                skip(record, AttemptOutcome::ContextExceeded);
                 all_throttled = false;
                 if last.is_none() {
                     last = Some(ProviderError::new(
@@ -1205,7 +1206,7 @@ impl Gateway {
                 }
                 let probe = match provider.breaker.admit() {
                     Admission::Refused(_) => {
-                        skip(record, "circuit_open");
+                        skip(record, AttemptOutcome::CircuitOpen);
                         all_throttled = false;
                         break;
                     }
@@ -1223,7 +1224,7 @@ impl Gateway {
                         if h >= deadline {
                             throttle_retry =
                                 Some(throttle_retry.map_or(h - now, |t| t.min(h - now)));
-                            skip(record, "throttled");
+                            skip(record, AttemptOutcome::Throttled);
                             if probe {
                                 provider.breaker.record(true);
                             }
@@ -1254,7 +1255,7 @@ impl Gateway {
                         throttle_retry =
                             Some(throttle_retry.map_or(t.retry_after, |x| x.min(t.retry_after)));
                         metrics::counter!("sluice_rate_limit_refusals_total", "provider" => provider.name.clone()).increment(1);
-                        skip(record, "throttled");
+                        skip(record, AttemptOutcome::Throttled);
                         if probe {
                             // Nothing was learned about the provider's health.
                             provider.breaker.record(true);
@@ -1304,7 +1305,7 @@ impl Gateway {
                 let mut info = AttemptInfo {
                     provider: provider.name.clone(),
                     model: model.id.clone(),
-                    outcome: "ok".into(),
+                    outcome: AttemptOutcome::Ok,
                     status: None,
                     latency_ms: ms(latency),
                     rate_limit_wait_ms: ms(waited),
@@ -1324,7 +1325,7 @@ impl Gateway {
                         });
                     }
                     Err(e) => {
-                        info.outcome = e.kind.as_str().into();
+                        info.outcome = AttemptOutcome::Failed(e.kind);
                         info.status = e.status;
                         record.attempts.push(info);
                         metrics::counter!("sluice_model_attempts_total", "provider" => provider.name.clone(), "outcome" => e.kind.as_str()).increment(1);
@@ -1418,7 +1419,7 @@ impl Gateway {
                     && record
                         .attempts
                         .iter()
-                        .all(|a| a.outcome == "context_exceeded") =>
+                        .all(|a| a.outcome == AttemptOutcome::ContextExceeded) =>
             {
                 Err(ModelError::invalid(e.message))
             }
@@ -1534,12 +1535,12 @@ fn finish_metrics(r: &CallRecord) {
         ResponseSource::Cache => "cache",
         ResponseSource::Journal => "journal",
     };
-    metrics::counter!("sluice_model_calls_total", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone(), "outcome" => r.outcome.clone(), "source" => source).increment(1);
+    metrics::counter!("sluice_model_calls_total", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone(), "outcome" => r.outcome.as_str(), "source" => source).increment(1);
     metrics::histogram!("sluice_model_call_duration_seconds", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone()).record(f64::from(r.latency_ms) / 1000.0);
     if let Some(t) = r.ttft_ms {
         metrics::histogram!("sluice_model_ttft_seconds", "provider" => provider.clone(), "model" => model.clone()).record(f64::from(t) / 1000.0);
     }
-    if r.source == ResponseSource::Provider && r.outcome == "ok" {
+    if r.source == ResponseSource::Provider && r.outcome.is_ok() {
         let u = r.usage;
         metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "input").increment(u64::from(u.input_tokens));
         metrics::counter!("sluice_model_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "output").increment(u64::from(u.output_tokens));
@@ -1549,13 +1550,13 @@ fn finish_metrics(r: &CallRecord) {
         metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "input").record(f64::from(u.input_tokens));
         metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "output").record(f64::from(u.output_tokens));
         // Cost per call in US dollars; the histogram's _sum is the total spend.
-        metrics::histogram!("sluice_model_cost_usd", "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone()).record(r.cost_micros as f64 / 1e6);
+        metrics::histogram!("sluice_model_cost_usd", "gen_ai_provider_name" => provider.clone(), "gen_ai_request_model" => model.clone()).record(Micros::new(r.cost_micros).to_usd());
     }
     // gen_ai.client.operation.duration, in seconds; `error_type` is empty on success.
-    let error_type = if r.outcome == "ok" {
-        String::new()
+    let error_type = if r.outcome.is_ok() {
+        ""
     } else {
-        r.outcome.clone()
+        r.outcome.as_str()
     };
     metrics::histogram!("gen_ai_client_operation_duration_seconds", "gen_ai_operation_name" => r.operation.clone(), "gen_ai_provider_name" => provider, "gen_ai_request_model" => model, "error_type" => error_type).record(f64::from(r.latency_ms) / 1000.0);
 }
@@ -1574,7 +1575,7 @@ fn record_span(r: &CallRecord, finish: Option<&str>) {
     if let Some(f) = finish {
         span.record("gen_ai.response.finish_reasons", f);
     }
-    if r.outcome == "ok" {
+    if r.outcome.is_ok() {
         span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
         span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
     }

@@ -52,6 +52,7 @@ pub mod cache;
 pub mod config;
 mod gateway;
 pub mod limiter;
+mod outcome;
 pub mod provider;
 pub mod sim;
 pub mod tokens;
@@ -69,5 +70,6 @@ pub use gateway::{
     AbandonedCall, AbandonedSink, AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome,
     Gateway, GatewayBuilder,
 };
+pub use outcome::AttemptOutcome;
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
 pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

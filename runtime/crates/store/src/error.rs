@@ -96,6 +96,12 @@ impl StoreError {
     }
 }
 
+impl From<sluice_types::status::UnknownStatus> for StoreError {
+    fn from(e: sluice_types::status::UnknownStatus) -> Self {
+        StoreError::Invalid(e.to_string())
+    }
+}
+
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -1,11 +1,13 @@
 //! Sluice's durable job queue and everything stored next to it: plugins and their components,
 //! the per-job journal and effects, key/value state, usage records, job events and API keys.
 //!
-//! One interface, [`JobStore`], with two implementations: [`PgStore`] (Postgres; production,
-//! shared by several nodes) and [`SqliteStore`] (SQLite; embedded, one node). [`open`] picks by
-//! URL and applies the embedded migrations. The queue's state machine is written down in
-//! `docs/job-states.md`; the conformance suite in `tests/conformance.rs` runs every operation
-//! against both backends.
+//! One interface, [`JobStore`] (a trait per section: [`QueueStore`], [`PluginStore`],
+//! [`RecordStore`], [`ControlStore`], state and effects), with two implementations:
+//! [`PgStore`] (Postgres; production, shared by several nodes) and [`SqliteStore`] (SQLite;
+//! embedded, one node). [`open`] picks by URL and applies the embedded migrations. The
+//! queue's state machine is written down in `docs/job-states.md` and its transitions are
+//! written once, in `flows`, over a small per-backend statement interface; the conformance
+//! suite in `tests/conformance.rs` runs every operation against both backends.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -28,10 +30,12 @@
 mod config;
 mod control;
 mod error;
+mod flows;
 mod machine;
 mod migrations;
 mod model;
 mod pg;
+mod rows;
 mod sqlite;
 mod store;
 mod util;
@@ -44,7 +48,7 @@ pub use error::{Result, StoreError};
 pub use model::*;
 pub use pg::{NOTIFY_CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
-pub use store::{Backend, JobStore, WorkSignal};
+pub use store::{Backend, JobStore, PluginStore, QueueStore, RecordStore, WorkSignal};
 pub use util::{MAX_KEY_BYTES, QUOTA_COUNT_TTL, component_digest, has_nul};
 
 /// Open the store at `url` and apply migrations: `postgres://…` / `postgresql://…` for

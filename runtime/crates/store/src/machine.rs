@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sluice_types::JobError;
+use sluice_types::{JobError, JobStatus};
 
 use crate::config::BackoffPolicy;
 use crate::model::{AttemptOutcome, AttemptRecord};
@@ -19,11 +19,12 @@ pub(crate) enum Decision {
 }
 
 impl Decision {
-    pub(crate) fn terminal_state(self) -> Option<&'static str> {
+    /// The status the job finishes with, unless it is retried.
+    pub(crate) fn terminal_status(self) -> Option<JobStatus> {
         match self {
             Decision::Retry { .. } => None,
-            Decision::Dead => Some("dead"),
-            Decision::Cancelled => Some("cancelled"),
+            Decision::Dead => Some(JobStatus::Dead),
+            Decision::Cancelled => Some(JobStatus::Cancelled),
         }
     }
 }

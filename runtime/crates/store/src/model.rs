@@ -1,15 +1,13 @@
 //! The data the store takes and returns.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_types::model::{ResponseSource, Usage};
-use sluice_types::{JobError, JobEvent, JobInfo, Tags};
+use sluice_types::{JobError, JobEvent, JobInfo, Micros, ModelOutcome, Tags};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
@@ -88,91 +86,23 @@ pub struct Enqueued {
     pub existing: bool,
 }
 
-/// A job as callers see it (see `docs/job-states.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Waiting for its `run_at`.
-    Scheduled,
-    /// Ready, waiting for a worker.
-    Queued,
-    /// An attempt failed or was lost; due again at `run_at`.
-    Retrying,
-    /// A worker holds the lease.
-    Running,
-    /// Output stored.
-    Completed,
-    /// Failed permanently or out of attempts.
-    Dead,
-    /// Cancelled.
-    Cancelled,
-}
+pub use sluice_types::JobStatus;
 
-impl JobStatus {
-    /// All statuses.
-    pub const ALL: [JobStatus; 7] = [
-        JobStatus::Scheduled,
-        JobStatus::Queued,
-        JobStatus::Retrying,
-        JobStatus::Running,
-        JobStatus::Completed,
-        JobStatus::Dead,
-        JobStatus::Cancelled,
-    ];
-
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Scheduled => "scheduled",
-            JobStatus::Queued => "queued",
-            JobStatus::Retrying => "retrying",
-            JobStatus::Running => "running",
-            JobStatus::Completed => "completed",
-            JobStatus::Dead => "dead",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether the job is finished (in history).
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Completed | JobStatus::Dead | JobStatus::Cancelled
-        )
-    }
-
-    /// Derive the status of a row in the hot table.
-    pub(crate) fn of_live(
-        running: bool,
-        attempt: i64,
-        run_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Self {
-        if running {
-            JobStatus::Running
-        } else if attempt > 0 {
-            JobStatus::Retrying
-        } else if run_at > now {
-            JobStatus::Scheduled
-        } else {
-            JobStatus::Queued
-        }
-    }
-}
-
-impl fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobStatus {
-    type Err = crate::StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| crate::StoreError::Invalid(format!("unknown job status `{s}`")))
+/// Derive the status of a row in the hot table (`available` or `running`).
+pub(crate) fn live_status(
+    running: bool,
+    attempt: i64,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> JobStatus {
+    if running {
+        JobStatus::Running
+    } else if attempt > 0 {
+        JobStatus::Retrying
+    } else if run_at > now {
+        JobStatus::Scheduled
+    } else {
+        JobStatus::Queued
     }
 }
 
@@ -774,16 +704,16 @@ pub struct UsageRecord {
     pub output_tokens: u64,
     /// Cached prompt tokens.
     pub cached_input_tokens: u64,
-    /// Cost in micro-dollars.
-    pub cost_micros: i64,
+    /// Cost.
+    pub cost_micros: Micros,
     /// Wall time.
     pub latency_ms: u32,
     /// Time to first token, when streamed.
     pub ttft_ms: Option<u32>,
     /// Provider, cache or journal.
     pub source: ResponseSource,
-    /// `ok` or the error kind.
-    pub outcome: String,
+    /// `ok`, the error kind or `abandoned`.
+    pub outcome: ModelOutcome,
     /// When.
     pub created_at: DateTime<Utc>,
 }
@@ -828,8 +758,8 @@ pub struct UsageSummary {
     pub output_tokens: u64,
     /// Cached prompt tokens.
     pub cached_input_tokens: u64,
-    /// Cost in micro-dollars.
-    pub cost_micros: i64,
+    /// Cost.
+    pub cost_micros: Micros,
     /// Median latency (linear interpolation, as `percentile_cont`).
     pub latency_p50_ms: f64,
     /// 95th percentile latency.

@@ -22,27 +22,9 @@ pub enum Backend {
     Sqlite,
 }
 
-/// The durable queue and everything stored next to it.
-///
-/// Object-safe: a node opens one with [`crate::open`] and shares it as `Arc<dyn JobStore>`.
-/// It is also the [`StateBackend`] and [`EffectsBackend`] the engine's host imports use.
-/// The state machine the job methods implement is `docs/job-states.md`.
+/// Components and plugins: the code a tenant deployed and the version new jobs run.
 #[async_trait]
-pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync + 'static {
-    /// The database behind this store.
-    fn backend(&self) -> Backend;
-
-    /// The settings it was opened with.
-    fn config(&self) -> &StoreConfig;
-
-    /// A handle that wakes when work may be available (see [`WorkSignal`]).
-    fn work_signal(&self) -> WorkSignal;
-
-    /// Close the pool and stop background tasks.
-    async fn close(&self);
-
-    // -- components and plugins ------------------------------------------------------------
-
+pub trait PluginStore: Send + Sync {
     /// Store component bytes; returns their digest (`sha256:<hex>`). Idempotent.
     async fn put_component(&self, bytes: &[u8]) -> Result<String>;
 
@@ -84,8 +66,14 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
 
     /// The `concurrency` setting of every active plugin version, as claim caps.
     async fn concurrency_caps(&self) -> Result<Vec<PluginCap>>;
+}
 
-    // -- jobs ------------------------------------------------------------------------------
+/// The queue: jobs from enqueue to history, and the dead letters (the state machine of
+/// `docs/job-states.md`).
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// A handle that wakes when work may be available (see [`WorkSignal`]).
+    fn work_signal(&self) -> WorkSignal;
 
     /// Accept a job. Returns after the job is committed.
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued>;
@@ -148,9 +136,12 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
 
     /// Put dead jobs back in the queue (transition #13); returns their ids.
     async fn redrive(&self, filter: &DeadFilter, options: &RedriveOptions) -> Result<Vec<Uuid>>;
+}
 
-    // -- journal ---------------------------------------------------------------------------
-
+/// What a job leaves behind besides its row: its journal and trace, its model calls' usage,
+/// its events; and the API keys that submit jobs.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
     /// Store the W3C `traceparent` of a job's `job` span (telemetry only; purged with the
     /// job). The value is 55 characters, formatted by the runtime.
     async fn set_job_trace(&self, job: Uuid, traceparent: &str) -> Result<()>;
@@ -216,8 +207,35 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
     /// How many unrevoked keys exist, across tenants (a server refuses to listen beyond
     /// loopback with none).
     async fn count_api_keys(&self) -> Result<u64>;
+}
 
-    // -- maintenance -----------------------------------------------------------------------
+/// The durable queue and everything stored next to it: one trait per section ([`QueueStore`],
+/// [`PluginStore`], [`RecordStore`], [`ControlStore`], and the engine's [`StateBackend`] and
+/// [`EffectsBackend`]) and what concerns the whole store.
+///
+/// Object-safe: a node opens one with [`crate::open`] and shares it as `Arc<dyn JobStore>`,
+/// whose methods include every section's. The state machine the queue implements is
+/// `docs/job-states.md`.
+#[async_trait]
+pub trait JobStore:
+    QueueStore
+    + PluginStore
+    + RecordStore
+    + ControlStore
+    + StateBackend
+    + EffectsBackend
+    + Send
+    + Sync
+    + 'static
+{
+    /// The database behind this store.
+    fn backend(&self) -> Backend;
+
+    /// The settings it was opened with.
+    fn config(&self) -> &StoreConfig;
+
+    /// Close the pool and stop background tasks.
+    async fn close(&self);
 
     /// Delete history past retention, expired idempotency keys and expired state.
     async fn purge(&self) -> Result<PurgeReport>;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
-use crate::model::{AttemptRecord, NewJob};
+use crate::model::NewJob;
 
 pub use sluice_types::backend::MAX_KEY_BYTES;
 
@@ -225,10 +225,6 @@ pub(crate) fn percentile_cont(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-pub(crate) fn parse_attempt_log(raw: &str) -> Result<Vec<AttemptRecord>> {
-    serde_json::from_str(raw).map_err(StoreError::corrupt)
-}
-
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Serializing our own plain types cannot fail.
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
@@ -311,11 +307,6 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> 
     serde_json::from_str(raw).map_err(StoreError::corrupt)
 }
 
-pub(crate) fn value_from_str(raw: &str) -> Result<Value> {
-    from_json(raw)
-}
-
-/// Most claim statements (rounds) one `claim` call runs.
 /// Micro-dollars from a database `bigint` (never negative in practice; clamped if it were).
 pub(crate) fn micros(v: i64) -> u64 {
     v.max(0) as u64
@@ -326,6 +317,7 @@ pub(crate) fn signed(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+/// Most claim statements (rounds) one `claim` call runs.
 pub(crate) const MAX_CLAIM_ROUNDS: usize = 4;
 
 /// Whether another claim round may find more: slots are left, and either some tenant used

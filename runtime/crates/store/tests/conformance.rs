@@ -238,7 +238,7 @@ mod cases {
 
     use serde_json::json;
     use sluice_types::model::{ResponseSource, Usage};
-    use sluice_types::{JobError, JobEvent, StateScope};
+    use sluice_types::{JobError, JobEvent, Micros, ModelOutcome, StateScope};
     use uuid::Uuid;
 
     use super::*;
@@ -1433,7 +1433,7 @@ mod cases {
         let s = &ctx.store;
         let now = chrono::Utc::now();
         let rec =
-            |plugin: &str, user: Option<&str>, model: &str, latency: u32, cost: i64| UsageRecord {
+            |plugin: &str, user: Option<&str>, model: &str, latency: u32, cost: u64| UsageRecord {
                 job_id: Some(Uuid::now_v7()),
                 attempt: 1,
                 plugin: plugin.into(),
@@ -1446,11 +1446,11 @@ mod cases {
                 input_tokens: 100,
                 output_tokens: 10,
                 cached_input_tokens: 5,
-                cost_micros: cost,
+                cost_micros: Micros::new(cost),
                 latency_ms: latency,
                 ttft_ms: Some(7),
                 source: ResponseSource::Provider,
-                outcome: "ok".into(),
+                outcome: ModelOutcome::Ok,
                 created_at: now,
             };
         let mut records = Vec::new();
@@ -1487,7 +1487,7 @@ mod cases {
                 a.input_tokens,
                 a.output_tokens,
                 a.cached_input_tokens,
-                a.cost_micros
+                a.cost_micros.get()
             ),
             (500, 50, 25, 15)
         );
@@ -1497,7 +1497,7 @@ mod cases {
             "{}",
             a.latency_p95_ms
         );
-        assert_eq!(by_plugin[1].cost_micros, 1000);
+        assert_eq!(by_plugin[1].cost_micros.get(), 1000);
         let by_user = s
             .usage_summary(&q(UsageGroupBy::Tag("user".into())))
             .await
@@ -1619,11 +1619,11 @@ mod cases {
             input_tokens: 1,
             output_tokens: 1,
             cached_input_tokens: 0,
-            cost_micros: 1,
+            cost_micros: Micros::new(1),
             latency_ms: 1,
             ttft_ms: None,
             source: ResponseSource::Provider,
-            outcome: "ok".into(),
+            outcome: ModelOutcome::Ok,
             created_at: chrono::Utc::now(),
         };
         s.record_usage(&[usage]).await.unwrap();
@@ -1754,7 +1754,7 @@ mod cases {
                 s.append_event(
                     job,
                     &JobEvent::Status {
-                        status: "x".into(),
+                        status: JobStatus::Running,
                         attempt: 1,
                         reason: None,
                     },

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::status::JobStatus;
+
 /// Log severity (mirrors WIT `events.level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,7 +27,7 @@ pub enum JobEvent {
     /// The job changed state (`queued`, `running`, `retrying`, …).
     Status {
         /// The new state.
-        status: String,
+        status: JobStatus,
         /// The attempt it concerns.
         attempt: u32,
         /// Why, for failures.
@@ -90,6 +92,12 @@ pub enum JobEvent {
 }
 
 impl JobEvent {
+    /// Whether this event announces that its job finished (completed, dead or cancelled):
+    /// what waiters, SSE streams and webhooks stop on.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobEvent::Status { status, .. } if status.is_terminal())
+    }
+
     /// The SSE event name for this event: always its `type` in the event's JSON, so a
     /// client can dispatch on either.
     pub fn name(&self) -> &'static str {

@@ -16,6 +16,7 @@ pub mod event;
 pub mod job;
 pub mod model;
 pub mod money;
+pub mod status;
 
 pub use backend::{
     EffectError, EffectsBackend, EventSink, HostServices, ModelBackend, StateBackend, StateError,
@@ -23,4 +24,6 @@ pub use backend::{
 };
 pub use event::{JobEvent, LogLevel};
 pub use job::{CallContext, JobError, JobInfo, Tags};
+pub use model::ModelOutcome;
 pub use money::Micros;
+pub use status::JobStatus;

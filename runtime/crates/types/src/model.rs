@@ -248,13 +248,116 @@ impl ModelError {
     }
     /// A short machine-readable kind, for metrics and usage records.
     pub fn kind(&self) -> &'static str {
+        self.outcome().as_str()
+    }
+
+    /// The outcome a usage record and the call's metrics give a call that failed this way.
+    pub fn outcome(&self) -> ModelOutcome {
         match self {
-            ModelError::BudgetExceeded { .. } => "budget_exceeded",
-            ModelError::RateLimited { .. } => "rate_limited",
-            ModelError::Unavailable { .. } => "unavailable",
-            ModelError::InvalidRequest { .. } => "invalid_request",
-            ModelError::Timeout { .. } => "timeout",
-            ModelError::ContentFiltered { .. } => "content_filtered",
+            ModelError::BudgetExceeded { .. } => ModelOutcome::BudgetExceeded,
+            ModelError::RateLimited { .. } => ModelOutcome::RateLimited,
+            ModelError::Unavailable { .. } => ModelOutcome::Unavailable,
+            ModelError::InvalidRequest { .. } => ModelOutcome::InvalidRequest,
+            ModelError::Timeout { .. } => ModelOutcome::Timeout,
+            ModelError::ContentFiltered { .. } => ModelOutcome::ContentFiltered,
         }
+    }
+}
+
+/// How a model call ended, as its usage record, metrics and trace span label it: `ok`, the
+/// [`ModelError`] kind it failed with, or `abandoned` (its job stopped waiting for it).
+/// Serialized, stored and printed as that snake_case name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelOutcome {
+    /// Answered (by a provider, the cache or the journal).
+    #[default]
+    Ok,
+    /// The call's future was dropped (its job timed out or was cancelled) after a request
+    /// went out: charged what it may have cost.
+    Abandoned,
+    /// [`ModelError::BudgetExceeded`].
+    BudgetExceeded,
+    /// [`ModelError::RateLimited`].
+    RateLimited,
+    /// [`ModelError::Unavailable`].
+    Unavailable,
+    /// [`ModelError::InvalidRequest`].
+    InvalidRequest,
+    /// [`ModelError::Timeout`].
+    Timeout,
+    /// [`ModelError::ContentFiltered`].
+    ContentFiltered,
+}
+
+impl ModelOutcome {
+    /// The snake_case name (the usage table's `outcome` column and the metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelOutcome::Ok => "ok",
+            ModelOutcome::Abandoned => "abandoned",
+            ModelOutcome::BudgetExceeded => "budget_exceeded",
+            ModelOutcome::RateLimited => "rate_limited",
+            ModelOutcome::Unavailable => "unavailable",
+            ModelOutcome::InvalidRequest => "invalid_request",
+            ModelOutcome::Timeout => "timeout",
+            ModelOutcome::ContentFiltered => "content_filtered",
+        }
+    }
+
+    /// Whether the call was answered.
+    pub fn is_ok(self) -> bool {
+        self == ModelOutcome::Ok
+    }
+}
+
+impl std::fmt::Display for ModelOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compare with a name as written in a record or a test (`outcome == "ok"`).
+impl PartialEq<&str> for ModelOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_stored_under_the_error_kinds_names() {
+        let errors = [
+            ModelError::BudgetExceeded {
+                message: String::new(),
+            },
+            ModelError::RateLimited {
+                message: String::new(),
+                retry_after_ms: None,
+            },
+            ModelError::unavailable(""),
+            ModelError::invalid(""),
+            ModelError::Timeout {
+                message: String::new(),
+            },
+            ModelError::ContentFiltered {
+                message: String::new(),
+            },
+        ];
+        for e in errors {
+            let outcome = e.outcome();
+            assert!(!outcome.is_ok());
+            assert_eq!(outcome.as_str(), e.kind());
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{}\"", e.kind())
+            );
+        }
+        assert_eq!(ModelOutcome::Ok, "ok");
+        assert_eq!(ModelOutcome::Abandoned.to_string(), "abandoned");
+        assert!(ModelOutcome::default().is_ok());
     }
 }

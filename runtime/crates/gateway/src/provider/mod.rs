@@ -92,6 +92,20 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind.
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::InvalidRequest,
+        FailureKind::Auth,
+        FailureKind::QuotaExhausted,
+        FailureKind::RateLimited,
+        FailureKind::Overloaded,
+        FailureKind::Server,
+        FailureKind::Timeout,
+        FailureKind::Connection,
+        FailureKind::Malformed,
+        FailureKind::ContentFiltered,
+    ];
+
     /// Whether another attempt at the same provider may succeed.
     pub fn retryable(self) -> bool {
         matches!(

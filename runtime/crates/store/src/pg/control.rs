@@ -12,49 +12,11 @@ use sqlx::types::Json;
 use super::PgStore;
 use crate::control::*;
 use crate::error::Result;
+use crate::rows::{self, DELIVERY_COLS};
 use crate::util::{micros, signed};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn budget_of(r: &PgRow) -> Result<BudgetRecord> {
-    Ok(BudgetRecord {
-        tenant: r.try_get("tenant")?,
-        name: r.try_get("name")?,
-        spec: r.try_get::<Json<Value>, _>("spec")?.0,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
-fn delivery_of(r: &PgRow) -> Result<WebhookDelivery> {
-    Ok(WebhookDelivery {
-        id: r.try_get("id")?,
-        delivery_id: r.try_get("delivery_id")?,
-        tenant: r.try_get("tenant")?,
-        job_id: r.try_get("job_id")?,
-        url: r.try_get("url")?,
-        event: r.try_get("event")?,
-        payload: r.try_get::<Option<Json<Value>>, _>("payload")?.map(|j| j.0),
-        status: r.try_get::<String, _>("status")?.parse()?,
-        attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        last_error: r.try_get("last_error")?,
-        created_at: r.try_get("created_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
-}
-
-fn node_of(r: &PgRow) -> Result<NodeRecord> {
-    Ok(NodeRecord {
-        id: r.try_get("id")?,
-        hostname: r.try_get("hostname")?,
-        version: r.try_get("version")?,
-        roles: r.try_get("roles")?,
-        started_at: r.try_get("started_at")?,
-        last_seen: r.try_get("last_seen")?,
-    })
 }
 
 /// Lines as parallel arrays for `unnest`, sorted and deduplicated so every transaction locks
@@ -79,9 +41,6 @@ fn columns(lines: &[LedgerLine]) -> Columns {
         limits: keys.iter().map(|k| signed(k.limit_micros)).collect(),
     }
 }
-
-const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, status, \
-     attempts, next_attempt_at, last_error, created_at, finished_at";
 
 impl PgStore {
     /// Spend and unexpired holds of each window in `lines`, keyed by (budget, scope, window).
@@ -151,7 +110,7 @@ impl ControlStore for PgStore {
         .bind(Json(spec))
         .fetch_one(&self.pool)
         .await?;
-        budget_of(&r)
+        rows::budget(&r)
     }
 
     async fn list_budgets(&self, tenant: Option<&str>) -> Result<Vec<BudgetRecord>> {
@@ -162,7 +121,7 @@ impl ControlStore for PgStore {
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(budget_of).collect()
+        rows.iter().map(rows::budget).collect()
     }
 
     async fn delete_budget(&self, tenant: &str, name: &str) -> Result<bool> {
@@ -359,7 +318,7 @@ impl ControlStore for PgStore {
         .bind(ms(ttl))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(node_of).collect()
+        rows.iter().map(rows::node).collect()
     }
 
     async fn webhook_enqueue(&self, d: &NewDelivery) -> Result<WebhookDelivery> {
@@ -375,7 +334,7 @@ impl ControlStore for PgStore {
             .bind(d.payload.as_ref().map(Json))
             .fetch_one(&self.pool)
             .await?;
-        delivery_of(&r)
+        rows::delivery(&r)
     }
 
     async fn webhook_claim(&self, limit: u32, lease: Duration) -> Result<Vec<WebhookDelivery>> {
@@ -393,7 +352,7 @@ impl ControlStore for PgStore {
             .bind(ms(lease))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(delivery_of).collect()
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn webhook_finish(&self, id: i64, result: &DeliveryResult) -> Result<()> {
@@ -438,7 +397,7 @@ impl ControlStore for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(delivery_of).collect()
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn webhook_get(&self, tenant: &str, id: i64) -> Result<Option<WebhookDelivery>> {
@@ -449,7 +408,7 @@ impl ControlStore for PgStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(delivery_of).transpose()
+        row.as_ref().map(rows::delivery).transpose()
     }
 
     async fn webhook_retry(&self, tenant: &str, id: i64) -> Result<bool> {

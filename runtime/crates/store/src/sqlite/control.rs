@@ -6,61 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
-use super::{SqliteStore, ms_of, now_ms, ts, uuid_of};
+use super::{SqliteStore, ms_of, now_ms};
 use crate::control::*;
-use crate::error::{Result, StoreError};
+use crate::error::Result;
+use crate::rows::{self, DELIVERY_COLS};
 use crate::util::{micros, signed};
-
-fn budget_of(r: &SqliteRow) -> Result<BudgetRecord> {
-    Ok(BudgetRecord {
-        tenant: r.try_get("tenant")?,
-        name: r.try_get("name")?,
-        spec: serde_json::from_str(r.try_get::<&str, _>("spec")?).map_err(StoreError::corrupt)?,
-        created_at: ts(r.try_get("created_at")?),
-        updated_at: ts(r.try_get("updated_at")?),
-    })
-}
-
-fn delivery_of(r: &SqliteRow) -> Result<WebhookDelivery> {
-    let payload: Option<String> = r.try_get("payload")?;
-    let job: Option<String> = r.try_get("job_id")?;
-    Ok(WebhookDelivery {
-        id: r.try_get("id")?,
-        delivery_id: uuid_of(r.try_get::<&str, _>("delivery_id")?)?,
-        tenant: r.try_get("tenant")?,
-        job_id: job.as_deref().map(uuid_of).transpose()?,
-        url: r.try_get("url")?,
-        event: r.try_get("event")?,
-        payload: payload
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(StoreError::corrupt)?,
-        status: r.try_get::<String, _>("status")?.parse()?,
-        attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
-        next_attempt_at: ts(r.try_get("next_attempt_at")?),
-        last_error: r.try_get("last_error")?,
-        created_at: ts(r.try_get("created_at")?),
-        finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(ts),
-    })
-}
-
-fn node_of(r: &SqliteRow) -> Result<NodeRecord> {
-    Ok(NodeRecord {
-        id: r.try_get("id")?,
-        hostname: r.try_get("hostname")?,
-        version: r.try_get("version")?,
-        roles: r.try_get("roles")?,
-        started_at: ts(r.try_get("started_at")?),
-        last_seen: ts(r.try_get("last_seen")?),
-    })
-}
-
-const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, status, \
-     attempts, next_attempt_at, last_error, created_at, finished_at";
 
 async fn level_in(
     conn: &mut sqlx::SqliteConnection,
@@ -107,7 +59,7 @@ impl ControlStore for SqliteStore {
         .bind(now)
         .fetch_one(&self.writer)
         .await?;
-        budget_of(&r)
+        rows::budget(&r)
     }
 
     async fn list_budgets(&self, tenant: Option<&str>) -> Result<Vec<BudgetRecord>> {
@@ -118,7 +70,7 @@ impl ControlStore for SqliteStore {
         .bind(tenant)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(budget_of).collect()
+        rows.iter().map(rows::budget).collect()
     }
 
     async fn delete_budget(&self, tenant: &str, name: &str) -> Result<bool> {
@@ -310,7 +262,7 @@ impl ControlStore for SqliteStore {
         .bind(now_ms() - ms_of(ttl))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(node_of).collect()
+        rows.iter().map(rows::node).collect()
     }
 
     async fn webhook_enqueue(&self, d: &NewDelivery) -> Result<WebhookDelivery> {
@@ -330,7 +282,7 @@ impl ControlStore for SqliteStore {
             .bind(now)
             .fetch_one(&self.writer)
             .await?;
-        delivery_of(&r)
+        rows::delivery(&r)
     }
 
     async fn webhook_claim(&self, limit: u32, lease: Duration) -> Result<Vec<WebhookDelivery>> {
@@ -350,7 +302,7 @@ impl ControlStore for SqliteStore {
             .bind(now.saturating_add(ms_of(lease)))
             .fetch_all(&self.writer)
             .await?;
-        rows.iter().map(delivery_of).collect()
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn webhook_finish(&self, id: i64, result: &DeliveryResult) -> Result<()> {
@@ -398,7 +350,7 @@ impl ControlStore for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(delivery_of).collect()
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn webhook_get(&self, tenant: &str, id: i64) -> Result<Option<WebhookDelivery>> {
@@ -409,7 +361,7 @@ impl ControlStore for SqliteStore {
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(delivery_of).transpose()
+        row.as_ref().map(rows::delivery).transpose()
     }
 
     async fn webhook_retry(&self, tenant: &str, id: i64) -> Result<bool> {
