@@ -51,6 +51,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 mod gateway;
+pub mod health;
 pub mod limiter;
 pub mod provider;
 pub mod sim;
@@ -69,5 +70,6 @@ pub use gateway::{
     AbandonedCall, AbandonedSink, AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome,
     Gateway, GatewayBuilder,
 };
+pub use health::ProviderHealth;
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
 pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

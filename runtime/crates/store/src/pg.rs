@@ -1536,6 +1536,40 @@ impl JobStore for PgStore {
         })
     }
 
+    async fn queue_breakdown(&self) -> Result<QueueBreakdown> {
+        let rows = sqlx::query(
+            "SELECT plugin,
+                count(*) FILTER (WHERE state = 'available' AND attempt = 0 AND run_at > now()) AS scheduled,
+                count(*) FILTER (WHERE state = 'available' AND attempt = 0 AND run_at <= now()) AS queued,
+                count(*) FILTER (WHERE state = 'available' AND attempt > 0) AS retrying,
+                count(*) FILTER (WHERE state = 'running') AS running,
+                0::bigint AS dead
+             FROM jobs GROUP BY plugin
+             UNION ALL
+             SELECT plugin, 0, 0, 0, 0, count(*) FROM job_history WHERE state = 'dead' GROUP BY plugin",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest_dead_at: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT min(finished_at) FROM job_history WHERE state = 'dead'")
+                .fetch_one(&self.pool)
+                .await?;
+        let mut by_plugin = std::collections::BTreeMap::<String, QueueStats>::new();
+        for r in &rows {
+            let g = |c: &str| -> Result<u64> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+            let e = by_plugin.entry(r.try_get("plugin")?).or_default();
+            e.scheduled += g("scheduled")?;
+            e.queued += g("queued")?;
+            e.retrying += g("retrying")?;
+            e.running += g("running")?;
+            e.dead += g("dead")?;
+        }
+        Ok(QueueBreakdown {
+            by_plugin: by_plugin.into_iter().collect(),
+            oldest_dead_at,
+        })
+    }
+
     async fn count_dead(&self, tenant: Option<&str>, plugin: Option<&str>) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM job_history WHERE state = 'dead'

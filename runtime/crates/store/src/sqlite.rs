@@ -1407,6 +1407,41 @@ impl JobStore for SqliteStore {
         })
     }
 
+    async fn queue_breakdown(&self) -> Result<QueueBreakdown> {
+        let rows = sqlx::query(
+            "SELECT plugin,
+                coalesce(sum(state = 'available' AND attempt = 0 AND run_at > ?1), 0) AS scheduled,
+                coalesce(sum(state = 'available' AND attempt = 0 AND run_at <= ?1), 0) AS queued,
+                coalesce(sum(state = 'available' AND attempt > 0), 0) AS retrying,
+                coalesce(sum(state = 'running'), 0) AS running,
+                0 AS dead
+             FROM jobs GROUP BY plugin
+             UNION ALL
+             SELECT plugin, 0, 0, 0, 0, count(*) FROM job_history WHERE state = 'dead' GROUP BY plugin",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.reader)
+        .await?;
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT min(finished_at) FROM job_history WHERE state = 'dead'")
+                .fetch_one(&self.reader)
+                .await?;
+        let mut by_plugin = std::collections::BTreeMap::<String, QueueStats>::new();
+        for r in &rows {
+            let g = |c: &str| -> Result<u64> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+            let e = by_plugin.entry(r.try_get("plugin")?).or_default();
+            e.scheduled += g("scheduled")?;
+            e.queued += g("queued")?;
+            e.retrying += g("retrying")?;
+            e.running += g("running")?;
+            e.dead += g("dead")?;
+        }
+        Ok(QueueBreakdown {
+            by_plugin: by_plugin.into_iter().collect(),
+            oldest_dead_at: oldest.map(ts),
+        })
+    }
+
     async fn count_dead(&self, tenant: Option<&str>, plugin: Option<&str>) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM job_history WHERE state = 'dead'

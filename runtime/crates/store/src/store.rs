@@ -125,6 +125,9 @@ pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync +
     /// Queue depth by status and the dead-letter depth.
     async fn queue_stats(&self) -> Result<QueueStats>;
 
+    /// [`JobStore::queue_stats`] by plugin name, and when the oldest dead job died.
+    async fn queue_breakdown(&self) -> Result<QueueBreakdown>;
+
     // -- dead letters ----------------------------------------------------------------------
 
     /// Dead jobs, newest first.
