@@ -11,9 +11,13 @@
 //! webhook outbox (signed with the `_system` tenant's secret, `Sluice-Event: alert.firing |
 //! alert.resolved`) to `[alerts] url`, else `[webhooks] alert_url`; with neither, the log only.
 //!
-//! Each node evaluates its own rules: DLQ rules read the shared store, plugin rules this
-//! node's own attempts, breaker rules this node's breakers. Run the rules on one node (or
-//! dedupe on the payload's `alert` and `since`) to get one delivery per episode per cluster.
+//! Every node evaluates the rules (DLQ rules read the shared store, plugin rules the node's own
+//! attempts, breaker rules its own breakers), and the episode is the cluster's: it lives in the
+//! store's key/value state (tenant `_system`, plugin `_alerts`, out of every tenant's reach),
+//! moved by compare-and-swap, so among nodes that see a rule go over at the same time exactly
+//! one wins the swap and queues the `alert.firing`. Each node marks the rules it sees over
+//! (a key that expires after [`mark_ttl`], so a node that died stops holding an episode open);
+//! the episode resolves, once, when no node's mark is left.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
@@ -197,7 +201,8 @@ pub fn observe_attempt(tenant: &str, plugin: &str, ok: bool, seconds: f64) {
 /// The state of one rule between evaluations.
 #[derive(Default)]
 struct RuleState {
-    firing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether this node's mark (it saw the rule over) is set in the store.
+    marked: bool,
     /// `(when, dead jobs)` samples of `dlq_growth`.
     depths: VecDeque<(Instant, u64)>,
 }
@@ -224,6 +229,10 @@ pub async fn run(node: Node, stop: CancellationToken) {
         .url
         .clone()
         .or_else(|| node.config.webhooks.alert_url.clone());
+    let cluster = Cluster {
+        node_id: uuid::Uuid::new_v4().simple().to_string(),
+        mark_ttl: mark_ttl(cfg.interval_secs),
+    };
     let mut states: Vec<RuleState> = cfg.rules.iter().map(|_| RuleState::default()).collect();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(cfg.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,7 +243,13 @@ pub async fn run(node: Node, stop: CancellationToken) {
         }
         for (rule, state) in cfg.rules.iter().zip(states.iter_mut()) {
             match evaluate(&node, rule, state).await {
-                Ok(value) => transition(&node, url.as_deref(), rule, state, value).await,
+                Ok(value) => {
+                    if let Err(e) =
+                        transition(&node, &cluster, url.as_deref(), rule, state, value).await
+                    {
+                        tracing::warn!(alert = %rule.name, error = %e, "recording an alert's episode failed");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(alert = %rule.name, error = %e, "evaluating an alert rule failed")
                 }
@@ -316,32 +331,99 @@ async fn dead(node: &Node, rule: &AlertRule) -> anyhow::Result<u64> {
     })
 }
 
+/// This node in the cluster's alert state.
+struct Cluster {
+    /// Names this node's marks (a random id per process).
+    node_id: String,
+    mark_ttl: Duration,
+}
+
+/// How long a node's mark outlives its last evaluation: three intervals, at least 3 s.
+pub fn mark_ttl(interval_secs: f64) -> Duration {
+    Duration::from_secs_f64((interval_secs * 3.0).max(3.0))
+}
+
+/// Where episodes and marks live.
+fn scope() -> sluice_types::StateScope {
+    sluice_types::StateScope {
+        tenant: SYSTEM_TENANT.into(),
+        plugin: "_alerts".into(),
+    }
+}
+
+/// The episode key of a rule, and the prefix of its nodes' marks (the name hex-encoded, so
+/// one rule's prefix never covers another's keys).
+fn keys(rule: &AlertRule) -> (String, String) {
+    let name = hex::encode(rule.name.as_bytes());
+    (format!("episode/{name}"), format!("over/{name}/"))
+}
+
+/// A rule's episode as stored: firing since `since`, or resolved (the last one's `since`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Episode {
+    firing: bool,
+    since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Mark or unmark this node, then move the cluster's episode if it must change: fire when a
+/// node sees the rule over and no episode is open, resolve when one is open and no node's
+/// mark is left. The change is a compare-and-swap on the episode: of the nodes that try it
+/// at once, one wins and queues the delivery; the others see it done.
 async fn transition(
     node: &Node,
+    cluster: &Cluster,
     url: Option<&str>,
     rule: &AlertRule,
     state: &mut RuleState,
     (value, over): (f64, bool),
-) {
-    let now = chrono::Utc::now();
-    let event = match (state.firing_since, over) {
-        (None, true) => {
-            state.firing_since = Some(now);
-            tracing::warn!(alert = %rule.name, kind = ?rule.kind, value, threshold = rule.threshold, "alert firing");
-            "alert.firing"
-        }
-        (Some(since), false) => {
-            tracing::info!(alert = %rule.name, kind = ?rule.kind, value, firing_since = %since, "alert resolved");
-            "alert.resolved"
-        }
-        _ => return,
-    };
-    metrics::counter!("sluice_alerts_total", "event" => event).increment(1);
-    let since = state.firing_since.unwrap_or(now);
-    if event == "alert.resolved" {
-        state.firing_since = None;
+) -> anyhow::Result<()> {
+    let kv = &node.services.state;
+    let scope = scope();
+    let (episode_key, marks) = keys(rule);
+    let mark = format!("{marks}{}", cluster.node_id);
+    if over {
+        kv.set(&scope, &mark, "1", Some(cluster.mark_ttl)).await?;
+        state.marked = true;
+    } else if state.marked {
+        kv.delete(&scope, &mark).await?;
+        state.marked = false;
     }
-    let Some(url) = url else { return };
+    let raw = kv.get(&scope, &episode_key).await?;
+    let current: Option<Episode> = raw.as_deref().and_then(|r| serde_json::from_str(r).ok());
+    let open = current.as_ref().is_some_and(|e| e.firing);
+    let now = chrono::Utc::now();
+    let (event, next) = match (open, over) {
+        (false, true) => (
+            "alert.firing",
+            Episode {
+                firing: true,
+                since: now,
+            },
+        ),
+        (true, false) if kv.list_keys(&scope, &marks, 1).await?.is_empty() => (
+            "alert.resolved",
+            Episode {
+                firing: false,
+                since: current.as_ref().map_or(now, |e| e.since),
+            },
+        ),
+        _ => return Ok(()),
+    };
+    let next_raw = serde_json::to_string(&next)?;
+    if !kv
+        .compare_and_swap(&scope, &episode_key, raw.as_deref(), &next_raw)
+        .await?
+    {
+        // Another node moved the episode first; it queues the delivery.
+        return Ok(());
+    }
+    if event == "alert.firing" {
+        tracing::warn!(alert = %rule.name, kind = ?rule.kind, value, threshold = rule.threshold, "alert firing");
+    } else {
+        tracing::info!(alert = %rule.name, kind = ?rule.kind, value, firing_since = %next.since, "alert resolved");
+    }
+    metrics::counter!("sluice_alerts_total", "event" => event).increment(1);
+    let Some(url) = url else { return Ok(()) };
     let payload = json!({
         "alert": rule.name,
         "kind": rule.kind,
@@ -352,7 +434,7 @@ async fn transition(
         "tenant": rule.tenant,
         "plugin": rule.plugin,
         "provider": rule.provider,
-        "since": since,
+        "since": next.since,
         "at": now,
     });
     let delivery = NewDelivery {
@@ -365,6 +447,7 @@ async fn transition(
     if let Err(e) = node.store.webhook_enqueue(&delivery).await {
         tracing::error!(alert = %rule.name, error = %e, "queueing an alert webhook failed");
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -406,6 +489,78 @@ mod tests {
         }
         let inf: crate::config::Config = toml::from_str("[alerts]\ninterval_secs = inf\n").unwrap();
         assert!(inf.alerts.validate().is_err());
+    }
+
+    /// Two nodes on one store: the first to see the rule over fires; the second, over too,
+    /// does not fire again; the episode resolves once, only when neither node is over.
+    #[tokio::test]
+    async fn an_episode_is_the_clusters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.database.url = Some(format!("sqlite://{}", dir.path().join("db").display()));
+        config.database.data_dir = dir.path().to_path_buf();
+        config.engine.pooling = false;
+        let node = Node::start(config).await.unwrap();
+        let cluster = |id: &str| Cluster {
+            node_id: id.into(),
+            mark_ttl: Duration::from_secs(60),
+        };
+        let (a, b) = (cluster("a"), cluster("b"));
+        let (mut sa, mut sb) = (RuleState::default(), RuleState::default());
+        let r = rule(RuleKind::BreakerOpen);
+        let url = Some("http://127.0.0.1:9/alerts");
+        let sent = || async {
+            let list = node
+                .store
+                .webhook_list(SYSTEM_TENANT, None, None, 100)
+                .await
+                .unwrap();
+            let mut events: Vec<String> = list.iter().map(|d| d.event.clone()).collect();
+            events.reverse();
+            events
+        };
+        transition(&node, &a, url, &r, &mut sa, (1.0, true))
+            .await
+            .unwrap();
+        transition(&node, &b, url, &r, &mut sb, (1.0, true))
+            .await
+            .unwrap();
+        transition(&node, &a, url, &r, &mut sa, (1.0, true))
+            .await
+            .unwrap();
+        assert_eq!(sent().await, ["alert.firing"]);
+        // `a` recovers; `b` still sees it: the episode stays open.
+        transition(&node, &a, url, &r, &mut sa, (0.0, false))
+            .await
+            .unwrap();
+        assert_eq!(sent().await, ["alert.firing"]);
+        transition(&node, &b, url, &r, &mut sb, (0.0, false))
+            .await
+            .unwrap();
+        transition(&node, &a, url, &r, &mut sa, (0.0, false))
+            .await
+            .unwrap();
+        assert_eq!(sent().await, ["alert.firing", "alert.resolved"]);
+        // A new episode is a new firing.
+        transition(&node, &b, url, &r, &mut sb, (1.0, true))
+            .await
+            .unwrap();
+        transition(&node, &a, url, &r, &mut sa, (1.0, true))
+            .await
+            .unwrap();
+        assert_eq!(
+            sent().await,
+            ["alert.firing", "alert.resolved", "alert.firing"]
+        );
+        let firings: Vec<_> = node
+            .store
+            .webhook_list(SYSTEM_TENANT, None, None, 100)
+            .await
+            .unwrap();
+        let since = |i: usize| firings[i].payload.as_ref().unwrap()["since"].clone();
+        // Newest first: the resolve carries its episode's `since`; the new episode its own.
+        assert_eq!(since(1), since(2));
+        assert_ne!(since(0), since(1));
     }
 
     #[test]

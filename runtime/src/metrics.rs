@@ -4,7 +4,103 @@
 //! (`&'static str` from the engine and the store), never job, user, tenant or plugin names.
 //! Every name here is listed in `docs/observability.md`.
 
-use sluice_store::ClaimedJob;
+use serde::{Deserialize, Serialize};
+use sluice_store::{ClaimedJob, QueueBreakdown, QueueStats};
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Plugin names that get their own `plugin` label on `sluice_plugin_queue_depth`; every
+    /// other plugin is counted under `plugin="other"`. Plugin names are chosen by tenants, so
+    /// only the operator's list becomes labels: the series are bounded by its length.
+    pub plugin_labels: Vec<String>,
+}
+
+/// Most entries of `[metrics] plugin_labels`.
+pub const MAX_PLUGIN_LABELS: usize = 100;
+
+/// The `plugin` label of everything not allow-listed.
+pub const OTHER_PLUGINS: &str = "other";
+
+impl MetricsConfig {
+    /// At most [`MAX_PLUGIN_LABELS`] valid plugin names, none of them `other`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.plugin_labels.len() > MAX_PLUGIN_LABELS {
+            return Err(format!(
+                "metrics.plugin_labels has {} entries; at most {MAX_PLUGIN_LABELS}",
+                self.plugin_labels.len()
+            ));
+        }
+        for name in &self.plugin_labels {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid || name == OTHER_PLUGINS {
+                return Err(format!(
+                    "metrics.plugin_labels: {name:?} is not a plugin name (1-64 of a-z, 0-9, `-`, `_`; not `other`)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-plugin queue gauges and the DLQ's age, in the Prometheus text format: one series
+/// per allow-listed plugin and state, the rest summed under `plugin="other"`.
+pub fn render_breakdown(
+    breakdown: &QueueBreakdown,
+    allowed: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut by_label: BTreeMap<&str, QueueStats> = BTreeMap::new();
+    // Allow-listed plugins are always present (0 when idle), so their series never vanish.
+    for name in allowed {
+        by_label.entry(name.as_str()).or_default();
+    }
+    by_label.entry(OTHER_PLUGINS).or_default();
+    for (plugin, q) in &breakdown.by_plugin {
+        let label = if allowed.iter().any(|a| a == plugin) {
+            plugin.as_str()
+        } else {
+            OTHER_PLUGINS
+        };
+        let e = by_label.entry(label).or_default();
+        e.scheduled += q.scheduled;
+        e.queued += q.queued;
+        e.retrying += q.retrying;
+        e.running += q.running;
+        e.dead += q.dead;
+    }
+    let mut out = String::new();
+    out.push_str("# HELP sluice_plugin_queue_depth Jobs by plugin (allow-listed names, else `other`) and state.\n");
+    out.push_str("# TYPE sluice_plugin_queue_depth gauge\n");
+    for (plugin, q) in &by_label {
+        for (state, n) in [
+            ("scheduled", q.scheduled),
+            ("queued", q.queued),
+            ("retrying", q.retrying),
+            ("running", q.running),
+            ("dead", q.dead),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_plugin_queue_depth{{plugin=\"{plugin}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+    let age = breakdown
+        .oldest_dead_at
+        .map_or(0.0, |t| seconds_between(t, now));
+    out.push_str("# HELP sluice_dlq_oldest_age_seconds How long the oldest dead job has been in the dead-letter queue (0 when empty).\n");
+    out.push_str("# TYPE sluice_dlq_oldest_age_seconds gauge\n");
+    let _ = writeln!(out, "sluice_dlq_oldest_age_seconds {age:.3}");
+    out
+}
 
 /// How an attempt ended, as the worker saw it.
 pub enum AttemptOutcome {
@@ -76,6 +172,22 @@ pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
     const USD: &[f64] = &[
         0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
     ];
+    // Bytes of linear memory: 1 MiB to 4 GiB in powers of 2.
+    const BYTES: &[f64] = &[
+        1048576.0,
+        2097152.0,
+        4194304.0,
+        8388608.0,
+        16777216.0,
+        33554432.0,
+        67108864.0,
+        134217728.0,
+        268435456.0,
+        536870912.0,
+        1073741824.0,
+        2147483648.0,
+        4294967296.0,
+    ];
     let set = |b: PrometheusBuilder, m: Matcher, v: &[f64]| {
         b.set_buckets_for_metric(m, v)
             .expect("bucket lists are non-empty constants")
@@ -84,5 +196,10 @@ pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
     let b = set(b, Matcher::Suffix("_seconds".into()), SECONDS);
     let b = set(b, Matcher::Full("gen_ai_client_token_usage".into()), TOKENS);
     let b = set(b, Matcher::Full("sluice_job_attempts".into()), ATTEMPTS);
+    let b = set(
+        b,
+        Matcher::Full("sluice_engine_memory_peak_bytes".into()),
+        BYTES,
+    );
     set(b, Matcher::Full("sluice_model_cost_usd".into()), USD)
 }

@@ -94,6 +94,10 @@ async fn metrics_after_real_jobs() {
     config.engine.pooling = false;
     config.worker.poll_ms = 50;
     config.server.dev = true;
+    config.server.gauges_refresh_secs = 1;
+    // Only this plugin name may become a label; every other plugin is `other`.
+    config.metrics.plugin_labels = vec!["summarize".into()];
+    let started = chrono::Utc::now();
     let node = Node::start(config).await.unwrap();
     let router = app(node.clone());
     deploy(&node, "summarize", "summarize", PluginSettings::default()).await;
@@ -102,6 +106,37 @@ async fn metrics_after_real_jobs() {
         ..PluginSettings::default()
     };
     deploy(&node, "trap", "trap", dies).await;
+    let kills = |s: PluginSettings| PluginSettings {
+        max_attempts: Some(1),
+        ..s
+    };
+    deploy(
+        &node,
+        "busy-loop",
+        "busy-loop",
+        kills(PluginSettings {
+            timeout_ms: Some(300),
+            ..PluginSettings::default()
+        }),
+    )
+    .await;
+    deploy(
+        &node,
+        "memory-bomb",
+        "memory-bomb",
+        kills(PluginSettings {
+            memory_limit_bytes: Some(16 << 20),
+            ..PluginSettings::default()
+        }),
+    )
+    .await;
+    deploy(
+        &node,
+        "state-effects",
+        "state-effects",
+        PluginSettings::default(),
+    )
+    .await;
     let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
 
     let text = "Sluice runs AI jobs and measures them. ".repeat(12);
@@ -126,24 +161,8 @@ async fn metrics_after_real_jobs() {
         assert_eq!(wait_terminal(&node, *id).await, JobStatus::Completed);
     }
     assert_eq!(wait_terminal(&node, dead).await, JobStatus::Dead);
-    worker.shutdown(Duration::from_secs(5)).await;
 
-    let res = router
-        .oneshot(
-            Request::get("/metrics")
-                // Dev mode answers only requests that name its listen address.
-                .header("host", node.config.server.listen.as_str())
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let body = axum::body::to_bytes(res.into_body(), 8 << 20)
-        .await
-        .unwrap();
-    let body = String::from_utf8(body.to_vec()).unwrap();
-    let m = parse(&body);
+    let (body, m) = scrape(&router, &node).await;
 
     // Attempts by outcome and error kind: two completed, two trapped (the dead job's).
     let attempts = |o, k| {
@@ -273,6 +292,28 @@ async fn metrics_after_real_jobs() {
         }
     }
 
+    // The queue by plugin: only the allow-listed name is a label, the trap is `other`.
+    let depth = |plugin, state| {
+        value(
+            &m,
+            "sluice_plugin_queue_depth",
+            &[("plugin", plugin), ("state", state)],
+        )
+    };
+    assert_eq!(depth("other", "dead"), 1.0, "{body}");
+    assert_eq!(depth("summarize", "dead"), 0.0);
+    for state in ["scheduled", "queued", "retrying", "running"] {
+        assert_eq!(depth("summarize", state), 0.0, "{state}");
+        assert_eq!(depth("other", state), 0.0, "{state}");
+    }
+    // The dead job has been in the DLQ since it died, which was after this test started.
+    let age = value(&m, "sluice_dlq_oldest_age_seconds", &[]);
+    let bound = (chrono::Utc::now() - started).num_milliseconds() as f64 / 1000.0;
+    assert!(age > 0.0 && age <= bound, "{age} s, test running {bound} s");
+    // Peak linear memory of every attempt.
+    assert_eq!(value(&m, "sluice_engine_memory_peak_bytes_count", &[]), 4.0);
+    assert!(value(&m, "sluice_engine_memory_peak_bytes_sum", &[]) > 0.0);
+
     // Every metric scraped is documented.
     let docs = observability_doc();
     for (name, _, _) in &m {
@@ -286,12 +327,153 @@ async fn metrics_after_real_jobs() {
         );
     }
 
-    // Bounded labels: no job id, tenant or plugin name anywhere in a label.
-    for (name, labels, _) in &m {
-        for v in labels.values() {
+    // Bounded labels: no job id, tenant or plugin name anywhere in a label, but the one
+    // plugin name the operator allow-listed.
+    bounded_labels(&m);
+
+    // Then: a deadline kill, a memory-limit kill, and a job whose retry replays its model
+    // call from the journal.
+    let mut more = Vec::new();
+    for (plugin, input) in [
+        ("busy-loop", serde_json::json!({})),
+        ("memory-bomb", serde_json::json!({})),
+        (
+            "state-effects",
+            serde_json::json!({"fail_attempts": 1, "chat_model": "fast"}),
+        ),
+    ] {
+        more.push(
+            node.store
+                .enqueue(NewJob::new("acme", plugin, input))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    assert_eq!(wait_terminal(&node, more[0]).await, JobStatus::Dead);
+    assert_eq!(wait_terminal(&node, more[1]).await, JobStatus::Dead);
+    assert_eq!(wait_terminal(&node, more[2]).await, JobStatus::Completed);
+    worker.shutdown(Duration::from_secs(5)).await;
+    // The gauges are read in the background: wait for a reading that has the new dead jobs.
+    let mut scraped = scrape(&router, &node).await;
+    for _ in 0..100 {
+        if value(&scraped.1, "sluice_dlq_depth", &[]) == 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        scraped = scrape(&router, &node).await;
+    }
+    let (body, m) = scraped;
+    let kills = |reason| value(&m, "sluice_engine_kills_total", &[("reason", reason)]);
+    assert_eq!(kills("deadline"), 1.0, "{body}");
+    assert_eq!(kills("memory"), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_attempts_total",
+            &[("outcome", "failed"), ("error_kind", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_job_attempts_total",
+            &[("outcome", "failed"), ("error_kind", "memory_limit")]
+        ),
+        1.0
+    );
+    // Two more attempts for state-effects and one each for the killed jobs.
+    assert_eq!(value(&m, "sluice_engine_memory_peak_bytes_count", &[]), 8.0);
+    // The memory bomb was stopped at its 16 MiB: its peak is within the limit.
+    assert!(
+        value(
+            &m,
+            "sluice_engine_memory_peak_bytes_bucket",
+            &[("le", "16777216")]
+        ) >= 1.0
+    );
+    // The retry answered its model call from the journal: counted as a replay, not a
+    // provider call.
+    assert_eq!(
+        value(
+            &m,
+            "sluice_model_calls_total",
+            &[("source", "journal"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sluice_model_calls_total",
+            &[("source", "provider"), ("outcome", "ok")]
+        ),
+        9.0
+    );
+    assert_eq!(value(&m, "sluice_dlq_depth", &[]), 3.0);
+    assert_eq!(depth_of(&m, "other", "dead"), 3.0);
+    assert_eq!(depth_of(&m, "summarize", "dead"), 0.0);
+    bounded_labels(&m);
+    let docs = observability_doc();
+    for (name, _, _) in &m {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            docs.contains(&format!("`{base}`")),
+            "{base} is not in docs/observability.md"
+        );
+    }
+}
+
+fn depth_of(m: &[Sample], plugin: &str, state: &str) -> f64 {
+    value(
+        m,
+        "sluice_plugin_queue_depth",
+        &[("plugin", plugin), ("state", state)],
+    )
+}
+
+async fn scrape(router: &axum::Router, node: &Node) -> (String, Vec<Sample>) {
+    let res = router
+        .clone()
+        .oneshot(
+            Request::get("/metrics")
+                // Dev mode answers only requests that name its listen address.
+                .header("host", node.config.server.listen.as_str())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(res.into_body(), 8 << 20)
+        .await
+        .unwrap();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    let m = parse(&body);
+    (body, m)
+}
+
+/// No job id, tenant or plugin name in any label value, but the allow-listed `summarize` as
+/// the plugin of the per-plugin queue gauge.
+fn bounded_labels(m: &[Sample]) {
+    let chosen = [
+        "acme",
+        "summarize",
+        "trap",
+        "busy-loop",
+        "memory-bomb",
+        "state-effects",
+    ];
+    for (name, labels, _) in m {
+        for (k, v) in labels {
+            let allowed = name == "sluice_job_attempts_total" && v == "trap"
+                || name == "sluice_plugin_queue_depth" && k == "plugin" && v == "summarize";
             assert!(
-                !v.contains("acme") && !v.contains("summarize") && !v.contains("trap")
-                    || name == "sluice_job_attempts_total" && v == "trap",
+                allowed || !chosen.iter().any(|c| v.contains(c)),
                 "{name} has a tenant-chosen label value {v:?}"
             );
             assert!(

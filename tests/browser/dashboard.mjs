@@ -167,6 +167,28 @@ try {
     && (n === 0 || !document.querySelector('table[data-testid=webhooks] td.empty')), deliveries.deliveries.length);
   await shot('webhooks');
 
+  step('provider health and webhook counts match the API');
+  await page.goto(`${BASE}/#/health`);
+  const prov = await api('/v1/providers');
+  assert.ok(prov.providers.some((p) => p.attempts > 0 && p.p95_ms !== undefined), 'the jobs made provider attempts');
+  await page.waitForFunction((n) => document.querySelectorAll('table[data-testid=providers] tr[data-provider]').length === n, prov.providers.length);
+  const pct = (v) => `${((Number(v) || 0) * 100).toFixed(1)}%`;
+  const msOr = (v) => (v === undefined || v === null ? '—' : ms(v));
+  for (const p of prov.providers) {
+    // Nothing calls a provider now, so the page's last reading is the API's.
+    const cells = await page.$eval(`table[data-testid=providers] tr[data-provider="${p.name}"]`, (tr) => [...tr.cells].map((c) => c.textContent));
+    assert.deepEqual(cells, [p.name, p.kind, p.breaker, int(p.attempts), int(p.errors), pct(p.error_rate), msOr(p.p50_ms), msOr(p.p95_ms)], `provider ${p.name}`);
+  }
+  const count = async (status) => (await api(`/v1/webhooks/deliveries?status=${status}&limit=500`)).deliveries.length;
+  const hooks = { delivered: await count('delivered'), pending: await count('pending'), dead: await count('dead') };
+  assert.ok(hooks.pending + hooks.dead > 0, 'the unreachable webhook is pending or dead');
+  await page.waitForFunction((h) => {
+    const v = (id) => document.querySelector(`[data-testid=card-${id}] .value`)?.textContent;
+    return v('webhook-delivered') === String(h.delivered) && v('webhook-pending') === String(h.pending)
+      && v('webhook-dead-letters') === String(h.dead);
+  }, hooks);
+  await shot('health');
+
   step('nodes');
   await page.goto(`${BASE}/#/nodes`);
   const nodes = await api('/v1/nodes');

@@ -201,7 +201,7 @@
     }
     stopView();
     const root = clear(main());
-    const views = { jobs: parts[1] ? jobView : jobsView, dlq: dlqView, cost: costView, webhooks: webhooksView, nodes: nodesView };
+    const views = { jobs: parts[1] ? jobView : jobsView, dlq: dlqView, cost: costView, webhooks: webhooksView, nodes: nodesView, health: healthView };
     (views[section] || jobsView)(root, parts, params).catch(showError);
   }
 
@@ -662,6 +662,54 @@
       }
     };
     await poll(refresh, 5000);
+  }
+
+  // ---------- Health: providers and webhook deliveries ----------
+
+  const pct = (v) => `${((Number(v) || 0) * 100).toFixed(1)}%`;
+
+  async function healthView(root) {
+    const providers = el('tbody');
+    const hooks = el('div', { class: 'cards', 'data-testid': 'webhook-totals' });
+    root.append(el('h1', {}, 'Health'),
+      el('h2', {}, 'Model providers'),
+      el('p', { class: 'muted' }, 'As the node that answered sees them: its circuit breakers, and its last 200 attempts at each provider.'),
+      el('table', { class: 'grid', 'data-testid': 'providers' },
+        el('thead', {}, el('tr', {}, ['Provider', 'Kind', 'Breaker', 'Attempts', 'Errors', 'Error rate', 'p50', 'p95'].map((t) => el('th', {}, t)))), providers),
+      el('h2', {}, 'Webhook deliveries'),
+      el('p', { class: 'muted' }, 'Kept deliveries by status; dead ones are the webhook dead letters (', el('a', { href: '#/webhooks?status=dead' }, 'list'), ').'),
+      hooks);
+    // A count by status, from pages of the deliveries list (at most 2,000 read a refresh).
+    const countOf = async (status, signal) => {
+      let n = 0;
+      let cursor = null;
+      for (let i = 0; i < 4; i++) {
+        const q = new URLSearchParams({ status, limit: '500' });
+        if (cursor !== null) q.set('cursor', cursor);
+        const page = await api(`/v1/webhooks/deliveries?${q}`, { signal });
+        n += page.deliveries.length;
+        cursor = page.next_cursor ?? null;
+        if (cursor === null) return int(n);
+      }
+      return `${int(n)}+`;
+    };
+    await poll(async () => {
+      const signal = view.abort.signal;
+      const [list, delivered, pending, dead] = await Promise.all([
+        api('/v1/providers', { signal }),
+        countOf('delivered', signal), countOf('pending', signal), countOf('dead', signal),
+      ]);
+      clear(providers);
+      if (!list.providers.length) providers.append(el('tr', {}, el('td', { colspan: 8, class: 'empty' }, 'No providers configured.')));
+      for (const p of list.providers) {
+        providers.append(el('tr', { 'data-provider': p.name },
+          el('td', {}, p.name), el('td', {}, p.kind), el('td', {}, badge(p.breaker)),
+          el('td', { class: 'num' }, int(p.attempts)), el('td', { class: 'num' }, int(p.errors)),
+          el('td', { class: 'num' }, pct(p.error_rate)), el('td', { class: 'num' }, ms(p.p50_ms)), el('td', { class: 'num' }, ms(p.p95_ms))));
+      }
+      clear(hooks).append(card('Delivered', delivered, 'webhook-delivered'), card('Pending', pending, 'webhook-pending'),
+        card('Dead letters', dead, 'webhook-dead-letters'));
+    }, 5000);
   }
 
   // ---------- Nodes ----------

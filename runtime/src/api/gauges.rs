@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_store::{JobStore, QueueStats};
+use sluice_store::{JobStore, QueueBreakdown, QueueStats};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -18,6 +18,8 @@ use tokio::task::AbortHandle;
 pub(crate) struct Reading {
     /// The queue depths, or why the store could not be read.
     pub stats: Result<QueueStats, String>,
+    /// Depths by plugin and the DLQ's oldest entry (`None` when that query failed).
+    pub breakdown: Option<QueueBreakdown>,
     /// When it was taken.
     pub at: tokio::time::Instant,
 }
@@ -108,8 +110,18 @@ async fn refresh(store: Arc<dyn JobStore>, tx: watch::Sender<Option<Reading>>, e
         if let Err(e) = &stats {
             tracing::warn!(error = %e, "reading the queue gauges failed");
         }
+        let breakdown = match &stats {
+            Ok(_) => tokio::select! {
+                _ = tx.closed() => return,
+                b = store.queue_breakdown() => b
+                    .inspect_err(|e| tracing::warn!(error = %e, "reading the queue by plugin failed"))
+                    .ok(),
+            },
+            Err(_) => None,
+        };
         let reading = Reading {
             stats,
+            breakdown,
             at: tokio::time::Instant::now(),
         };
         if tx.send(Some(reading)).is_err() {
@@ -142,6 +154,7 @@ mod tests {
         assert!(!gauges.running(), "nothing runs before the first reader");
         let first = gauges.read().await.expect("a first reading");
         assert_eq!(first.stats.unwrap(), QueueStats::default());
+        assert_eq!(first.breakdown, Some(QueueBreakdown::default()));
         assert!(gauges.running());
         // Within the interval, readers get the same reading: no query per read.
         let again = gauges.read().await.unwrap();

@@ -97,6 +97,7 @@ macro_rules! api {
                 (name = "usage", description = "Tokens, cost and latency"),
                 (name = "budgets", description = "Hard budgets and their spend"),
                 (name = "webhooks", description = "Webhook deliveries and their dead letters"),
+                (name = "providers", description = "Model providers' health as this node sees it"),
             ),
         )]
         pub struct ApiDoc;
@@ -134,6 +135,7 @@ api! {
     get "/v1/webhooks/deliveries/{id}" => webhooks::get,
     post "/v1/webhooks/deliveries/{id}/retry" => webhooks::retry,
     get "/v1/nodes" => ops::nodes,
+    get "/v1/providers" => ops::providers,
 }
 
 const API_DESCRIPTION: &str = "Deploy WebAssembly job handlers and run AI jobs.\n\n\

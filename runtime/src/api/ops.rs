@@ -1,4 +1,5 @@
-//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/v1/nodes`.
+//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/v1/nodes`,
+//! `/v1/providers`.
 
 use std::sync::OnceLock;
 
@@ -120,6 +121,13 @@ pub(crate) async fn metrics(State(st): State<AppState>, _principal: Reader) -> R
             r.at.elapsed().as_secs_f64()
         ));
     }
+    if let Some(b) = reading.as_ref().and_then(|r| r.breakdown.as_ref()) {
+        body.push_str(&crate::metrics::render_breakdown(
+            b,
+            &st.node.config.metrics.plugin_labels,
+            chrono::Utc::now(),
+        ));
+    }
     match reading.map(|r| r.stats) {
         Some(Ok(q)) => {
             body.push_str("# HELP sluice_queue_depth Jobs in the queue by state.\n");
@@ -227,4 +235,73 @@ pub(crate) async fn nodes(
         })
         .collect();
     Ok(axum::Json(NodeList { nodes }))
+}
+
+/// A model provider's state on this node.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProviderView {
+    /// The configured name.
+    name: String,
+    /// `openai`, `anthropic`, `simulated`, …
+    kind: String,
+    /// The circuit breaker: `closed`, `half_open` or `open`.
+    breaker: String,
+    /// Attempts in the window (this node's last 200 attempts at this provider).
+    attempts: u32,
+    /// Of which failed (an error status, a timeout, a broken stream).
+    errors: u32,
+    /// `errors / attempts` (0 without attempts).
+    error_rate: f64,
+    /// Median attempt duration, ms; absent without attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50_ms: Option<u64>,
+    /// 95th percentile attempt duration, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p95_ms: Option<u64>,
+}
+
+/// The providers, by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProviderList {
+    /// Every configured provider, sorted by name.
+    providers: Vec<ProviderView>,
+}
+
+/// Model providers' health as the answering node sees it: breaker state, and the error rate
+/// and p50/p95 duration of its last 200 attempts at each (read).
+///
+/// Each node keeps its own breakers and window; behind a load balancer, successive answers
+/// may come from different nodes.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    operation_id = "list_providers",
+    tag = "providers",
+    responses(
+        (status = 200, description = "Providers", body = ProviderList),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+    )
+)]
+pub(crate) async fn providers(
+    State(st): State<AppState>,
+    _principal: Reader,
+) -> axum::Json<ProviderList> {
+    let providers = st
+        .node
+        .gateway
+        .provider_health()
+        .into_iter()
+        .map(|h| ProviderView {
+            name: h.name,
+            kind: h.kind,
+            breaker: h.breaker.as_str().to_string(),
+            attempts: h.attempts,
+            errors: h.errors,
+            error_rate: h.error_rate,
+            p50_ms: h.p50_ms,
+            p95_ms: h.p95_ms,
+        })
+        .collect();
+    axum::Json(ProviderList { providers })
 }

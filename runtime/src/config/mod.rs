@@ -39,6 +39,8 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// Operational alert rules (DLQ, plugin error rate and latency, provider breakers).
     pub alerts: crate::alerts::AlertsConfig,
+    /// `/metrics` labels that name plugins (allow-listed).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[webhooks]`
@@ -497,6 +499,7 @@ impl Config {
                 l.max_attempts, self.worker.default_max_attempts
             ));
         }
+        self.metrics.validate()?;
         for (name, v) in [
             ("max_batch_jobs", l.max_batch_jobs),
             ("max_batch_body_bytes", l.max_batch_body_bytes),

@@ -142,6 +142,12 @@ impl ModelBackend for GatewayModels {
             response.source = ResponseSource::Journal;
             response.cost_micros = 0;
             let record = CallRecord::replayed(&request, &response);
+            self.gateway.observe_replay(
+                ctx,
+                &record,
+                request.max_tokens,
+                Some(&response.finish_reason),
+            );
             self.record(ctx, &record, seq);
             return Ok(response);
         }
@@ -191,6 +197,7 @@ impl ModelBackend for GatewayModels {
             response.source = ResponseSource::Journal;
             response.cost_micros = 0;
             let record = CallRecord::replayed_embed(&request, &response);
+            self.gateway.observe_replay(ctx, &record, None, None);
             self.record(ctx, &record, seq);
             return Ok(response);
         }

@@ -271,7 +271,12 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
         };
         let limits = limits_for(&node, &job, settings.as_ref());
         let input = job.input.to_string();
-        let run = tracing::info_span!("handler.run", sluice.digest = %job.digest);
+        // The engine records the attempt's peak linear memory on it when the run ends.
+        let run = tracing::info_span!(
+            "handler.run",
+            sluice.digest = %job.digest,
+            sluice.memory.peak_bytes = tracing::field::Empty,
+        );
         match node
             .engine
             .run(&plugin, ctx.clone(), &input, limits, node.services.clone())

@@ -95,6 +95,11 @@ impl Default for JobLimits {
 pub(crate) struct MemoryCap {
     pub(crate) max_bytes: usize,
     pub(crate) refused: Option<usize>,
+    /// Linear memory granted so far, over all of the instance's memories (wasmtime reports
+    /// a memory's creation as a growth from 0).
+    pub(crate) granted: usize,
+    /// The most of it at any time: the attempt's peak linear memory.
+    pub(crate) peak: usize,
 }
 
 impl MemoryCap {
@@ -102,6 +107,8 @@ impl MemoryCap {
         MemoryCap {
             max_bytes,
             refused: None,
+            granted: 0,
+            peak: 0,
         }
     }
 }
@@ -109,7 +116,7 @@ impl MemoryCap {
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -117,6 +124,8 @@ impl ResourceLimiter for MemoryCap {
             self.refused = Some(desired);
             return Ok(false);
         }
+        self.granted = self.granted.saturating_add(desired.saturating_sub(current));
+        self.peak = self.peak.max(self.granted);
         Ok(true)
     }
 

@@ -119,8 +119,20 @@ impl Engine {
             () = until_cancellable(&cancelled, &committing) => Err(RunError::Cancelled),
         };
         store.data_mut().finish_events();
+        record_memory_peak(store.data().limiter.peak);
         outcome
     }
+}
+
+/// The attempt's peak linear memory, as a histogram on `/metrics` and an attribute of the
+/// current span (the worker's `handler.run`, which declares the field).
+fn record_memory_peak(bytes: usize) {
+    if bytes == 0 {
+        // Never instantiated: nothing was measured.
+        return;
+    }
+    metrics::histogram!("sluice_engine_memory_peak_bytes").record(bytes as f64);
+    tracing::Span::current().record("sluice.memory.peak_bytes", bytes as u64);
 }
 
 /// Why the attempt future ended without output.

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::config::BreakerConfig;
 
 /// A breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls pass.
     Closed,

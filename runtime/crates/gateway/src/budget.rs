@@ -389,7 +389,7 @@ impl Budgets {
         match self.ledger.reserve(&lines, amount.get()).await {
             Ok(id) => Ok(Some(Hold { id, lines, amount })),
             Err(LedgerError::Refused(r)) => {
-                metrics::counter!("sluice_budget_refusals_total", "budget" => r.key.budget.clone())
+                metrics::counter!("sluice_budget_refusals_total", "budget" => self.metric_label(&r.key.budget))
                     .increment(1);
                 if self
                     .ledger
@@ -470,6 +470,17 @@ impl Budgets {
     }
 
     /// The owner and owner's name of the rule with ledger name `key`.
+    /// The `budget` label of a refusal: the name of a rule from the node's config (the
+    /// operator's, so bounded), `tenant` for any tenant's own rule (tenants choose those names:
+    /// they never become labels), `unknown` for a rule replaced meanwhile.
+    fn metric_label(&self, key: &str) -> String {
+        match self.rules().iter().find(|r| r.key == key) {
+            Some(r) if r.tenant.is_none() => r.name.clone(),
+            Some(_) => "tenant".into(),
+            None => "unknown".into(),
+        }
+    }
+
     fn owner(&self, key: &str) -> (Option<String>, String) {
         self.rules()
             .iter()

@@ -352,6 +352,8 @@ struct ProviderEntry {
     /// Moving average of successful attempts' duration, µs: a call does not queue for
     /// rate-limit capacity it could only use after its deadline has left too little time.
     typical_us: AtomicU64,
+    /// Its last attempts, for [`Gateway::provider_health`].
+    recent: crate::health::RecentAttempts,
 }
 
 impl ProviderEntry {
@@ -496,6 +498,7 @@ impl GatewayBuilder {
                     timeout: Duration::from_millis(p.timeout_ms),
                     hold_until: Mutex::new(None),
                     typical_us: AtomicU64::new(0),
+                    recent: Default::default(),
                 },
             );
             metrics::gauge!("sluice_breaker_state", "provider" => name.clone()).set(0.0);
@@ -615,6 +618,21 @@ impl Gateway {
             .map(|(_, h)| h)
     }
 
+    /// Every provider's breaker and its last attempts' error rate and durations, as this
+    /// node saw them, sorted by name.
+    pub fn provider_health(&self) -> Vec<crate::health::ProviderHealth> {
+        let mut out: Vec<_> = self
+            .inner
+            .providers
+            .values()
+            .map(|p| {
+                crate::health::ProviderHealth::new(&p.name, p.kind, p.breaker.state(), &p.recent)
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// A provider's circuit-breaker state.
     pub fn breaker_state(&self, provider: &str) -> Option<BreakerState> {
         self.inner
@@ -715,29 +733,7 @@ impl Gateway {
         request: ChatRequest,
         on_delta: Option<&DeltaFn<'_>>,
     ) -> Result<CallOutcome, CallError> {
-        let span = tracing::info_span!(
-            "gen_ai.chat",
-            otel.name = %format!("chat {}", request.model),
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.request.model = %request.model,
-            gen_ai.request.max_tokens = request.max_tokens,
-            gen_ai.provider.name = Empty,
-            gen_ai.response.model = Empty,
-            gen_ai.response.finish_reasons = Empty,
-            gen_ai.usage.input_tokens = Empty,
-            gen_ai.usage.output_tokens = Empty,
-            sluice.job.id = %ctx.job.id,
-            sluice.tenant = %ctx.job.tenant,
-            sluice.plugin = %ctx.job.plugin,
-            sluice.tags = ?ctx.job.tags,
-            sluice.model = Empty,
-            sluice.cost_micros = Empty,
-            sluice.cache_hit = Empty,
-            sluice.attempts = Empty,
-            sluice.fallbacks = Empty,
-            sluice.outcome = Empty,
-        );
+        let span = call_span("chat", ctx, &request.model, request.max_tokens);
         self.chat_inner(ctx, request, on_delta)
             .instrument(span)
             .await
@@ -908,34 +904,47 @@ impl Gateway {
         Ok(CallOutcome { response, record })
     }
 
+    /// A call the host answered from the job's journal ([`CallRecord::replayed`]): its
+    /// model-call span, shaped like a provider call's with `sluice.source = "journal"` and
+    /// `sluice.journal_replay = true`, and its metrics (`sluice_model_calls_total` with
+    /// `source="journal"`), labelled with the configured model of the provider that first
+    /// answered it.
+    pub fn observe_replay(
+        &self,
+        ctx: &CallContext,
+        record: &CallRecord,
+        max_tokens: Option<u32>,
+        finish: Option<&str>,
+    ) {
+        let op = if record.operation == "embeddings" {
+            "embeddings"
+        } else {
+            "chat"
+        };
+        let span = call_span(op, ctx, &record.requested_model, max_tokens);
+        let mut labelled = record.clone();
+        if labelled.model.is_none()
+            && let (Ok(chain), Some(p)) = (self.resolve(&record.requested_model), &record.provider)
+        {
+            labelled.model = chain.into_iter().find(|id| {
+                id.split_once('/')
+                    .is_some_and(|(provider, _)| provider == p)
+            });
+        }
+        span.in_scope(|| {
+            tracing::debug!("journal.replay");
+            record_span(&labelled, finish);
+        });
+        finish_metrics(&labelled);
+    }
+
     /// One embeddings call: cache, budget, limits, retries and failover.
     pub async fn embed(
         &self,
         ctx: &CallContext,
         request: EmbedRequest,
     ) -> Result<EmbedOutcome, CallError> {
-        let span = tracing::info_span!(
-            "gen_ai.embeddings",
-            otel.name = %format!("embeddings {}", request.model),
-            otel.kind = "client",
-            gen_ai.operation.name = "embeddings",
-            gen_ai.request.model = %request.model,
-            gen_ai.provider.name = Empty,
-            gen_ai.response.model = Empty,
-            gen_ai.response.finish_reasons = Empty,
-            gen_ai.usage.input_tokens = Empty,
-            gen_ai.usage.output_tokens = Empty,
-            sluice.job.id = %ctx.job.id,
-            sluice.tenant = %ctx.job.tenant,
-            sluice.plugin = %ctx.job.plugin,
-            sluice.tags = ?ctx.job.tags,
-            sluice.model = Empty,
-            sluice.cost_micros = Empty,
-            sluice.cache_hit = Empty,
-            sluice.attempts = Empty,
-            sluice.fallbacks = Empty,
-            sluice.outcome = Empty,
-        );
+        let span = call_span("embeddings", ctx, &request.model, None);
         self.embed_inner(ctx, request).instrument(span).await
     }
 
@@ -1169,6 +1178,8 @@ impl Gateway {
             record.provider = Some(provider.name.clone());
             record.model = Some(model.id.clone());
             if position > 0 {
+                // An event of the model-call span, as are the waits and retries below.
+                tracing::debug!(to = %provider.name, model = %model.id, "fallback");
                 record.fallbacks += 1;
                 metrics::counter!("sluice_model_fallbacks_total", "to" => provider.name.clone())
                     .increment(1);
@@ -1236,6 +1247,12 @@ impl Gateway {
                             0..=(wait.as_micros() as u64 / 10).max(1),
                         ));
                         tokio::time::sleep(wait + jitter).await;
+                        tracing::debug!(
+                            provider = %provider.name,
+                            sluice.wait_ms = ms(wait + jitter),
+                            sluice.reason = "retry_after",
+                            "rate_limit.wait"
+                        );
                         record.rate_limit_wait_ms = record
                             .rate_limit_wait_ms
                             .saturating_add(ms(wait + jitter).into());
@@ -1264,6 +1281,12 @@ impl Gateway {
                     }
                 };
                 if !waited.is_zero() {
+                    tracing::debug!(
+                        provider = %provider.name,
+                        sluice.wait_ms = ms(waited),
+                        sluice.reason = "limiter",
+                        "rate_limit.wait"
+                    );
                     record.rate_limit_wait_ms =
                         record.rate_limit_wait_ms.saturating_add(ms(waited).into());
                     metrics::histogram!("sluice_rate_limit_wait_seconds", "provider" => provider.name.clone()).record(waited.as_secs_f64());
@@ -1276,7 +1299,18 @@ impl Gateway {
                 let budget = provider
                     .timeout
                     .min(deadline.saturating_duration_since(attempt_started));
-                let span = tracing::debug_span!("gen_ai.attempt", provider = %provider.name, model = %model.id, attempt = try_no + 1, gen_ai.provider.name = %provider.name, gen_ai.request.model = %model.id);
+                let span = tracing::debug_span!(
+                    "gen_ai.attempt",
+                    provider = %provider.name,
+                    model = %model.id,
+                    attempt = try_no + 1,
+                    gen_ai.provider.name = %provider.name,
+                    gen_ai.request.model = %model.id,
+                    sluice.rate_limit_wait_ms = ms(waited),
+                    sluice.outcome = Empty,
+                    error.type = Empty,
+                    http.response.status_code = Empty,
+                );
                 let call = async {
                     sent.store(true, Ordering::Relaxed);
                     match (op, &preq) {
@@ -1293,14 +1327,28 @@ impl Gateway {
                 };
                 // A timeout cut short by the call's deadline says nothing about the provider.
                 let deadline_cut = budget < provider.timeout;
-                let result = match tokio::time::timeout(budget, call.instrument(span)).await {
+                let result = match tokio::time::timeout(budget, call.instrument(span.clone())).await
+                {
                     Ok(r) => r,
                     Err(_) => Err(ProviderError::new(
                         FailureKind::Timeout,
                         format!("no complete answer within {} ms", budget.as_millis()),
                     )),
                 };
+                match &result {
+                    Ok(_) => {
+                        span.record("sluice.outcome", "ok");
+                    }
+                    Err(e) => {
+                        span.record("sluice.outcome", e.kind.as_str())
+                            .record("error.type", e.kind.as_str());
+                        if let Some(status) = e.status {
+                            span.record("http.response.status_code", status);
+                        }
+                    }
+                }
                 let latency = attempt_started.elapsed();
+                provider.recent.record(latency, result.is_ok());
                 metrics::histogram!("sluice_model_attempt_duration_seconds", "provider" => provider.name.clone()).record(latency.as_secs_f64());
                 let mut info = AttemptInfo {
                     provider: provider.name.clone(),
@@ -1374,6 +1422,7 @@ impl Gateway {
                             });
                         }
                         let retry = e.kind.retryable() && try_no < provider.max_retries;
+                        let e_kind = e.kind.as_str();
                         let wait =
                             backoff(&inner.retry, try_no).max(e.retry_after.unwrap_or_default());
                         last = Some(e);
@@ -1384,6 +1433,12 @@ impl Gateway {
                             // No time to retry here; the next provider may still answer.
                             break;
                         }
+                        tracing::debug!(
+                            provider = %provider.name,
+                            sluice.backoff_ms = ms(wait),
+                            error.type = e_kind,
+                            "retry"
+                        );
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -1526,15 +1581,56 @@ fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+fn source_label(source: ResponseSource) -> &'static str {
+    match source {
+        ResponseSource::Provider => "provider",
+        ResponseSource::Cache => "cache",
+        ResponseSource::Journal => "journal",
+    }
+}
+
+/// The span of one model call (`chat <model>` / `embeddings <model>`, kind client) with the
+/// OpenTelemetry GenAI attributes; what is known only at the end is filled by `record_span`.
+fn call_span(
+    operation: &'static str,
+    ctx: &CallContext,
+    model: &str,
+    max_tokens: Option<u32>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "gen_ai.call",
+        otel.name = %format!("{operation} {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = operation,
+        gen_ai.request.model = %model,
+        gen_ai.request.max_tokens = max_tokens,
+        gen_ai.provider.name = Empty,
+        gen_ai.response.model = Empty,
+        gen_ai.response.finish_reasons = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        sluice.job.id = %ctx.job.id,
+        sluice.tenant = %ctx.job.tenant,
+        sluice.plugin = %ctx.job.plugin,
+        sluice.tags = ?ctx.job.tags,
+        sluice.model = Empty,
+        sluice.cost_micros = Empty,
+        sluice.cache_hit = Empty,
+        sluice.source = Empty,
+        sluice.journal_replay = Empty,
+        sluice.attempts = Empty,
+        sluice.retries = Empty,
+        sluice.fallbacks = Empty,
+        sluice.rate_limit_wait_ms = Empty,
+        sluice.outcome = Empty,
+    )
+}
+
 fn finish_metrics(r: &CallRecord) {
     let provider = r.provider.clone().unwrap_or_else(|| "none".into());
     // Never the requested name: a guest chooses it, and an unknown one must not become a label.
     let model = r.model.clone().unwrap_or_else(|| "unresolved".into());
-    let source = match r.source {
-        ResponseSource::Provider => "provider",
-        ResponseSource::Cache => "cache",
-        ResponseSource::Journal => "journal",
-    };
+    let source = source_label(r.source);
     metrics::counter!("sluice_model_calls_total", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone(), "outcome" => r.outcome.as_str(), "source" => source).increment(1);
     metrics::histogram!("sluice_model_call_duration_seconds", "operation" => r.operation.clone(), "provider" => provider.clone(), "model" => model.clone()).record(f64::from(r.latency_ms) / 1000.0);
     if let Some(t) = r.ttft_ms {
@@ -1581,6 +1677,10 @@ fn record_span(r: &CallRecord, finish: Option<&str>) {
     }
     span.record("sluice.cost_micros", r.cost_micros);
     span.record("sluice.cache_hit", r.source == ResponseSource::Cache);
+    span.record("sluice.source", source_label(r.source));
+    span.record("sluice.journal_replay", r.source == ResponseSource::Journal);
+    span.record("sluice.retries", r.retries);
+    span.record("sluice.rate_limit_wait_ms", r.rate_limit_wait_ms);
     span.record("sluice.attempts", r.attempts.len());
     span.record("sluice.fallbacks", r.fallbacks);
     span.record("sluice.outcome", r.outcome.as_str());

@@ -51,6 +51,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 mod gateway;
+pub mod health;
 pub mod limiter;
 mod outcome;
 pub mod provider;
@@ -71,5 +72,6 @@ pub use gateway::{
     Gateway, GatewayBuilder,
 };
 pub use outcome::AttemptOutcome;
+pub use health::ProviderHealth;
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
 pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

@@ -556,6 +556,16 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
+/// The queue by plugin and the age of the dead-letter queue, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueBreakdown {
+    /// Depths of each plugin name with any job waiting, running or dead (over all tenants),
+    /// sorted by name.
+    pub by_plugin: Vec<(String, QueueStats)>,
+    /// When the oldest job still in the dead-letter queue died.
+    pub oldest_dead_at: Option<DateTime<Utc>>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Plugins
 // ---------------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ pub trait QueueStore: Send + Sync {
     /// Queue depth by status and the dead-letter depth.
     async fn queue_stats(&self) -> Result<QueueStats>;
 
+    /// [`JobStore::queue_stats`] by plugin name, and when the oldest dead job died.
+    async fn queue_breakdown(&self) -> Result<QueueBreakdown>;
+
     // -- dead letters ----------------------------------------------------------------------
 
     /// Dead jobs, newest first.

@@ -225,6 +225,7 @@ conformance!(
     plugins_and_components,
     work_signal_wakes,
     queue_stats_count,
+    queue_breakdown_by_plugin,
     connections_killed_mid_loop,
     budget_ledger_never_overshoots,
     budget_rules_are_per_tenant,
@@ -2205,6 +2206,44 @@ mod cases {
                 dead: 1
             }
         );
+    }
+
+    pub async fn queue_breakdown_by_plugin(ctx: Ctx) {
+        let s = &ctx.store;
+        assert_eq!(
+            s.queue_breakdown().await.unwrap(),
+            QueueBreakdown::default(),
+            "empty"
+        );
+        ctx.plugin(T, P, PluginSettings::default()).await;
+        ctx.plugin(T, "other-plugin", PluginSettings::default())
+            .await;
+        s.enqueue_batch((0..3).map(|_| NewJob::new(T, P, json!({}))).collect())
+            .await
+            .unwrap();
+        s.enqueue(NewJob::new(T, "other-plugin", json!({})))
+            .await
+            .unwrap();
+        // One of `P`'s jobs dies; the others wait.
+        let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let got = s.claim(&req(1)).await.unwrap();
+        let dead_plugin = got[0].plugin.clone();
+        s.fail(got[0].lease, &Failure::new(JobError::permanent("x")))
+            .await
+            .unwrap();
+        let b = s.queue_breakdown().await.unwrap();
+        let total = |f: fn(&QueueStats) -> u64| b.by_plugin.iter().map(|(_, q)| f(q)).sum::<u64>();
+        let st = s.queue_stats().await.unwrap();
+        assert_eq!(total(|q| q.queued), st.queued, "{b:?}");
+        assert_eq!(total(|q| q.dead), st.dead);
+        assert_eq!(st.dead, 1);
+        let names: Vec<&str> = b.by_plugin.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["other-plugin", P], "sorted by name");
+        let of = |name: &str| b.by_plugin.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(of(&dead_plugin).dead, 1);
+        assert_eq!(of(P).queued + of("other-plugin").queued, 3);
+        let oldest = b.oldest_dead_at.expect("a dead job");
+        assert!(oldest >= before && oldest <= chrono::Utc::now(), "{oldest}");
     }
 
     /// Postgres: terminate the database's connections repeatedly while workers claim and

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice_types::EffectError;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::HostState;
 use crate::bindings::effects as w;
@@ -12,6 +14,35 @@ fn to_wit(e: EffectError) -> w::EffectError {
         EffectError::InvalidKey(m) => w::EffectError::InvalidKey(m),
         EffectError::Unavailable(m) => w::EffectError::Unavailable(m),
     }
+}
+
+/// The span of one effects call, a child of the handler's run (disabled unless traced).
+fn span(op: &'static str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "effect",
+        otel.name = op,
+        sluice.effect.key = key,
+        sluice.outcome = Empty,
+        error.type = Empty,
+    )
+}
+
+/// Record how an effects call ended: `outcome` on success, the error's kind if not.
+fn ended<T>(
+    span: &tracing::Span,
+    result: &Result<T, EffectError>,
+    outcome: impl Fn(&T) -> &'static str,
+) {
+    match result {
+        Ok(v) => span.record("sluice.outcome", outcome(v)),
+        Err(e) => span.record("sluice.outcome", "error").record(
+            "error.type",
+            match e {
+                EffectError::InvalidKey(_) => "invalid_key",
+                EffectError::Unavailable(_) => "unavailable",
+            },
+        ),
+    };
 }
 
 /// Sets a flag for as long as it lives (also when the call's future is dropped).
@@ -36,7 +67,17 @@ impl w::Host for HostState {
         key: String,
     ) -> wasmtime::Result<Result<w::EffectStatus, w::EffectError>> {
         self.check_cancelled()?;
-        let found = self.services.effects.lookup(self.ctx.job.id, &key).await;
+        let span = span("effect.begin", &key);
+        let found = self
+            .services
+            .effects
+            .lookup(self.ctx.job.id, &key)
+            .instrument(span.clone())
+            .await;
+        // `committed`: an earlier attempt ran it and the guest replays its recorded result.
+        ended(&span, &found, |r| {
+            if r.is_some() { "committed" } else { "pending" }
+        });
         Ok(found
             .map(|r| match r {
                 Some(result) => w::EffectStatus::Committed(result),
@@ -54,12 +95,15 @@ impl w::Host for HostState {
         // cancelled meanwhile, or a redrive would run it twice. For the same reason the
         // engine's cancellation race waits while `committing` is set.
         let _committing = Flag::raise(&self.committing);
-        Ok(self
+        let span = span("effect.commit", &key);
+        let r = self
             .services
             .effects
             .commit(self.ctx.job.id, &key, &result)
-            .await
-            .map_err(to_wit))
+            .instrument(span.clone())
+            .await;
+        ended(&span, &r, |_| "ok");
+        Ok(r.map_err(to_wit))
     }
 }
 

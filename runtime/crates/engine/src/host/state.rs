@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use sluice_types::{StateError, StateScope};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::HostState;
 use crate::bindings::state as w;
@@ -15,6 +17,41 @@ fn to_wit(e: StateError) -> w::StateError {
     }
 }
 
+/// The span of one state call, a child of the handler's run. Disabled (no work) unless a
+/// subscriber wants `info` spans of this target, as the trace exporter does.
+fn span(op: &'static str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "state",
+        otel.name = op,
+        sluice.state.key = key,
+        sluice.outcome = Empty,
+        error.type = Empty,
+    )
+}
+
+/// Record how a state call ended on its span: `outcome` on success, the error's kind if not.
+fn ended<T>(
+    span: &tracing::Span,
+    result: &Result<T, StateError>,
+    outcome: impl Fn(&T) -> &'static str,
+) {
+    match result {
+        Ok(v) => span.record("sluice.outcome", outcome(v)),
+        Err(e) => span.record("sluice.outcome", "error").record(
+            "error.type",
+            match e {
+                StateError::InvalidKey(_) => "invalid_key",
+                StateError::TooLarge(_) => "too_large",
+                StateError::Unavailable(_) => "unavailable",
+            },
+        ),
+    };
+}
+
+fn ok<T>(_: &T) -> &'static str {
+    "ok"
+}
+
 impl w::Host for HostState {
     async fn get(
         &mut self,
@@ -22,7 +59,15 @@ impl w::Host for HostState {
     ) -> wasmtime::Result<Result<Option<String>, w::StateError>> {
         self.check_cancelled()?;
         let scope = StateScope::of(&self.ctx);
-        Ok(self.services.state.get(&scope, &key).await.map_err(to_wit))
+        let span = span("state.get", &key);
+        let r = self
+            .services
+            .state
+            .get(&scope, &key)
+            .instrument(span.clone())
+            .await;
+        ended(&span, &r, |v| if v.is_some() { "hit" } else { "miss" });
+        Ok(r.map_err(to_wit))
     }
 
     async fn set(
@@ -34,23 +79,33 @@ impl w::Host for HostState {
         self.check_cancelled()?;
         let scope = StateScope::of(&self.ctx);
         let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(self
+        let span = span("state.set", &key);
+        let r = self
             .services
             .state
             .set(&scope, &key, &value, ttl)
-            .await
-            .map_err(to_wit))
+            .instrument(span.clone())
+            .await;
+        ended(&span, &r, ok);
+        Ok(r.map_err(to_wit))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, w::StateError>> {
         self.check_cancelled()?;
         let scope = StateScope::of(&self.ctx);
-        Ok(self
+        let span = span("state.delete", &key);
+        let r = self
             .services
             .state
             .delete(&scope, &key)
-            .await
-            .map_err(to_wit))
+            .instrument(span.clone())
+            .await;
+        ended(
+            &span,
+            &r,
+            |&deleted| if deleted { "deleted" } else { "absent" },
+        );
+        Ok(r.map_err(to_wit))
     }
 
     async fn list_keys(
@@ -60,12 +115,15 @@ impl w::Host for HostState {
     ) -> wasmtime::Result<Result<Vec<String>, w::StateError>> {
         self.check_cancelled()?;
         let scope = StateScope::of(&self.ctx);
-        Ok(self
+        let span = span("state.list_keys", &prefix);
+        let r = self
             .services
             .state
             .list_keys(&scope, &prefix, limit)
-            .await
-            .map_err(to_wit))
+            .instrument(span.clone())
+            .await;
+        ended(&span, &r, ok);
+        Ok(r.map_err(to_wit))
     }
 
     async fn compare_and_swap(
@@ -76,12 +134,19 @@ impl w::Host for HostState {
     ) -> wasmtime::Result<Result<bool, w::StateError>> {
         self.check_cancelled()?;
         let scope = StateScope::of(&self.ctx);
-        Ok(self
+        let span = span("state.compare_and_swap", &key);
+        let r = self
             .services
             .state
             .compare_and_swap(&scope, &key, expected.as_deref(), &value)
-            .await
-            .map_err(to_wit))
+            .instrument(span.clone())
+            .await;
+        ended(
+            &span,
+            &r,
+            |&swapped| if swapped { "swapped" } else { "stale" },
+        );
+        Ok(r.map_err(to_wit))
     }
 }
 

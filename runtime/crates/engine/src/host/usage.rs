@@ -30,11 +30,23 @@ impl w::Host for HostState {
                 self.reported_cost_micros
             )));
         };
-        let result = self
-            .services
-            .usage
-            .report_cost(&self.ctx, &description, cost_micros)
-            .await;
+        let span = tracing::info_span!(
+            "usage",
+            otel.name = "usage.report_cost",
+            sluice.cost_micros = cost_micros,
+            sluice.outcome = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            self.services
+                .usage
+                .report_cost(&self.ctx, &description, cost_micros),
+            span.clone(),
+        )
+        .await;
+        span.record(
+            "sluice.outcome",
+            if result.is_ok() { "ok" } else { "error" },
+        );
         if result.is_ok() {
             self.reported_cost_micros = total;
         }

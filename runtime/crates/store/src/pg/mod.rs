@@ -69,6 +69,7 @@ mod plugins;
 mod queue;
 mod records;
 mod state;
+mod stats;
 mod statements;
 
 /// The Postgres implementation of [`JobStore`].

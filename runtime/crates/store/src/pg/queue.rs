@@ -756,6 +756,10 @@ impl QueueStore for PgStore {
         })
     }
 
+    async fn queue_breakdown(&self) -> Result<QueueBreakdown> {
+        stats::queue_breakdown(self).await
+    }
+
     async fn count_dead(&self, tenant: Option<&str>, plugin: Option<&str>) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM job_history WHERE state = 'dead'

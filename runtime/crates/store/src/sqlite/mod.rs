@@ -75,6 +75,7 @@ mod plugins;
 mod queue;
 mod records;
 mod state;
+mod stats;
 mod statements;
 
 /// The SQLite implementation of [`JobStore`].
