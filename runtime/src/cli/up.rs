@@ -143,6 +143,8 @@ pub async fn run(args: UpArgs, mut config: Config) -> anyhow::Result<i32> {
     if let Some(w) = webhooks {
         w.abort();
     }
+    // Unspent budget slices go back to the shared ledger for the nodes that stay.
+    node.gateway.release_budget().await;
     membership.leave().await;
     node.store.close().await;
     Ok(exit::OK)

@@ -62,7 +62,7 @@ pub use budget::{
     LedgerError, Level, LogAlertSink, MemoryLedger, Refusal,
 };
 pub use config::{
-    BreakerConfig, BudgetConfig, BudgetScope, CacheConfig, ConfigError, GatewayConfig, ModelConfig,
+    BreakerConfig, BudgetConfig, BudgetLeaseConfig, BudgetScope, CacheConfig, ConfigError, GatewayConfig, ModelConfig,
     Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider, Wire,
 };
 pub use gateway::{

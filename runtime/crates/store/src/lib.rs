@@ -28,6 +28,7 @@
 mod config;
 mod control;
 mod error;
+mod lease;
 mod machine;
 mod model;
 mod pg;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 pub use config::{BackoffPolicy, StoreConfig};
 pub use control::*;
 pub use error::{Result, StoreError};
+pub use lease::{LeaseGrant, LeaseStore, SliceRequest};
 pub use model::*;
 pub use pg::{NOTIFY_CHANNEL, PgStore};
 pub use sqlite::SqliteStore;

@@ -1,6 +1,7 @@
 //! The Postgres store: production, shared by several nodes.
 
 mod control;
+mod lease;
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -5,6 +5,7 @@
 //! from the WAL concurrently.
 
 mod control;
+mod lease;
 
 use std::collections::HashMap;
 use std::str::FromStr;

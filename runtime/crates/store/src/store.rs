@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::config::StoreConfig;
 use crate::control::ControlStore;
+use crate::lease::LeaseStore;
 use crate::error::Result;
 use crate::model::*;
 
@@ -28,7 +29,9 @@ pub enum Backend {
 /// It is also the [`StateBackend`] and [`EffectsBackend`] the engine's host imports use.
 /// The state machine the job methods implement is `docs/job-states.md`.
 #[async_trait]
-pub trait JobStore: ControlStore + StateBackend + EffectsBackend + Send + Sync + 'static {
+pub trait JobStore:
+    ControlStore + LeaseStore + StateBackend + EffectsBackend + Send + Sync + 'static
+{
     /// The database behind this store.
     fn backend(&self) -> Backend;
 
