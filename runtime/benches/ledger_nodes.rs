@@ -45,7 +45,12 @@ fn line(budget: &str, scope: String, window: &str, limit: u64) -> BudgetLine {
 
 fn lines(i: u64, tenant_limit: u64) -> Vec<BudgetLine> {
     vec![
-        line("acme/monthly", "tenant:acme".into(), "2026-12", tenant_limit),
+        line(
+            "acme/monthly",
+            "tenant:acme".into(),
+            "2026-12",
+            tenant_limit,
+        ),
         line(
             "acme/per-user",
             format!("tag:user=u{}", i % 100),
@@ -94,7 +99,12 @@ enum Mode {
     PerCall,
 }
 
-async fn nodes(db: &Db, n: usize, mode: Mode, conns: u32) -> Vec<(Arc<dyn JobStore>, Arc<dyn Ledger>)> {
+async fn nodes(
+    db: &Db,
+    n: usize,
+    mode: Mode,
+    conns: u32,
+) -> Vec<(Arc<dyn JobStore>, Arc<dyn Ledger>)> {
     let mut out = Vec::new();
     for _ in 0..n {
         let config = StoreConfig {
@@ -186,8 +196,16 @@ async fn run(n: usize, mode: Mode, calls: u64, callers: u64) {
         .ledger_level("acme/monthly", "tenant:acme", "2026-12")
         .await
         .unwrap();
-    assert_eq!(granted, calls * n as u64, "nothing refused under a roomy budget");
-    assert_eq!(level.spent_micros, granted * 800, "every settle counted once");
+    assert_eq!(
+        granted,
+        calls * n as u64,
+        "nothing refused under a roomy budget"
+    );
+    assert_eq!(
+        level.spent_micros,
+        granted * 800,
+        "every settle counted once"
+    );
     assert_eq!(level.reserved_micros, 0, "no hold left behind");
     let total = (calls * n as u64) as f64 / secs;
     println!(

@@ -151,8 +151,10 @@ async fn leased_nodes_and_a_per_call_node_never_overshoot_and_lose_nothing() {
     let mut ledgers: Vec<Arc<dyn Ledger>> = stores[..3]
         .iter()
         .map(|s| {
-            Arc::new(LeasedLedger::new(StoreSlices::new(s.clone()), small_slices()))
-                as Arc<dyn Ledger>
+            Arc::new(LeasedLedger::new(
+                StoreSlices::new(s.clone()),
+                small_slices(),
+            )) as Arc<dyn Ledger>
         })
         .collect();
     ledgers.push(Arc::new(StoreLedger::new(
@@ -177,12 +179,7 @@ async fn leased_nodes_and_a_per_call_node_never_overshoot_and_lose_nothing() {
 
     let level = |scope: String, budget: &'static str| {
         let store = stores[0].clone();
-        async move {
-            store
-                .ledger_level(budget, &scope, "2026-12")
-                .await
-                .unwrap()
-        }
+        async move { store.ledger_level(budget, &scope, "2026-12").await.unwrap() }
     };
     let tenant = level("tenant:acme".into(), "acme/monthly").await;
     let tenant_settled = settled.tenant.load(Ordering::Relaxed);
@@ -200,7 +197,10 @@ async fn leased_nodes_and_a_per_call_node_never_overshoot_and_lose_nothing() {
     for u in 0..USERS {
         let user = level(format!("tag:user=u{u}"), "acme/per-user").await;
         let s = settled.users[u as usize].load(Ordering::Relaxed);
-        assert!(user.spent_micros <= USER_LIMIT, "user {u} overshot: {user:?}");
+        assert!(
+            user.spent_micros <= USER_LIMIT,
+            "user {u} overshot: {user:?}"
+        );
         assert_eq!(user.spent_micros, s, "user {u}");
         users_total += s;
     }
@@ -278,7 +278,10 @@ async fn idle_leases_give_their_rest_back_and_levels_count_only_what_was_spent()
     let lines = [line("acme/monthly", "tenant:acme", 10_000_000)];
     let id = ledger.reserve(&lines, 2_000).await.unwrap();
     let levels = ledger.settle(id, &lines, 2_000, 1_500).await.unwrap();
-    assert_eq!(levels[0].spent_micros, 1_500, "the caller sees what it spent");
+    assert_eq!(
+        levels[0].spent_micros, 1_500,
+        "the caller sees what it spent"
+    );
     assert_eq!(levels[0].reserved_micros, 0);
     assert_eq!(
         ledger.level(&lines[0].key).await.unwrap().spent_micros,

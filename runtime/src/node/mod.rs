@@ -21,9 +21,9 @@ use sluice_types::HostServices;
 pub use budgets::AlertRouter;
 pub use events::{EventHub, LiveEvent};
 pub use ledger::{StoreLedger, StoreSlices};
-use sluice_gateway::budget::lease::LeasedLedger;
 pub use models::GatewayModels;
 pub use plugins::{PluginCache, PluginLoadError};
+use sluice_gateway::budget::lease::LeasedLedger;
 pub use usage::SpendTracker;
 
 use crate::config::Config;

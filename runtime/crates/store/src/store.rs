@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::config::StoreConfig;
 use crate::control::ControlStore;
-use crate::lease::LeaseStore;
 use crate::error::Result;
+use crate::lease::LeaseStore;
 use crate::model::*;
 
 /// Which database a store runs on.

@@ -93,7 +93,8 @@ struct Lease {
 
 impl Lease {
     fn unused(&self) -> u64 {
-        self.granted.saturating_sub(self.spent.saturating_add(self.held))
+        self.granted
+            .saturating_sub(self.spent.saturating_add(self.held))
     }
 
     /// The window as this node knows it: the shared ledger's spend without what this node
@@ -273,7 +274,9 @@ impl<S: SliceSource> Ledger for LeasedLedger<S> {
                             let unused = mine.map_or(0, Lease::unused);
                             let held = mine.map_or(0, |l| l.held);
                             (
-                                level.spent_micros.saturating_sub(unused.saturating_add(held)),
+                                level
+                                    .spent_micros
+                                    .saturating_sub(unused.saturating_add(held)),
                                 level.reserved_micros.saturating_add(held),
                             )
                         };
@@ -457,7 +460,10 @@ mod tests {
         }
         let after = shared.level(&line(limit).key).await.unwrap().spent_micros;
         let settled = settled.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(after, settled, "exactly what was settled, once the rest is back");
+        assert_eq!(
+            after, settled,
+            "exactly what was settled, once the rest is back"
+        );
         assert!(after <= limit);
         assert!(
             after >= limit - 100_000,
@@ -472,7 +478,10 @@ mod tests {
         let lines = [line(10_000)];
         let id = node.reserve(&lines, 1_000).await.unwrap();
         // The slice is 10 calls' worth, capped at a quarter of the room.
-        assert_eq!(shared.level(&lines[0].key).await.unwrap().spent_micros, 2_500);
+        assert_eq!(
+            shared.level(&lines[0].key).await.unwrap().spent_micros,
+            2_500
+        );
         let levels = node.settle(id, &lines, 1_000, 400).await.unwrap();
         assert_eq!(
             levels[0],
@@ -484,7 +493,10 @@ mod tests {
         match node.reserve(&lines, 9_700).await {
             Err(LedgerError::Refused(r)) => {
                 assert_eq!(r.requested_micros, 9_700);
-                assert_eq!(r.spent_micros, 400, "this node's unspent slice is not spend");
+                assert_eq!(
+                    r.spent_micros, 400,
+                    "this node's unspent slice is not spend"
+                );
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
