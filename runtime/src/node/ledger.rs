@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
+use sluice_gateway::budget::lease::{Slice, SliceSource};
 use sluice_gateway::budget::{BudgetKey, BudgetLine, Ledger, LedgerError, Level, Refusal};
-use sluice_store::{JobStore, LedgerLevel, LedgerLine};
+use sluice_store::{JobStore, LedgerLevel, LedgerLine, SliceRequest};
 
 /// [`Ledger`] over the store's budget tables.
 pub struct StoreLedger {
@@ -23,16 +24,17 @@ impl StoreLedger {
     }
 }
 
+fn line_of(l: &BudgetLine) -> LedgerLine {
+    LedgerLine {
+        budget: l.key.budget.clone(),
+        scope: l.key.scope.clone(),
+        window: l.key.window.clone(),
+        limit_micros: l.limit_micros,
+    }
+}
+
 fn lines_of(lines: &[BudgetLine]) -> Vec<LedgerLine> {
-    lines
-        .iter()
-        .map(|l| LedgerLine {
-            budget: l.key.budget.clone(),
-            scope: l.key.scope.clone(),
-            window: l.key.window.clone(),
-            limit_micros: l.limit_micros,
-        })
-        .collect()
+    lines.iter().map(line_of).collect()
 }
 
 fn level_of(l: LedgerLevel) -> Level {
@@ -89,6 +91,70 @@ impl Ledger for StoreLedger {
             .await
             .map_err(unavailable)?;
         Ok(levels.into_iter().map(level_of).collect())
+    }
+
+    async fn mark_alert(&self, key: &BudgetKey, marker: &str) -> Result<bool, LedgerError> {
+        self.store
+            .ledger_mark_alert(&key.budget, &key.scope, &key.window, marker)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn level(&self, key: &BudgetKey) -> Result<Level, LedgerError> {
+        self.store
+            .ledger_level(&key.budget, &key.scope, &key.window)
+            .await
+            .map(level_of)
+            .map_err(unavailable)
+    }
+}
+
+/// Budget slices from the store's ledger tables, for a
+/// [`LeasedLedger`](sluice_gateway::budget::lease::LeasedLedger): every node sharing the
+/// database takes its slices from the same windows that per-call holds use.
+pub struct StoreSlices {
+    store: Arc<dyn JobStore>,
+}
+
+impl StoreSlices {
+    /// Slices of the budgets in `store`.
+    pub fn new(store: Arc<dyn JobStore>) -> Self {
+        StoreSlices { store }
+    }
+}
+
+#[async_trait]
+impl SliceSource for StoreSlices {
+    async fn take(
+        &self,
+        line: &BudgetLine,
+        need: u64,
+        want: u64,
+        share: u64,
+    ) -> Result<Result<Slice, Level>, LedgerError> {
+        let slice = SliceRequest { need, want, share };
+        Ok(
+            match self
+                .store
+                .lease_take(&line_of(line), slice)
+                .await
+                .map_err(unavailable)?
+            {
+                Ok(grant) => Ok(Slice {
+                    granted_micros: grant.granted_micros,
+                    level: level_of(grant.level),
+                }),
+                Err(level) => Err(level_of(level)),
+            },
+        )
+    }
+
+    async fn give_back(&self, line: &BudgetLine, unused: u64) -> Result<Level, LedgerError> {
+        self.store
+            .lease_return(&line_of(line), unused)
+            .await
+            .map(level_of)
+            .map_err(unavailable)
     }
 
     async fn mark_alert(&self, key: &BudgetKey, marker: &str) -> Result<bool, LedgerError> {

@@ -21,10 +21,11 @@ use sluice_types::HostServices;
 
 pub use budgets::AlertRouter;
 pub use events::{EventHub, LiveEvent};
-pub use ledger::StoreLedger;
+pub use ledger::{StoreLedger, StoreSlices};
 pub use models::GatewayModels;
 pub use plugins::{PluginCache, PluginLoadError};
 pub use run::{Roles, RunningNode, StartError};
+use sluice_gateway::budget::lease::LeasedLedger;
 pub use usage::SpendTracker;
 
 use crate::config::Config;
@@ -90,8 +91,17 @@ impl Node {
         // node that died mid-call expires once no call of that node could still be running.
         let hold_ttl = Duration::from_secs(config.engine.default_timeout_secs.max(600) + 60);
         let alerts = AlertRouter::spawn(store.clone());
+        let lease = config.gateway.budget_lease;
+        let ledger: Arc<dyn sluice_gateway::budget::Ledger> = if lease.enabled {
+            Arc::new(LeasedLedger::new(
+                StoreSlices::new(store.clone()),
+                lease.lease_config(),
+            ))
+        } else {
+            Arc::new(StoreLedger::new(store.clone(), hold_ttl))
+        };
         let gateway = Gateway::builder(config.gateway.clone().or_simulated())
-            .ledger(Arc::new(StoreLedger::new(store.clone(), hold_ttl)))
+            .ledger(ledger)
             .alert_sink(alerts.clone())
             .build()
             .await

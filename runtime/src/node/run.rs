@@ -6,7 +6,8 @@
 //! 1. the HTTP API stops accepting and finishes the requests in flight;
 //! 2. the worker stops claiming and lets running jobs finish (up to the grace period; what
 //!    is still running then is aborted, and its lease expires to another node);
-//! 3. background loops (webhook delivery, alert rules) stop;
+//! 3. background loops (webhook delivery, alert rules) stop, and the unspent budget slices
+//!    this node leased go back to the shared ledger;
 //! 4. the node leaves the cluster, so the others take its share of the rate limits at once.
 //!
 //! Closing the store is left to the caller: a test may still want to read it.
@@ -183,6 +184,8 @@ impl RunningNode {
         if drained.is_err() {
             self.background.abort_all();
         }
+        // Unspent budget slices go back to the shared ledger for the nodes that stay.
+        self.node.gateway.release_budget().await;
         if let Some(membership) = self.membership.take() {
             membership.leave().await;
         }

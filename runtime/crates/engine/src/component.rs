@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 
 use crate::bindings::PluginPre;
 use crate::engine::Engine;
@@ -17,6 +17,8 @@ pub struct Plugin {
     digest: String,
     size: usize,
     pub(crate) pre: PluginPre<HostState>,
+    /// The `handle` export, resolved once at load so a job does not look it up by name.
+    pub(crate) handle: ComponentExportIndex,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -87,10 +89,14 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let handle = component
+            .get_export_index(None, "handle")
+            .ok_or_else(|| LoadError::WrongWorld("the component exports no `handle`".into()))?;
         let plugin = Arc::new(Plugin {
             digest: digest.clone(),
             size: bytes.len(),
             pre,
+            handle,
         });
         self.inner
             .loaded

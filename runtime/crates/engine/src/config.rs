@@ -24,7 +24,15 @@ pub struct EngineConfig {
     pub epoch_tick: Duration,
     /// Where compiled artifacts are cached by digest (none: compile on every load).
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of each pooled memory slot kept resident between jobs and reset with memset
+    /// instead of `madvise` (pooling only). Larger: fewer page faults for handlers that touch
+    /// more memory, more resident memory per idle slot.
+    pub keep_resident_bytes: usize,
 }
+
+/// Default [`EngineConfig::keep_resident_bytes`], chosen by measurement (BENCHMARKS.md,
+/// "Instantiate + call").
+pub const DEFAULT_KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -35,6 +43,7 @@ impl Default for EngineConfig {
             default_limits: JobLimits::default(),
             epoch_tick: Duration::from_millis(10),
             cache_dir: None,
+            keep_resident_bytes: DEFAULT_KEEP_RESIDENT_BYTES,
         }
     }
 }

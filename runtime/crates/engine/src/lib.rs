@@ -41,7 +41,7 @@ pub mod memory;
 mod run;
 
 pub use component::{Plugin, digest_of};
-pub use config::EngineConfig;
+pub use config::{DEFAULT_KEEP_RESIDENT_BYTES, EngineConfig};
 pub use engine::Engine;
 pub use error::{LoadError, RunError};
 pub use limits::JobLimits;

@@ -95,7 +95,7 @@ impl Engine {
             metrics::histogram!("sluice_engine_instantiate_seconds")
                 .record(instantiating.elapsed().as_secs_f64());
             let handle = instance
-                .get_typed_func::<(&wt::JobInfo, &str), HandleResult>(&mut store, "handle")
+                .get_typed_func::<(&wt::JobInfo, &str), HandleResult>(&mut store, &plugin.handle)
                 .map_err(|e| Failure::Wasm(e, true))?;
             let (result,) = handle
                 .call_async(&mut store, (&job, input))

@@ -22,6 +22,8 @@ use sluice_types::{CallContext, Micros};
 
 use crate::config::{BudgetConfig, BudgetScope, Period};
 
+pub mod lease;
+
 /// One budget window: which rule, over what, in which period.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BudgetKey {
@@ -102,6 +104,10 @@ pub trait Ledger: Send + Sync {
 
     /// A window's state.
     async fn level(&self, key: &BudgetKey) -> Result<Level, LedgerError>;
+
+    /// Give back whatever this node holds of a shared budget and has not spent (on shutdown;
+    /// see [`lease::LeasedLedger`]). Ledgers that hold nothing ahead do nothing.
+    async fn release(&self) {}
 }
 
 /// A ledger in memory: for one node, tests, and as the reference implementation.
@@ -467,6 +473,11 @@ impl Budgets {
                 }
             }
         }
+    }
+
+    /// Give back budget this node holds and has not spent (on shutdown).
+    pub async fn release(&self) {
+        self.ledger.release().await;
     }
 
     /// The owner and owner's name of the rule with ledger name `key`.

@@ -110,6 +110,51 @@ pub struct GatewayConfig {
     /// Output-token cap for models that set none and requests that set none.
     #[serde(default = "d_default_max_tokens")]
     pub default_max_tokens: u32,
+    /// How nodes sharing a database take budget in slices (see [`crate::budget::lease`]).
+    #[serde(default)]
+    pub budget_lease: BudgetLeaseConfig,
+}
+
+/// `[gateway.budget_lease]`: nodes that share a database lease hard budgets in slices, so a
+/// call spends from memory and the database sees one write per slice. Off: every call
+/// reserves and settles in the database (two writes per call, serialised per window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetLeaseConfig {
+    /// Lease budget in slices (default true).
+    pub enabled: bool,
+    /// A slice asks for this many calls' worth of the call that needs it (default 256).
+    pub calls_per_slice: u64,
+    /// A slice is at most 1/`share` of what is left in the window (default 8), so other nodes
+    /// still find room; near the limit slices shrink to the call that needs them.
+    pub share: u64,
+    /// A lease unused this long gives its unspent rest back (default 2000).
+    pub idle_ms: u64,
+}
+
+impl Default for BudgetLeaseConfig {
+    fn default() -> Self {
+        let d = crate::budget::lease::LeaseConfig::default();
+        BudgetLeaseConfig {
+            enabled: true,
+            calls_per_slice: d.calls_per_slice,
+            share: d.share,
+            idle_ms: d.idle.as_millis() as u64,
+        }
+    }
+}
+
+impl BudgetLeaseConfig {
+    /// The ledger's settings (zeros count as 1; the sweep runs four times per idle period).
+    pub fn lease_config(&self) -> crate::budget::lease::LeaseConfig {
+        let idle = std::time::Duration::from_millis(self.idle_ms.max(1));
+        crate::budget::lease::LeaseConfig {
+            calls_per_slice: self.calls_per_slice.max(1),
+            share: self.share.max(1),
+            idle,
+            sweep: idle / 4,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -596,6 +641,7 @@ impl GatewayConfig {
             budgets: Vec::new(),
             max_call_ms: d_max_call_ms(),
             default_max_tokens: d_default_max_tokens(),
+            budget_lease: BudgetLeaseConfig::default(),
         }
     }
 

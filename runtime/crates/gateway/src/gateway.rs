@@ -685,6 +685,12 @@ impl Gateway {
         self.inner.budgets.remaining(ctx).await
     }
 
+    /// Give back budget this node leased and has not spent (call on shutdown, after the last
+    /// model call).
+    pub async fn release_budget(&self) {
+        self.inner.budgets.release().await;
+    }
+
     /// Report calls dropped before they finished (job timeout, cancel) to `sink`, with what
     /// they were charged; replaces any earlier sink.
     pub fn set_abandoned_sink(&self, sink: AbandonedSink) {

@@ -64,8 +64,9 @@ pub use budget::{
     LedgerError, Level, LogAlertSink, MemoryLedger, Refusal,
 };
 pub use config::{
-    BreakerConfig, BudgetConfig, BudgetScope, CacheConfig, ConfigError, GatewayConfig, ModelConfig,
-    Period, ProviderConfig, ProviderKind, RetryConfig, Secret, SimulatedProvider, Wire,
+    BreakerConfig, BudgetConfig, BudgetLeaseConfig, BudgetScope, CacheConfig, ConfigError,
+    GatewayConfig, ModelConfig, Period, ProviderConfig, ProviderKind, RetryConfig, Secret,
+    SimulatedProvider, Wire,
 };
 pub use gateway::{
     AbandonedCall, AbandonedSink, AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome,

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::config::StoreConfig;
 use crate::control::ControlStore;
 use crate::error::Result;
+use crate::lease::LeaseStore;
 use crate::model::*;
 
 /// Which database a store runs on.
@@ -225,6 +226,7 @@ pub trait JobStore:
     + PluginStore
     + RecordStore
     + ControlStore
+    + LeaseStore
     + StateBackend
     + EffectsBackend
     + Send

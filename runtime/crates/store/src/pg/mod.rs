@@ -65,6 +65,7 @@ macro_rules! hist_select_cols_d {
 
 mod columns;
 mod control;
+mod lease;
 mod plugins;
 mod queue;
 mod records;

@@ -71,6 +71,7 @@ macro_rules! hist_insert_cols_j {
 
 mod columns;
 mod control;
+mod lease;
 mod plugins;
 mod queue;
 mod records;

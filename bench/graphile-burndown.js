@@ -1,0 +1,115 @@
+// graphile-worker's side of bench/queue-vs-graphile.sh: N no-op jobs burned down by P worker
+// processes, each tuned as graphile-worker recommends for small high-volume jobs (a local
+// queue, batched completion). Prints one line: `graphile: <jobs> jobs in <s> s = <rate> jobs/s`.
+//
+// Usage: node graphile-burndown.js            (parent: creates a database, inserts, times)
+//        node graphile-burndown.js --worker   (a worker process; forked by the parent)
+"use strict";
+const { fork } = require("node:child_process");
+const { Client } = require("pg");
+const { run, runMigrations, makeWorkerUtils } = require("graphile-worker");
+
+const env = (name, dflt) => process.env[name] ?? dflt;
+const ADMIN = env("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+const JOBS = Number(env("JOBS", 100000));
+const PROCS = Number(env("GW_PROCS", 2));
+const CONCURRENCY = Number(env("GW_CONCURRENCY", 24));
+const LOCAL_QUEUE = Number(env("GW_LOCAL_QUEUE", 500));
+
+function preset() {
+  return {
+    worker: {
+      localQueue: { size: LOCAL_QUEUE },
+      completeJobBatchDelay: 0,
+      failJobBatchDelay: 0,
+    },
+  };
+}
+
+async function worker() {
+  const url = process.env.GW_URL;
+  process.send("ready");
+  await new Promise((resolve) => process.once("message", resolve));
+  const runner = await run({
+    connectionString: url,
+    concurrency: CONCURRENCY,
+    maxPoolSize: CONCURRENCY + 2,
+    noHandleSignals: true,
+    pollInterval: 1000,
+    logger: quietLogger(),
+    preset: preset(),
+    taskList: { noop: async () => {} },
+  });
+  process.once("message", async () => {
+    await runner.stop();
+    process.exit(0);
+  });
+}
+
+function quietLogger() {
+  const { Logger } = require("graphile-worker");
+  return new Logger(() => (level, message) => {
+    if (level === "error") console.error(message);
+  });
+}
+
+async function parent() {
+  const db = `gw_bench_${process.pid}_${Date.now()}`;
+  const admin = new Client({ connectionString: ADMIN });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${db}`);
+  const url = ADMIN.replace(/\/[^/]*$/, `/${db}`);
+  try {
+    await runMigrations({ connectionString: url, logger: quietLogger() });
+    const utils = await makeWorkerUtils({ connectionString: url, logger: quietLogger() });
+    for (let i = 0; i < JOBS; i += 1000) {
+      const n = Math.min(1000, JOBS - i);
+      await utils.addJobs(
+        Array.from({ length: n }, (_, k) => ({ identifier: "noop", payload: { n: i + k } })),
+      );
+    }
+    await utils.release();
+
+    const c = new Client({ connectionString: url });
+    await c.connect();
+    const children = [];
+    for (let p = 0; p < PROCS; p++) {
+      const child = fork(__filename, ["--worker"], { env: { ...process.env, GW_URL: url } });
+      await new Promise((resolve) => child.once("message", resolve));
+      children.push(child);
+    }
+    const started = process.hrtime.bigint();
+    for (const child of children) child.send("go");
+    let left = JOBS;
+    const deadline = Date.now() + 600000;
+    while (left > 0) {
+      await new Promise((r) => setTimeout(r, 20));
+      const r = await c.query(
+        "SELECT count(*)::int AS n, count(*) FILTER (WHERE last_error IS NOT NULL)::int AS failed " +
+          "FROM graphile_worker._private_jobs",
+      );
+      left = r.rows[0].n;
+      if (r.rows[0].failed > 0) throw new Error(`${r.rows[0].failed} jobs failed`);
+      if (Date.now() > deadline) throw new Error(`timed out with ${left} jobs left`);
+    }
+    const secs = Number(process.hrtime.bigint() - started) / 1e9;
+    await Promise.all(
+      children.map(
+        (child) => new Promise((resolve) => { child.once("exit", resolve); child.send("stop"); }),
+      ),
+    );
+    await c.end();
+    console.log(
+      `graphile: ${JOBS} jobs in ${secs.toFixed(2)} s = ${Math.round(JOBS / secs)} jobs/s ` +
+        `(${PROCS} processes x ${CONCURRENCY}, localQueue ${LOCAL_QUEUE})`,
+    );
+  } finally {
+    await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+    await admin.end();
+  }
+}
+
+(process.argv.includes("--worker") ? worker() : parent()).catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
