@@ -192,18 +192,13 @@ async fn two_nodes_send_one_alert_per_episode() {
         .create_plugin_version("acme", "trap", &digest, &once, true)
         .await
         .unwrap();
-    let mut tasks = Vec::new();
+    let mut workers = Vec::new();
     for node in &nodes {
         node.plugins.load(bytes.clone()).await.unwrap();
-        tasks.push(sluice::alerts::spawn(node.clone()).unwrap().unwrap());
-        tasks.push(sluice::webhooks::spawn_webhooks(node.clone()));
+        workers.push(node.start_roles(Roles::WORKER, None).await.unwrap());
     }
     // Let both nodes take their first sample of an empty DLQ.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let workers: Vec<_> = nodes
-        .iter()
-        .map(|n| sluice::worker::spawn(n.clone()))
-        .collect();
     let mut ids = Vec::new();
     for _ in 0..3 {
         let job = NewJob::new("acme", "trap", serde_json::json!({}));
@@ -243,9 +238,6 @@ async fn two_nodes_send_one_alert_per_episode() {
     assert_eq!(events, ["alert.firing", "alert.resolved"]);
     for w in workers {
         w.shutdown(Duration::from_secs(5)).await;
-    }
-    for t in tasks {
-        t.abort();
     }
     for n in &nodes {
         n.store.close().await;

@@ -72,7 +72,7 @@ pub use gateway::{
     AbandonedCall, AbandonedSink, AttemptInfo, CallError, CallOutcome, CallRecord, EmbedOutcome,
     Gateway, GatewayBuilder,
 };
-pub use outcome::AttemptOutcome;
 pub use health::ProviderHealth;
+pub use outcome::AttemptOutcome;
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
 pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};

@@ -70,8 +70,8 @@ mod plugins;
 mod queue;
 mod records;
 mod state;
-mod stats;
 mod statements;
+mod stats;
 
 /// The Postgres implementation of [`JobStore`].
 pub struct PgStore {

@@ -76,8 +76,8 @@ mod plugins;
 mod queue;
 mod records;
 mod state;
-mod stats;
 mod statements;
+mod stats;
 
 /// The SQLite implementation of [`JobStore`].
 pub struct SqliteStore {
