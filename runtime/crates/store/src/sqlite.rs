@@ -110,6 +110,9 @@ const GET_JOB_SQL: &str = concat!(
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The database lives in the writer's one connection (`sqlite::memory:`): that connection
+    /// must never be replaced.
+    memory: bool,
     config: StoreConfig,
     signal: Signal,
     rr_cursor: Mutex<String>,
@@ -184,6 +187,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
+            memory,
             config,
             signal: Signal::new(),
             rr_cursor: Mutex::new(String::new()),
@@ -197,7 +201,18 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            // A COMMIT that failed (disk full, I/O error) is rolled back by SQLite itself, but
+            // sqlx 0.9 keeps counting the transaction open, so its rollback fails too and the
+            // connection can never begin again: every write of the node would fail until a
+            // restart, even once space is freed. Replace the connection and begin again.
+            Err(sqlx::Error::InvalidSavePointStatement) if !self.memory => {
+                tracing::warn!("replacing the SQLite writer connection after a failed commit");
+                self.writer.acquire().await?.close().await?;
+                Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            r => Ok(r?),
+        }
     }
 
     async fn resolve_plugin(
