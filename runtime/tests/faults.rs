@@ -735,8 +735,9 @@ fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// The disk fills up under the embedded SQLite store. A file-size limit on the node
 /// (`RLIMIT_FSIZE` through `prlimit`, with `SIGXFSZ` ignored so writes fail instead of killing
 /// the process) stands in for a full disk, so the test needs no root or mount. Submissions
-/// past the limit get a clear error and no 202; every job that got a 202 was stored: after a
-/// `kill -9` and a restart with room again, each is there and completes with its input.
+/// past the limit get a clear error and no 202; once the limit is lifted the running node
+/// accepts jobs again; every job that got a 202 was stored: after a `kill -9` and a restart,
+/// each is there and completes with its input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_sqlite_is_refused_clearly_and_nothing_accepted_is_lost() {
     const LIMIT_BYTES: u64 = 4 << 20;
@@ -761,7 +762,7 @@ async fn a_full_disk_under_sqlite_is_refused_clearly_and_nothing_accepted_is_los
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ntrap '' XFSZ\nexec {} --fsize={LIMIT_BYTES}:{LIMIT_BYTES} {} \"$@\"\n",
+            "#!/bin/sh\ntrap '' XFSZ\nexec {} --fsize={LIMIT_BYTES}:unlimited {} \"$@\"\n",
             prlimit.display(),
             env!("CARGO_BIN_EXE_sluice")
         ),
@@ -789,7 +790,7 @@ async fn a_full_disk_under_sqlite_is_refused_clearly_and_nothing_accepted_is_los
             )
             .await;
         match res.status.as_u16() {
-            202 => accepted.push((i, res.body["id"].as_str().unwrap().to_string())),
+            202 => accepted.push((i as i64, res.body["id"].as_str().unwrap().to_string())),
             _ => refused.push(res),
         }
         if refused.len() >= 5 {
@@ -810,7 +811,24 @@ async fn a_full_disk_under_sqlite_is_refused_clearly_and_nothing_accepted_is_los
         );
     }
 
-    // kill -9, room again: everything accepted is there and runs.
+    // Room again (the limit lifted on the running node): submissions are accepted again at
+    // once, without a restart.
+    let lifted = std::process::Command::new(&prlimit)
+        .args([
+            "--pid",
+            &server.pid().to_string(),
+            "--fsize=unlimited:unlimited",
+        ])
+        .status()
+        .unwrap();
+    assert!(lifted.success(), "prlimit --pid could not lift the limit");
+    let body = json!({"input": {"i": -1, "pad": "after"}});
+    let after = try_submit(&server, &key, "noop", &body)
+        .await
+        .expect("accepted again once there is room");
+    accepted.push((-1, after));
+
+    // kill -9 and a restart: everything accepted is there and runs.
     server.kill9();
     site.set_program(None);
     let server = site.up("127.0.0.1:0").await;

@@ -326,6 +326,11 @@ impl Server {
 }
 
 impl Server {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: the process gets no chance to finish anything; wait until it is gone.
     pub fn kill9(&mut self) {
         self.child.kill().expect("sending SIGKILL");
