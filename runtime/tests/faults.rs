@@ -672,7 +672,7 @@ async fn a_corrupted_or_truncated_artifact_is_recompiled_never_loaded() {
     let file = &files[0];
     let original = std::fs::read(file).unwrap();
 
-    let damages: [(&str, fn(&mut Vec<u8>)); 2] = [
+    let damages: [(&str, Damage); 2] = [
         ("bytes flipped in the middle", |b| {
             let mid = b.len() / 2;
             for x in &mut b[mid..mid + 64] {
@@ -706,6 +706,9 @@ async fn a_corrupted_or_truncated_artifact_is_recompiled_never_loaded() {
         assert_eq!(server.terminate().await, Some(0));
     }
 }
+
+/// A way to damage a file's bytes.
+type Damage = fn(&mut Vec<u8>);
 
 /// Submit job `i`, wait for it, and check it completed.
 async fn run_one(server: &Server, key: &str, i: usize) -> Value {
