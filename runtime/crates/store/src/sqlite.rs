@@ -201,17 +201,22 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        match self.writer.begin_with("BEGIN IMMEDIATE").await {
-            // A COMMIT that failed (disk full, I/O error) is rolled back by SQLite itself, but
-            // sqlx 0.9 keeps counting the transaction open, so its rollback fails too and the
-            // connection can never begin again: every write of the node would fail until a
-            // restart, even once space is freed. Replace the connection and begin again.
-            Err(sqlx::Error::InvalidSavePointStatement) if !self.memory => {
-                tracing::warn!("replacing the SQLite writer connection after a failed commit");
-                self.writer.acquire().await?.close().await?;
-                Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        // A COMMIT that failed (disk full, I/O error) is rolled back by SQLite itself, but
+        // sqlx 0.9 keeps counting the transaction open, so its rollback fails too and the
+        // connection can never begin again: every write of the node would fail until a
+        // restart, even once space is freed. Replace the connection and begin again (a few
+        // times: while the disk stays full, another writer's failed commit may have spoilt
+        // the new connection before this one got it).
+        let mut replaced = 0;
+        loop {
+            match self.writer.begin_with("BEGIN IMMEDIATE").await {
+                Err(sqlx::Error::InvalidSavePointStatement) if !self.memory && replaced < 4 => {
+                    tracing::warn!("replacing the SQLite writer connection after a failed commit");
+                    self.writer.acquire().await?.close().await?;
+                    replaced += 1;
+                }
+                r => return Ok(r?),
             }
-            r => Ok(r?),
         }
     }
 
