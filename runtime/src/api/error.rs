@@ -200,6 +200,14 @@ impl From<StoreError> for ApiError {
                 e.to_string(),
             )
             .with("limit", limit),
+            e if e.is_storage_full() => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage-full",
+                "Job store full",
+                "the job store could not write to its disk (full, or at its size limit); \
+                 nothing was stored: free space, then retry",
+            )
+            .with("cause", e.to_string()),
             e if e.is_transient() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

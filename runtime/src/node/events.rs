@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use sluice_store::JobStore;
 use sluice_types::{EventSink, JobEvent};
@@ -25,29 +26,38 @@ pub struct LiveEvent {
 /// wait, not one insert per flooded event.
 const WRITE_BATCH: usize = 512;
 
-/// Persist a batch in one store call; if that fails, event by event, so one event the store
-/// refuses costs only itself. Returns each event's sequence number (0: not persisted).
+/// Persist a batch in one store call; if the store refuses it, event by event, so one event
+/// the store refuses costs only itself. A database outage is waited out (the batch is tried
+/// again until the database is back): events are not dropped because it restarted. Returns
+/// each event's sequence number (0: not persisted).
 async fn persist(store: &dyn JobStore, events: &[(Uuid, JobEvent)]) -> Vec<u64> {
     if events.is_empty() {
         return Vec::new();
     }
-    match store.append_events(events).await {
-        Ok(seqs) => seqs,
-        Err(e) => {
-            tracing::warn!(events = events.len(), error = %e, "could not persist a batch of job events; writing them one by one");
-            let mut seqs = Vec::with_capacity(events.len());
-            for (job, event) in events {
-                seqs.push(match store.append_event(*job, event).await {
-                    Ok(seq) => seq,
-                    Err(e) => {
-                        tracing::warn!(%job, error = %e, "could not persist job event");
-                        0
-                    }
-                });
+    let mut delay = Duration::from_millis(100);
+    let e = loop {
+        match store.append_events(events).await {
+            Ok(seqs) => return seqs,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(events = events.len(), error = %e, retry_in = ?delay, "could not persist job events; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(super::models::MAX_STORE_RETRY_DELAY);
             }
-            seqs
+            Err(e) => break e,
         }
+    };
+    tracing::warn!(events = events.len(), error = %e, "could not persist a batch of job events; writing them one by one");
+    let mut seqs = Vec::with_capacity(events.len());
+    for (job, event) in events {
+        seqs.push(match store.append_event(*job, event).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "could not persist job event");
+                0
+            }
+        });
     }
+    seqs
 }
 
 /// What the writer task is handed.

@@ -264,25 +264,38 @@ fn allowed(ctx: &CallContext, model: &str) -> Result<(), ModelError> {
 }
 
 /// Usage rows are written in batches by one task: a burst of calls costs one insert.
+///
+/// Each row stands for a call a provider answered (and billed): a database outage must delay
+/// it, not drop it. A batch is retried for as long as the failure is an outage (the rows wait
+/// in memory meanwhile); only a batch the database refuses outright is dropped, logged.
 fn spawn_usage_writer(store: Arc<dyn JobStore>) -> mpsc::UnboundedSender<UsageRecord> {
     let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(256);
         while rx.recv_many(&mut batch, 256).await > 0 {
-            let mut tries = 0;
-            while let Err(e) = store.record_usage(&batch).await {
-                tries += 1;
-                if tries >= 5 {
-                    tracing::error!(error = %e, rows = batch.len(), "dropping usage records after 5 tries");
-                    break;
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match store.record_usage(&batch).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, rows = batch.len(), retry_in = ?delay, "could not write usage records; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_STORE_RETRY_DELAY);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, rows = batch.len(), "dropping usage records the store refused");
+                        break;
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
             }
             batch.clear();
         }
     });
     tx
 }
+
+/// The longest wait between two tries of a write that must survive a database outage.
+pub(crate) const MAX_STORE_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

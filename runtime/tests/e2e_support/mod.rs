@@ -52,7 +52,12 @@ impl Db {
     /// Create it. Panics when Postgres is unreachable: CI has Postgres, so a missing one is a
     /// failure, not a reason to skip.
     pub async fn create() -> Db {
-        let admin = admin_url();
+        Db::create_on(&admin_url()).await
+    }
+
+    /// Create it on the server of admin URL `admin` (e.g. a private cluster a test can stop).
+    pub async fn create_on(admin: &str) -> Db {
+        let admin = admin.to_string();
         let name = format!("sluice_e2e_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
             panic!(
@@ -110,6 +115,8 @@ pub struct Site {
     dir: tempfile::TempDir,
     /// `SLUICE_*` settings.
     vars: Vec<(String, String)>,
+    /// What runs instead of the `sluice` binary (a wrapper that execs it), when set.
+    program: Option<std::path::PathBuf>,
     /// The database; declared last, so it is dropped last.
     pub db: Db,
 }
@@ -117,7 +124,11 @@ pub struct Site {
 impl Site {
     /// A new site on a fresh database, with extra `SLUICE_*` settings.
     pub async fn new(vars: &[(&str, &str)]) -> Site {
-        let db = Db::create().await;
+        Site::on(Db::create().await, vars)
+    }
+
+    /// A new site on database `db`, with extra `SLUICE_*` settings.
+    pub fn on(db: Db, vars: &[(&str, &str)]) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let mut all = vec![
             ("SLUICE_DATABASE__URL".to_string(), db.url.clone()),
@@ -131,13 +142,38 @@ impl Site {
             ("SLUICE_ENGINE__MAX_INSTANCES".to_string(), "16".to_string()),
         ];
         all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Site { dir, vars: all, db }
+        Site {
+            dir,
+            vars: all,
+            program: None,
+            db,
+        }
+    }
+
+    /// Run `program` (a wrapper that execs the `sluice` binary with the arguments it is
+    /// given) instead of the binary itself from now on; `None` goes back to the binary.
+    pub fn set_program(&mut self, program: Option<std::path::PathBuf>) {
+        self.program = program;
+    }
+
+    /// Set (or override) one `SLUICE_*` setting for every command run from now on.
+    pub fn set_var(&mut self, name: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_string(), value.to_string()));
+    }
+
+    /// The site's directory (its data directory is `data/` inside it).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// `sluice` with this site's settings and none of the caller's `SLUICE_*` ones.
     /// `RUST_LOG` passes through: a server's log is shown when its test fails.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut c = match &self.program {
+            Some(p) => Command::new(p),
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        };
         for (k, _) in std::env::vars() {
             if k.starts_with("SLUICE_") {
                 c.env_remove(k);
@@ -286,6 +322,24 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Server {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: the process gets no chance to finish anything; wait until it is gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("sending SIGKILL");
+        let status = self.child.wait().expect("waiting for the killed server");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the server was not killed by SIGKILL: {status}"
+        );
     }
 }
 
@@ -530,6 +584,11 @@ pub struct Receiver {
 impl Receiver {
     /// Start it.
     pub async fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0").await
+    }
+
+    /// Start it on `addr` (e.g. the address of a receiver that was down until now).
+    pub async fn start_on(addr: &str) -> Receiver {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let app = axum::Router::new().route(
             "/hook",
@@ -541,7 +600,7 @@ impl Receiver {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -555,6 +614,14 @@ impl Receiver {
             .await
             .expect("no webhook delivery arrived")
             .expect("the receiver stopped")
+    }
+
+    /// The next delivery if one arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Delivery> {
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 

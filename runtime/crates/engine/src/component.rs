@@ -155,20 +155,45 @@ impl Engine {
     }
 }
 
-/// Load a compiled artifact this engine wrote earlier.
+/// Bytes of the SHA-256 of the artifact that ends every cache file.
+const CHECKSUM_BYTES: usize = 32;
+
+/// Load a compiled artifact this engine wrote earlier, if its checksum proves it is whole.
+///
+/// Wasmtime checks an artifact's header and engine compatibility, not its machine code: a file
+/// corrupted on disk (a bad sector, a partial copy, a truncation past the headers) could load
+/// and run garbage. So every cache file carries the SHA-256 of the artifact, and a file that
+/// does not match it is never handed to wasmtime.
 #[allow(unsafe_code)]
 fn deserialize_artifact(
     engine: &wasmtime::Engine,
     path: &std::path::Path,
-) -> wasmtime::Result<Component> {
-    // SAFETY: `deserialize_file` trusts its input to be an artifact produced by a compatible
+) -> Result<Component, String> {
+    let file = std::fs::read(path).map_err(|e| e.to_string())?;
+    let artifact = verified(&file).ok_or_else(|| {
+        format!(
+            "its checksum does not match ({} bytes): corrupted or truncated",
+            file.len()
+        )
+    })?;
+    // SAFETY: `deserialize` trusts its input to be an artifact produced by a compatible
     // engine. Only this engine writes into the cache directory, under a subdirectory named by
-    // the engine's compatibility hash, via write-to-temp-then-rename so no torn file is read.
-    unsafe { Component::deserialize_file(engine, path) }
+    // the engine's compatibility hash, via write-to-temp-then-rename so no torn file is read,
+    // and the bytes are exactly those it wrote (their SHA-256 matches, checked above).
+    unsafe { Component::deserialize(engine, artifact) }.map_err(|e| format!("{e:#}"))
+}
+
+/// The artifact in a cache file, when the file ends with the artifact's SHA-256.
+fn verified(file: &[u8]) -> Option<&[u8]> {
+    let split = file.len().checked_sub(CHECKSUM_BYTES)?;
+    let (artifact, sum) = file.split_at(split);
+    (Sha256::digest(artifact).as_slice() == sum).then_some(artifact)
 }
 
 fn write_artifact(component: &Component, path: &std::path::Path) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    let mut bytes = component.serialize().map_err(std::io::Error::other)?;
+    let sum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&sum);
     let dir = path.parent().expect("artifact path has a parent");
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.tmp", uuid_like()));
@@ -195,5 +220,22 @@ mod tests {
         assert_eq!(classify(b"\0asm\x01\0\0\0"), Kind::CoreModule);
         assert_eq!(classify(b"\0asm\x0d\0\x01\0"), Kind::Component);
         assert_eq!(classify(b"\0as"), Kind::NotWasm);
+    }
+
+    #[test]
+    fn a_cache_file_is_used_only_when_its_checksum_matches() {
+        let artifact = b"compiled code".to_vec();
+        let mut file = artifact.clone();
+        file.extend_from_slice(&sha2::Sha256::digest(&artifact));
+        assert_eq!(verified(&file), Some(&artifact[..]));
+        // A flipped bit anywhere, a truncation, a file shorter than a checksum: refused.
+        for i in 0..file.len() {
+            let mut bad = file.clone();
+            bad[i] ^= 1;
+            assert_eq!(verified(&bad), None, "bit flipped at {i}");
+        }
+        assert_eq!(verified(&file[..file.len() - 1]), None);
+        assert_eq!(verified(&file[..10]), None);
+        assert_eq!(verified(&[]), None);
     }
 }

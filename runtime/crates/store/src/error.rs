@@ -91,6 +91,19 @@ impl StoreError {
         }
     }
 
+    /// Whether the database could not write for want of room (a full disk, or a file-size
+    /// limit): nothing was written, and the same write fails again until space is freed.
+    /// Postgres `53100` disk_full; SQLite 13 (`SQLITE_FULL`) and 778 (`SQLITE_IOERR_WRITE`,
+    /// a write the system refused, as past `RLIMIT_FSIZE`).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("53100" | "13" | "778"))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
         StoreError::Corrupt(what.to_string())
     }

@@ -83,6 +83,9 @@ mod stats;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The database lives in the writer's one connection (`sqlite::memory:`): that connection
+    /// must never be replaced.
+    memory: bool,
     config: StoreConfig,
     signal: Signal,
     rr_cursor: Mutex<String>,
@@ -151,6 +154,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
+            memory,
             config,
             signal: Signal::new(),
             rr_cursor: Mutex::new(String::new()),
@@ -164,7 +168,23 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        // A COMMIT that failed (disk full, I/O error) is rolled back by SQLite itself, but
+        // sqlx 0.9 keeps counting the transaction open, so its rollback fails too and the
+        // connection can never begin again: every write of the node would fail until a
+        // restart, even once space is freed. Replace the connection and begin again (a few
+        // times: while the disk stays full, another writer's failed commit may have spoilt
+        // the new connection before this one got it).
+        let mut replaced = 0;
+        loop {
+            match self.writer.begin_with("BEGIN IMMEDIATE").await {
+                Err(sqlx::Error::InvalidSavePointStatement) if !self.memory && replaced < 4 => {
+                    tracing::warn!("replacing the SQLite writer connection after a failed commit");
+                    self.writer.acquire().await?.close().await?;
+                    replaced += 1;
+                }
+                r => return Ok(r?),
+            }
+        }
     }
 
     async fn resolve_plugin(
