@@ -116,7 +116,7 @@ async fn spend(ledger: Arc<dyn Ledger>, settled: Arc<Settled>, seed: u64, tasks:
                 let lines = lines_for(n);
                 match ledger.reserve(&lines, amount).await {
                     Ok(id) => {
-                        if n % 3 == 0 {
+                        if n.is_multiple_of(3) {
                             tokio::task::yield_now().await;
                         }
                         let actual = amount / 2 + (n * 104_729) % (amount / 2 + 1);
