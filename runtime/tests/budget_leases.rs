@@ -3,54 +3,17 @@
 //! ledger once the nodes give their rest back, and a node that dies leaves its unspent slice
 //! counted as spent (under-use, never overshoot).
 
+mod pg_support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use pg_support::PgDb;
 use sluice::node::{StoreLedger, StoreSlices};
 use sluice_gateway::budget::lease::{LeaseConfig, LeasedLedger};
 use sluice_gateway::budget::{BudgetKey, BudgetLine, Ledger, LedgerError};
 use sluice_store::{JobStore, StoreConfig};
-
-struct PgDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        use sqlx::Connection;
-        let admin = std::env::var("SLUICE_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("Postgres for tests");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin.clone());
-        let url = format!("{base}/{name}");
-        PgDb { admin, name, url }
-    }
-
-    async fn drop_db(self) {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
 
 fn line(budget: &str, scope: &str, limit: u64) -> BudgetLine {
     BudgetLine {

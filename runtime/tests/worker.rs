@@ -2,11 +2,13 @@
 //! real components: jobs complete, failures retry with their effects and model calls
 //! replayed from the journal, and bad handlers end up dead with a reason.
 
+mod pg_support;
 #[path = "../crates/engine/tests/support/plugins.rs"]
 mod plugins;
 
 use std::time::Duration;
 
+use pg_support::PgDb;
 use sluice::config::Config;
 use sluice::node::{Node, Roles};
 use sluice_store::{JobStatus, NewJob, PluginSettings};
@@ -119,46 +121,6 @@ async fn jobs_complete_and_failures_retry_with_replay() {
 }
 
 /// A fresh Postgres database for one test, dropped when the guard goes.
-struct PgDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        use sqlx::Connection;
-        let admin = std::env::var("SLUICE_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("Postgres for tests");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin.clone());
-        let url = format!("{base}/{name}");
-        PgDb { admin, name, url }
-    }
-
-    async fn drop_db(self) {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_one_postgres_share_the_work_exactly_once() {
     let db = PgDb::create().await;
