@@ -30,6 +30,7 @@ async function worker() {
   const url = process.env.GW_URL;
   process.send("ready");
   await new Promise((resolve) => process.once("message", resolve));
+  const cpuAtGo = process.cpuUsage();
   const runner = await run({
     connectionString: url,
     concurrency: CONCURRENCY,
@@ -41,9 +42,24 @@ async function worker() {
     taskList: { noop: async () => {} },
   });
   process.once("message", async () => {
+    // This worker's CPU from "go" to now (user + system, microseconds), for the parent's report.
+    const used = process.cpuUsage(cpuAtGo);
+    process.send({ cpuMicros: used.user + used.system });
     await runner.stop();
     process.exit(0);
   });
+}
+
+// CPU seconds Postgres has used, when its processes are in the cpuacct cgroup whose
+// `cpuacct.usage` file SLUICE_BENCH_PG_CPUACCT names (bench/queue-vs-graphile.sh sets it up).
+function pgCpuSecs() {
+  const path = process.env.SLUICE_BENCH_PG_CPUACCT;
+  if (!path) return null;
+  try {
+    return Number(require("node:fs").readFileSync(path, "utf8").trim()) / 1e9;
+  } catch {
+    return null;
+  }
 }
 
 function quietLogger() {
@@ -79,11 +95,14 @@ async function parent() {
       children.push(child);
     }
     const started = process.hrtime.bigint();
+    const pgAtGo = pgCpuSecs();
     for (const child of children) child.send("go");
     let left = JOBS;
     const deadline = Date.now() + 600000;
     while (left > 0) {
-      await new Promise((r) => setTimeout(r, 20));
+      // Every 50 ms, as the Sluice burn-down polls: a count of a 100k-row table costs Postgres
+      // ~7 ms, so polling every 20 ms took a third of its CPU away from the work measured.
+      await new Promise((r) => setTimeout(r, 50));
       const r = await c.query(
         "SELECT count(*)::int AS n, count(*) FILTER (WHERE last_error IS NOT NULL)::int AS failed " +
           "FROM graphile_worker._private_jobs",
@@ -93,15 +112,27 @@ async function parent() {
       if (Date.now() > deadline) throw new Error(`timed out with ${left} jobs left`);
     }
     const secs = Number(process.hrtime.bigint() - started) / 1e9;
+    const pgUsed = pgAtGo === null ? null : pgCpuSecs() - pgAtGo;
+    let workerMicros = 0;
     await Promise.all(
       children.map(
-        (child) => new Promise((resolve) => { child.once("exit", resolve); child.send("stop"); }),
+        (child) =>
+          new Promise((resolve) => {
+            child.on("message", (m) => { if (m && m.cpuMicros) workerMicros += m.cpuMicros; });
+            child.once("exit", resolve);
+            child.send("stop");
+          }),
       ),
     );
     await c.end();
     console.log(
       `graphile: ${JOBS} jobs in ${secs.toFixed(2)} s = ${Math.round(JOBS / secs)} jobs/s ` +
         `(${PROCS} processes x ${CONCURRENCY}, localQueue ${LOCAL_QUEUE})`,
+    );
+    const perJob = (s) => ((s * 1e6) / JOBS).toFixed(1);
+    console.log(
+      `cpu:    workers ${perJob(workerMicros / 1e6)} µs/job` +
+        (pgUsed === null ? "" : `, postgres ${perJob(pgUsed)} µs/job`),
     );
   } finally {
     await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
