@@ -36,9 +36,14 @@ mod machine;
 mod migrations;
 mod model;
 mod pg;
+mod plugins;
+mod records;
 mod rows;
+mod sql;
 mod sqlite;
+mod state;
 mod store;
+mod transact;
 mod util;
 
 use std::sync::Arc;

@@ -29,6 +29,10 @@ pub(crate) trait Columns {
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
     /// A non-null integer column of any width.
     fn int(&self, col: &str) -> Result<i64>;
+    /// A nullable integer column of any width.
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    /// A non-null bytes column.
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
     /// A non-null boolean column.
     fn flag(&self, col: &str) -> Result<bool>;
     /// A non-null id column.

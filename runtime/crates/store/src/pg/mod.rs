@@ -13,11 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sluice_types::{
-    EffectError, EffectsBackend, JobEvent, JobStatus, Micros, StateBackend, StateError, StateScope,
-};
+use sluice_types::{JobEvent, JobStatus, Micros};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -29,7 +26,7 @@ use crate::flows;
 use crate::machine::Running;
 use crate::model::*;
 use crate::rows::{self, Columns};
-use crate::store::{Backend, JobStore, PluginStore, QueueStore, RecordStore, Signal, WorkSignal};
+use crate::store::{Backend, JobStore, QueueStore, Signal, WorkSignal};
 use crate::util::{self, MAX_CLAIM_ROUNDS, Prepared, more_rounds};
 
 /// The `LISTEN`/`NOTIFY` channel that announces new work.
@@ -69,6 +66,7 @@ mod lease;
 mod plugins;
 mod queue;
 mod records;
+mod sql;
 mod state;
 mod statements;
 mod stats;

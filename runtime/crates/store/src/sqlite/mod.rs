@@ -16,9 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sluice_types::{
-    EffectError, EffectsBackend, JobEvent, JobStatus, Micros, StateBackend, StateError, StateScope,
-};
+use sluice_types::{JobEvent, JobStatus, Micros};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -32,7 +30,7 @@ use crate::flows;
 use crate::machine::Running;
 use crate::model::*;
 use crate::rows::{self, Columns};
-use crate::store::{Backend, JobStore, PluginStore, QueueStore, RecordStore, Signal, WorkSignal};
+use crate::store::{Backend, JobStore, QueueStore, Signal, WorkSignal};
 use crate::util::{self, Candidate, MAX_CLAIM_ROUNDS, Prepared, more_rounds};
 
 static MIGRATOR: LazyLock<sqlx::migrate::Migrator> = LazyLock::new(crate::migrations::sqlite);
@@ -75,6 +73,7 @@ mod lease;
 mod plugins;
 mod queue;
 mod records;
+mod sql;
 mod state;
 mod statements;
 mod stats;
@@ -108,10 +107,6 @@ fn ms_of(d: Duration) -> i64 {
 }
 
 use columns::{ts, uuid_of};
-
-fn u32_of(v: i64) -> u32 {
-    v.clamp(0, u32::MAX as i64) as u32
-}
 
 impl SqliteStore {
     /// Open `url` (`sqlite://path`, `sqlite:path` or `sqlite::memory:`), creating the file if
