@@ -235,8 +235,13 @@ pub(crate) fn budget<R: Columns>(r: &R) -> Result<BudgetRecord> {
 }
 
 /// The columns [`delivery`] reads.
-pub(crate) const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, \
-     status, attempts, next_attempt_at, last_error, created_at, finished_at";
+macro_rules! delivery_cols {
+    () => {
+        "id, delivery_id, tenant, job_id, url, event, payload, status, attempts, \
+         next_attempt_at, last_error, created_at, finished_at"
+    };
+}
+pub(crate) use delivery_cols;
 
 /// A webhook delivery in the outbox.
 pub(crate) fn delivery<R: Columns>(r: &R) -> Result<WebhookDelivery> {

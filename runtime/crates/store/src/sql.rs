@@ -27,10 +27,16 @@ pub(crate) enum Arg<'a> {
     OptText(Option<&'a str>),
     /// An integer (`int8`; Postgres casts it where a column is narrower).
     Int(i64),
+    /// An integer or NULL.
+    OptInt(Option<i64>),
     /// An id.
     Id(Uuid),
+    /// An id or NULL.
+    OptId(Option<Uuid>),
     /// JSON text (`util::to_json`); Postgres replaces NUL, which `jsonb` cannot hold.
     Json(&'a str),
+    /// JSON text or NULL.
+    OptJson(Option<&'a str>),
     /// Bytes.
     Bytes(&'a [u8]),
     /// This node's clock (see the module comment).
@@ -39,6 +45,8 @@ pub(crate) enum Arg<'a> {
     Millis(Option<Duration>),
     /// A point in time.
     Time(DateTime<Utc>),
+    /// A point in time or NULL.
+    OptTime(Option<DateTime<Utc>>),
 }
 
 /// Where a statement outside a transaction runs (SQLite: the reader pool or the single

@@ -15,12 +15,16 @@ fn bind<'q>(
         Arg::Text(s) => q.bind(s),
         Arg::OptText(s) => q.bind(s),
         Arg::Int(n) => q.bind(n),
+        Arg::OptInt(n) => q.bind(n),
         Arg::Id(id) => q.bind(id),
+        Arg::OptId(id) => q.bind(id),
         Arg::Json(text) => q.bind(util::pg_json_text(text)),
+        Arg::OptJson(text) => q.bind(text.map(util::pg_json_text)),
         Arg::Bytes(b) => q.bind(b),
         Arg::Now => q.bind(Utc::now()),
         Arg::Millis(d) => q.bind(d.map(PgStore::ms)),
         Arg::Time(t) => q.bind(t),
+        Arg::OptTime(t) => q.bind(t),
     }
 }
 

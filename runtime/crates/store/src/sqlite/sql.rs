@@ -15,12 +15,16 @@ fn bind<'q>(
         Arg::Text(s) => q.bind(s.to_owned()),
         Arg::OptText(s) => q.bind(s.map(str::to_owned)),
         Arg::Int(n) => q.bind(n),
+        Arg::OptInt(n) => q.bind(n),
         Arg::Id(id) => q.bind(id.to_string()),
+        Arg::OptId(id) => q.bind(id.map(|id| id.to_string())),
         Arg::Json(text) => q.bind(text.to_owned()),
+        Arg::OptJson(text) => q.bind(text.map(str::to_owned)),
         Arg::Bytes(b) => q.bind(b.to_vec()),
         Arg::Now => q.bind(now_ms()),
         Arg::Millis(d) => q.bind(d.map(ms_of)),
         Arg::Time(t) => q.bind(t.timestamp_millis()),
+        Arg::OptTime(t) => q.bind(t.map(|t| t.timestamp_millis())),
     }
 }
 
