@@ -105,10 +105,9 @@ pub(crate) async fn get<S: StateSql>(
     util::check_state_key(key)?;
     let args = [tenant(scope), plugin(scope), Arg::Text(key), Arg::Now];
     let row = s.row(On::Read, S::VALUE, &args).await.map_err(state_err)?;
-    Ok(row
-        .map(|r| r.text("value"))
+    row.map(|r| r.text("value"))
         .transpose()
-        .map_err(unavailable)?)
+        .map_err(unavailable)
 }
 
 /// [`sluice_types::StateBackend::set`].
