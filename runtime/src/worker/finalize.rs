@@ -30,7 +30,7 @@ pub(crate) struct Finalizer {
 const BATCH: usize = 512;
 
 /// Most completion statements in flight at once.
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Finalizer {
     pub(crate) fn spawn(node: Node, finished: Arc<Notify>) -> Finalizer {
