@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Memory of parked jobs: JOBS (10,000) jobs, each waiting in one model call on a slow simulated
+# provider (`sluice sim-provider --ttft-ms PARK_MS`, default 60 s to the first token), and the
+# resident memory (VmRSS from /proc) of the process holding them:
+# - Sluice: one `sluice up` node on Postgres, worker.slots = JOBS, tenant_share 1.0,
+#   engine.max_instances = JOBS; each job is bench/peers/one-call (one `fast` chat call through
+#   the gateway), submitted without waiting at SUBMIT_RATE (1,000/s) by the open-loop loadgen.
+#   Each parked job holds a live wasm instance (its store and linear memory), its gateway call
+#   and an HTTP connection to the provider.
+# - graphile-worker (peer): one Node process, concurrency JOBS, each job one `fetch` to the same
+#   simulator (bench/peers/graphile-parked.js).
+# Idle RSS is read with the worker running on an empty queue; parked RSS is the highest of ten
+# samples over 3 s once the simulator has received JOBS chat requests (every job is in its call).
+# Prints both, the growth per parked job and the ratio.
+#
+# Environment: JOBS (10000), PARK_MS (60000), SUBMIT_RATE (1000), PEER (1: also graphile-worker),
+# GRAPHILE_VERSION (0.17.3), SLUICE_BIN, PG_ADMIN_URL, SIM_PORT (19091), SLUICE_PORT (18081),
+# BENCH_LOCK.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+jobs="${JOBS:-10000}" park_ms="${PARK_MS:-60000}" submit_rate="${SUBMIT_RATE:-1000}"
+sim_port="${SIM_PORT:-19091}" sl_port="${SLUICE_PORT:-18081}"
+sim="http://127.0.0.1:$sim_port"
+
+sluice="$(sluice_bin)"
+gen="$(loadgen_bin)"
+(cd "$here/one-call" && nice -n 19 cargo build -q --release --target wasm32-wasip2) >&2
+component="$here/one-call/target/wasm32-wasip2/release/one_call.wasm"
+if [[ ${PEER:-1} == 1 ]]; then
+    say "installing graphile-worker@${GRAPHILE_VERSION:-0.17.3} into $tmp"
+    (cd "$tmp" && npm init -y >/dev/null && nice -n 19 npm install --silent --no-audit \
+        --no-fund "graphile-worker@${GRAPHILE_VERSION:-0.17.3}" pg@8 >/dev/null)
+    cp "$here/graphile-parked.js" "$tmp/"
+fi
+# Each parked call holds a socket on both ends.
+ulimit -n "$(ulimit -Hn)"
+
+"$sluice" sim-provider --listen "127.0.0.1:$sim_port" --ttft-ms "$park_ms" --tokens-per-sec 0 \
+    2>"$tmp/sim.log" &
+started+=($!)
+
+fresh_db peers_parked
+cat >"$tmp/sluice.toml" <<EOF
+[server]
+listen = "127.0.0.1:$sl_port"
+[database]
+url = "$DB_URL"
+data_dir = "$tmp/sluice-data"
+[engine]
+max_instances = $jobs
+[worker]
+slots = $jobs
+tenant_share = 1.0
+[gateway.cache]
+enabled = false
+[gateway.providers.sim]
+kind = "openai"
+base_url = "$sim/v1"
+api_key = "sk-sim"
+[gateway.models."sim/gpt-4o-mini"]
+name = "gpt-4o-mini"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6
+[gateway.aliases]
+fast = ["sim/gpt-4o-mini"]
+EOF
+sl() { "$sluice" --config "$tmp/sluice.toml" "$@"; }
+sl migrate >/dev/null
+key="$(sl keys create --tenant default --scopes admin 2>/dev/null)"
+(cd "$tmp" && exec "$sluice" --config "$tmp/sluice.toml" up >"$tmp/sluice.log" 2>&1) &
+node_pid=$!
+started+=($node_pid)
+wait_http "$sim/health"
+wait_http "http://127.0.0.1:$sl_port/healthz"
+SLUICE_URL="http://127.0.0.1:$sl_port" SLUICE_API_KEY="$key" \
+    "$sluice" deploy "$component" --name one-call >&2
+
+chat_requests() { curl -fsS "$sim/admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chat_requests"])'; }
+
+take_bench_lock
+uptime_before="$(uptime)"
+# Warm the path (the component's first instance, the gateway's client) with one job.
+curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+    -X POST "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs" -d '{"input":"warm"}'
+for i in $(seq 100); do [[ $(chat_requests) -ge 1 ]] && break; sleep 0.1; done
+sleep 1
+idle_kib="$(rss_kib "$node_pid")"
+base="$(chat_requests)"
+t0="$(date +%s.%N)"
+say "submitting $jobs jobs at $submit_rate/s (idle RSS $idle_kib KiB)"
+"$gen" --label submit --rate "$submit_rate" --secs "$(awk -v n="$jobs" -v r="$submit_rate" 'BEGIN {print n / r}')" \
+    --warmup-secs 0 --status 202 --header "Authorization: Bearer $key" \
+    --url "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs" --body '{"input":"parked {run} {n}"}' >&2
+deadline=$((SECONDS + 300))
+while (($(chat_requests) - base < jobs)); do
+    if ((SECONDS > deadline)); then
+        say "only $(($(chat_requests) - base)) of $jobs jobs reached the simulator in 300 s"
+        tail -5 "$tmp/sluice.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+park_secs="$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')"
+parked_kib=0
+for i in $(seq 10); do
+    r="$(rss_kib "$node_pid")"
+    ((r > parked_kib)) && parked_kib=$r
+    sleep 0.3
+done
+hwm_kib="$(awk '/^VmHWM:/ {print $2}' "/proc/$node_pid/status")"
+kill -9 "$node_pid" 2>/dev/null || true
+
+peer_line=""
+if [[ ${PEER:-1} == 1 ]]; then
+    say "graphile-worker: $jobs jobs, concurrency $jobs"
+    peer_line="$(cd "$tmp" && SIM_URL="$sim" JOBS="$jobs" node graphile-parked.js)"
+fi
+uptime_after="$(uptime)"
+
+python3 - "$jobs" "$idle_kib" "$parked_kib" "$hwm_kib" "$park_secs" "$peer_line" \
+    "$uptime_before" "$uptime_after" <<'EOF'
+import json, sys
+jobs, idle, parked, hwm = (int(x) for x in sys.argv[1:5])
+park_secs, peer_line, before, after = sys.argv[5:9]
+mib = lambda k: k / 1024
+print(f"uptime before: {before.strip()}")
+print(f"uptime after:  {after.strip()}")
+per = (parked - idle) / jobs
+print(f"sluice up: idle {mib(idle):.1f} MiB, {jobs} jobs parked {mib(parked):.1f} MiB "
+      f"(peak {mib(hwm):.1f} MiB), {per:.1f} KiB per parked job; all parked {park_secs} s after the first submit")
+if peer_line:
+    p = json.loads(peer_line)
+    pper = (p["parked_rss_kib"] - p["idle_rss_kib"]) / jobs
+    print(f"graphile-worker: idle {mib(p['idle_rss_kib']):.1f} MiB, {jobs} jobs parked "
+          f"{mib(p['parked_rss_kib']):.1f} MiB (peak {mib(p['parked_hwm_kib']):.1f} MiB), "
+          f"{pper:.1f} KiB per parked job; all parked {p['seconds_to_park']:.1f} s after the first add")
+    print(f"ratio parked RSS sluice / graphile-worker: {parked / p['parked_rss_kib']:.2f}")
+    if pper > 0:
+        print(f"ratio per-job growth sluice / graphile-worker: {per / pper:.2f}")
+EOF
