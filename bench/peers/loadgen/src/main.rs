@@ -49,7 +49,10 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--url" => a.url = val(),
             "--rate" => a.rate = num(&val()),
@@ -57,7 +60,9 @@ fn parse_args() -> Args {
             "--body" => a.body = val(),
             "--header" => {
                 let h = val();
-                let (k, v) = h.split_once(':').unwrap_or_else(|| die("--header is 'Name: value'"));
+                let (k, v) = h
+                    .split_once(':')
+                    .unwrap_or_else(|| die("--header is 'Name: value'"));
                 a.headers.push((k.trim().into(), v.trim().into()));
             }
             "--expect" => a.expect = Some(val()),
@@ -76,7 +81,8 @@ fn parse_args() -> Args {
 }
 
 fn num(s: &str) -> f64 {
-    s.parse().unwrap_or_else(|_| die(&format!("not a number: {s}")))
+    s.parse()
+        .unwrap_or_else(|_| die(&format!("not a number: {s}")))
 }
 
 fn die(msg: &str) -> ! {
@@ -125,12 +131,18 @@ async fn main() {
         // Past --max-inflight the server is hopelessly behind: count a failure, send nothing.
         let Ok(permit) = inflight.clone().try_acquire_owned() else {
             if counted {
-                tally.lock().unwrap().fail("max in-flight requests reached".into());
+                tally
+                    .lock()
+                    .unwrap()
+                    .fail("max in-flight requests reached".into());
             }
             continue;
         };
         let (client, args, tally) = (client.clone(), args.clone(), tally.clone());
-        let body = args.body.replace("{n}", &n.to_string()).replace("{run}", &run);
+        let body = args
+            .body
+            .replace("{n}", &n.to_string())
+            .replace("{run}", &run);
         let due: Instant = due.into_std();
         tasks.push(tokio::spawn(async move {
             let mut req = client
