@@ -88,7 +88,7 @@ async function main() {
         : `batchSize ${BATCH}, localConcurrency ${LOCAL}, burstWhenBatchFull, poll 0.5 s`;
     const partial = left > 0 ? `; stopped after ${MAX_SECS} s with ${left} left` : "";
     console.log(
-      `pg-boss ${MODE}: ${done} jobs in ${secs.toFixed(2)} s = ${Math.round(done / secs)} jobs/s ` +
+      `pg-boss ${MODE}: ${done} jobs in ${secs.toFixed(2)} s = ${rate(done / secs)} jobs/s ` +
         `(${how}${partial})`,
     );
   } finally {
@@ -97,6 +97,9 @@ async function main() {
     await admin.end();
   }
 }
+
+// Whole jobs per second, or two decimals below 10 (the default mode does about 0.5).
+const rate = (r) => (r < 10 ? r.toFixed(2) : String(Math.round(r)));
 
 main().then(
   () => process.exit(0),

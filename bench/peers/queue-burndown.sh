@@ -36,7 +36,7 @@ if [[ $with_sluice == 1 ]]; then
     (cd "$repo" && nice -n 19 cargo bench -q -p sluice --bench burndown --no-run) >&2
 fi
 
-rate_of() { sed -E 's/.*= ([0-9]+) jobs\/s.*/\1/' <<<"$1"; }
+rate_of() { sed -E 's/.*= ([0-9.]+) jobs\/s.*/\1/' <<<"$1"; }
 declare -A rate line
 take_bench_lock
 for peer in $peers; do
