@@ -47,7 +47,7 @@ sluice_bin() {
         say "building sluice (release)…"
         (cd "$repo" && nice -n 19 cargo build -q --release -p sluice --bin sluice) >&2
     fi
-    printf '%s\n' "$bin"
+    realpath "$bin"
 }
 
 # The open-loop load generator (bench/peers/loadgen), built niced.
