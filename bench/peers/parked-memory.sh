@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # Memory of parked jobs: JOBS (10,000) jobs, each waiting in one model call on a slow simulated
-# provider (`sluice sim-provider --ttft-ms PARK_MS`, default 60 s to the first token), and the
+# provider (`sluice sim-provider --ttft-ms PARK_MS`, default 120 s to the first token), and the
 # resident memory (VmRSS from /proc) of the process holding them:
-# - Sluice: one `sluice up` node on Postgres, worker.slots = JOBS, tenant_share 1.0,
-#   engine.max_instances = JOBS; each job is bench/peers/one-call (one `fast` chat call through
+# - Sluice: one `sluice up` node on Postgres, worker.slots = JOBS + 1 (one for a warm-up job),
+#   tenant_share 1.0, engine.max_instances = JOBS + 1; each job is bench/peers/one-call (one `fast` chat call through
 #   the gateway), submitted without waiting at SUBMIT_RATE (1,000/s) by the open-loop loadgen.
 #   Each parked job holds a live wasm instance (its store and linear memory), its gateway call
 #   and an HTTP connection to the provider.
 # - graphile-worker (peer): one Node process, concurrency JOBS, each job one `fetch` to the same
 #   simulator (bench/peers/graphile-parked.js).
 # Idle RSS is read with the worker running on an empty queue; parked RSS is the highest of ten
-# samples over 3 s once the simulator has received JOBS chat requests (every job is in its call).
+# samples over 3 s once the simulator holds JOBS unanswered chat requests (every job is in its
+# call; the run fails if that takes longer than PARK_MS, when the first calls start to return).
 # Prints both, the growth per parked job and the ratio.
 #
-# Environment: JOBS (10000), PARK_MS (60000), SUBMIT_RATE (1000), PEER (1: also graphile-worker),
+# Environment: JOBS (10000), PARK_MS (120000), SUBMIT_RATE (1000), PEER (1: also graphile-worker),
 # GRAPHILE_VERSION (0.17.3), SLUICE_BIN, PG_ADMIN_URL, SIM_PORT (19091), SLUICE_PORT (18081),
 # BENCH_LOCK.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-jobs="${JOBS:-10000}" park_ms="${PARK_MS:-60000}" submit_rate="${SUBMIT_RATE:-1000}"
+jobs="${JOBS:-10000}" park_ms="${PARK_MS:-120000}" submit_rate="${SUBMIT_RATE:-1000}"
 sim_port="${SIM_PORT:-19091}" sl_port="${SLUICE_PORT:-18081}"
 sim="http://127.0.0.1:$sim_port"
 
@@ -36,9 +37,13 @@ fi
 # Each parked call holds a socket on both ends.
 ulimit -n "$(ulimit -Hn)"
 
-"$sluice" sim-provider --listen "127.0.0.1:$sim_port" --ttft-ms "$park_ms" --tokens-per-sec 0 \
-    2>"$tmp/sim.log" &
-started+=($!)
+start_sim() {
+    "$sluice" sim-provider --listen "127.0.0.1:$sim_port" --ttft-ms "$park_ms" \
+        --tokens-per-sec 0 2>>"$tmp/sim.log" &
+    sim_pid=$!
+    started+=($sim_pid)
+}
+start_sim
 
 fresh_db peers_parked
 cat >"$tmp/sluice.toml" <<EOF
@@ -48,9 +53,9 @@ listen = "127.0.0.1:$sl_port"
 url = "$DB_URL"
 data_dir = "$tmp/sluice-data"
 [engine]
-max_instances = $jobs
+max_instances = $((jobs + 1))
 [worker]
-slots = $jobs
+slots = $((jobs + 1))
 tenant_share = 1.0
 [gateway.cache]
 enabled = false
@@ -76,26 +81,31 @@ wait_http "http://127.0.0.1:$sl_port/healthz"
 SLUICE_URL="http://127.0.0.1:$sl_port" SLUICE_API_KEY="$key" \
     "$sluice" deploy "$component" --name one-call >&2
 
-chat_requests() { curl -fsS "$sim/admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chat_requests"])'; }
+# Chat requests the simulator has received and not answered yet.
+in_flight() {
+    curl -fsS "$sim/admin/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin)
+print(s["chat_requests"] - s["ok"] - s["rate_limited"] - s["server_errors"] - s["client_errors"] - s["broken"])'
+}
 
 take_bench_lock
 uptime_before="$(uptime)"
 # Warm the path (the component's first instance, the gateway's client) with one job.
 curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
     -X POST "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs" -d '{"input":"warm"}'
-for i in $(seq 100); do [[ $(chat_requests) -ge 1 ]] && break; sleep 0.1; done
+for i in $(seq 100); do [[ $(in_flight) -ge 1 ]] && break; sleep 0.1; done
 sleep 1
 idle_kib="$(rss_kib "$node_pid")"
-base="$(chat_requests)"
+base="$(in_flight)"
 t0="$(date +%s.%N)"
 say "submitting $jobs jobs at $submit_rate/s (idle RSS $idle_kib KiB)"
 "$gen" --label submit --rate "$submit_rate" --secs "$(awk -v n="$jobs" -v r="$submit_rate" 'BEGIN {print n / r}')" \
     --warmup-secs 0 --status 202 --header "Authorization: Bearer $key" \
     --url "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs" --body '{"input":"parked {run} {n}"}' >&2
-deadline=$((SECONDS + 300))
-while (($(chat_requests) - base < jobs)); do
+# The first calls are answered after PARK_MS: every job must be in its call before that.
+deadline=$((SECONDS + park_ms / 1000 - 2))
+while (($(in_flight) - base < jobs)); do
     if ((SECONDS > deadline)); then
-        say "only $(($(chat_requests) - base)) of $jobs jobs reached the simulator in 300 s"
+        say "only $(($(in_flight) - base)) of $jobs jobs were in their model call at once; raise PARK_MS"
         tail -5 "$tmp/sluice.log" >&2
         exit 1
     fi
@@ -110,11 +120,15 @@ for i in $(seq 10); do
 done
 hwm_kib="$(awk '/^VmHWM:/ {print $2}' "/proc/$node_pid/status")"
 kill -9 "$node_pid" 2>/dev/null || true
+# A fresh simulator for the peer: the killed node's calls would otherwise still count.
+kill "$sim_pid" && wait "$sim_pid" 2>/dev/null || true
+start_sim
+wait_http "$sim/health"
 
 peer_line=""
 if [[ ${PEER:-1} == 1 ]]; then
     say "graphile-worker: $jobs jobs, concurrency $jobs"
-    peer_line="$(cd "$tmp" && SIM_URL="$sim" JOBS="$jobs" node graphile-parked.js)"
+    peer_line="$(cd "$tmp" && SIM_URL="$sim" JOBS="$jobs" PARK_MS="$park_ms" node graphile-parked.js)"
 fi
 uptime_after="$(uptime)"
 
