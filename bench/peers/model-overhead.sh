@@ -119,6 +119,20 @@ sluice_side=(--url "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs?wait=30s"
     --expect '"status":"completed"' --header "Authorization: Bearer $key"
     --body "{\"input\":\"$prompt\"}")
 
+# After a level a saturated side may still be working through a backlog (LiteLLM keeps serving
+# requests whose callers gave up; Sluice keeps the queued jobs): wait until a single call answers
+# within 5x the direct latency of the last level (at most 120 s), so the next level starts clean.
+drain() {
+    local t end=$((SECONDS + 120))
+    while ((SECONDS < end)); do
+        t="$("$gen" --label drain --rate 5 --secs 1 --warmup-secs 0 --timeout-ms 10000 "$@" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_ms"])')"
+        awk -v t="$t" -v d="${last_direct_p99:-20}" 'BEGIN {exit !(t >= 0 && t <= 5 * d + 20)}' && return 0
+        sleep 1
+    done
+    say "still not drained after 120 s"
+}
+
 results="$tmp/results.jsonl"
 # One level: label, rate, then the side's loadgen arguments.
 level() {
@@ -147,15 +161,19 @@ for side in direct litellm sluice_side; do
 done
 for rate in $rates; do
     say "--- $rate calls/s (load average $(load))"
-    level direct "$rate" "${direct[@]}" >/dev/null
+    last_direct_p99="$(level direct "$rate" "${direct[@]}" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_ms"])')"
     level litellm "$rate" "${litellm[@]}" >/dev/null
+    drain "${litellm[@]}"
     level sluice "$rate" "${sluice_side[@]}" >/dev/null
+    drain "${sluice_side[@]}"
 done
 for side in litellm sluice; do
     say "--- saturation sweep: $side"
     [[ $side == sluice ]] && declare -n args=sluice_side || declare -n args=litellm
     for rate in $sweep; do
         line="$(level "sweep-$side" "$rate" "${args[@]}")"
+        drain "${args[@]}"
         kept_up "$line" || break
     done
     unset -n args
@@ -199,6 +217,10 @@ for rate in sorted({r["rate"] for r in rows if r["label"] == "direct"}):
     d, l, s = get("direct", rate), get("litellm", rate), get("sluice", rate)
     al, as_ = l["p50_ms"] - d["p50_ms"], s["p50_ms"] - d["p50_ms"]
     bl, bs = l["p99_ms"] - d["p99_ms"], s["p99_ms"] - d["p99_ms"]
+    if not (kept(l) and kept(s)):
+        print(f"ratio LiteLLM added / Sluice added at {rate:g}/s: n/a (not kept up: "
+              + ", ".join(n for n, x in (("LiteLLM", l), ("Sluice", s)) if not kept(x)) + ")")
+        continue
     r50 = f"{al/as_:.2f}" if as_ > 0 else "n/a"
     r99 = f"{bl/bs:.2f}" if bs > 0 else "n/a"
     print(f"ratio LiteLLM added / Sluice added at {rate:g}/s: p50 {r50}, p99 {r99}")
