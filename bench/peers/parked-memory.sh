@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Memory of parked jobs: JOBS (10,000) jobs, each waiting in one model call on a slow simulated
-# provider (`sluice sim-provider --ttft-ms PARK_MS`, default 120 s to the first token), and the
+# provider (`sluice sim-provider --ttft-ms PARK_MS`, default 300 s to the first token), and the
 # resident memory (VmRSS from /proc) of the process holding them:
 # - Sluice: one `sluice up` node on Postgres, worker.slots = JOBS + 1 (one for a warm-up job),
-#   tenant_share 1.0, engine.max_instances = JOBS + 1; each job is bench/peers/one-call (one `fast` chat call through
-#   the gateway), submitted without waiting at SUBMIT_RATE (1,000/s) by the open-loop loadgen.
+#   tenant_share 1.0, engine.max_instances = JOBS + 1, call and job timeouts past PARK_MS; each
+#   job is bench/peers/one-call (one `fast` chat call through the gateway), submitted through
+#   the batch endpoint, 1,000 jobs a request.
 #   Each parked job holds a live wasm instance (its store and linear memory), its gateway call
 #   and an HTTP connection to the provider.
 # - graphile-worker (peer): one Node process, concurrency JOBS, each job one `fetch` to the same
@@ -14,18 +15,17 @@
 # call; the run fails if that takes longer than PARK_MS, when the first calls start to return).
 # Prints both, the growth per parked job and the ratio.
 #
-# Environment: JOBS (10000), PARK_MS (120000), SUBMIT_RATE (1000), PEER (1: also graphile-worker),
+# Environment: JOBS (10000), PARK_MS (300000), PEER (1: also graphile-worker),
 # GRAPHILE_VERSION (0.17.3), SLUICE_BIN, PG_ADMIN_URL, SIM_PORT (19091), SLUICE_PORT (18081),
 # BENCH_LOCK.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-jobs="${JOBS:-10000}" park_ms="${PARK_MS:-120000}" submit_rate="${SUBMIT_RATE:-1000}"
+jobs="${JOBS:-10000}" park_ms="${PARK_MS:-300000}"
 sim_port="${SIM_PORT:-19091}" sl_port="${SLUICE_PORT:-18081}"
 sim="http://127.0.0.1:$sim_port"
 
 sluice="$(sluice_bin)"
-gen="$(loadgen_bin)"
 (cd "$here/one-call" && nice -n 19 cargo build -q --release --target wasm32-wasip2) >&2
 component="$here/one-call/target/wasm32-wasip2/release/one_call.wasm"
 if [[ ${PEER:-1} == 1 ]]; then
@@ -54,15 +54,19 @@ url = "$DB_URL"
 data_dir = "$tmp/sluice-data"
 [engine]
 max_instances = $((jobs + 1))
+default_timeout_secs = $((park_ms / 1000 + 600))
 [worker]
 slots = $((jobs + 1))
 tenant_share = 1.0
+[gateway]
+max_call_ms = $((park_ms + 300000))
 [gateway.cache]
 enabled = false
 [gateway.providers.sim]
 kind = "openai"
 base_url = "$sim/v1"
 api_key = "sk-sim"
+timeout_ms = $((park_ms + 300000))
 [gateway.models."sim/gpt-4o-mini"]
 name = "gpt-4o-mini"
 input_usd_per_mtok = 0.15
@@ -97,10 +101,14 @@ sleep 1
 idle_kib="$(rss_kib "$node_pid")"
 base="$(in_flight)"
 t0="$(date +%s.%N)"
-say "submitting $jobs jobs at $submit_rate/s (idle RSS $idle_kib KiB)"
-"$gen" --label submit --rate "$submit_rate" --secs "$(awk -v n="$jobs" -v r="$submit_rate" 'BEGIN {print n / r}')" \
-    --warmup-secs 0 --status 202 --header "Authorization: Bearer $key" \
-    --url "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs" --body '{"input":"parked {run} {n}"}' >&2
+say "submitting $jobs jobs in batches of 1,000 (idle RSS $idle_kib KiB)"
+for ((first = 0; first < jobs; first += 1000)); do
+    python3 -c 'import json,sys; a,n=int(sys.argv[1]),int(sys.argv[2])
+print(json.dumps({"jobs": [{"input": f"parked {i}"} for i in range(a, min(a + 1000, n))]}))' \
+        "$first" "$jobs" >"$tmp/batch.json"
+    curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+        -X POST "http://127.0.0.1:$sl_port/v1/plugins/one-call/jobs/batch" --data-binary @"$tmp/batch.json"
+done
 # The first calls are answered after PARK_MS: every job must be in its call before that.
 deadline=$((SECONDS + park_ms / 1000 - 2))
 while (($(in_flight) - base < jobs)); do
@@ -109,6 +117,7 @@ while (($(in_flight) - base < jobs)); do
         tail -5 "$tmp/sluice.log" >&2
         exit 1
     fi
+    ((SECONDS % 10 == 0)) && say "  $(($(in_flight) - base)) in their call"
     sleep 0.2
 done
 park_secs="$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')"
