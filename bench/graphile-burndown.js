@@ -1,6 +1,10 @@
-// graphile-worker's side of bench/queue-vs-graphile.sh: N no-op jobs burned down by P worker
-// processes, each tuned as graphile-worker recommends for small high-volume jobs (a local
-// queue, batched completion). Prints one line: `graphile: <jobs> jobs in <s> s = <rate> jobs/s`.
+// graphile-worker's side of bench/queue-vs-graphile.sh and bench/peers/queue-burndown.sh: N no-op
+// jobs burned down by P worker processes. GW_MODE=tuned (the default here): each process tuned as
+// graphile-worker recommends for small high-volume jobs (a local queue, batched completion).
+// GW_MODE=default: one process with graphile-worker's own defaults (concurrency 1, no local
+// queue, pollInterval 2000, completion per job). Prints one line:
+// `graphile: <jobs> jobs in <s> s = <rate> jobs/s (…)`. Both modes use a quiet logger (the default
+// one prints a line per job).
 //
 // Usage: node graphile-burndown.js            (parent: creates a database, inserts, times)
 //        node graphile-burndown.js --worker   (a worker process; forked by the parent)
@@ -12,7 +16,9 @@ const { run, runMigrations, makeWorkerUtils } = require("graphile-worker");
 const env = (name, dflt) => process.env[name] ?? dflt;
 const ADMIN = env("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres");
 const JOBS = Number(env("JOBS", 100000));
-const PROCS = Number(env("GW_PROCS", 2));
+const MODE = env("GW_MODE", "tuned");
+if (MODE !== "tuned" && MODE !== "default") throw new Error(`GW_MODE must be tuned or default`);
+const PROCS = Number(env("GW_PROCS", MODE === "default" ? 1 : 2));
 const CONCURRENCY = Number(env("GW_CONCURRENCY", 24));
 const LOCAL_QUEUE = Number(env("GW_LOCAL_QUEUE", 500));
 
@@ -31,16 +37,19 @@ async function worker() {
   process.send("ready");
   await new Promise((resolve) => process.once("message", resolve));
   const cpuAtGo = process.cpuUsage();
-  const runner = await run({
+  const common = {
     connectionString: url,
+    noHandleSignals: true,
+    logger: quietLogger(),
+    taskList: { noop: async () => {} },
+  };
+  const tuned = {
     concurrency: CONCURRENCY,
     maxPoolSize: CONCURRENCY + 2,
-    noHandleSignals: true,
     pollInterval: 1000,
-    logger: quietLogger(),
     preset: preset(),
-    taskList: { noop: async () => {} },
-  });
+  };
+  const runner = await run(MODE === "tuned" ? { ...common, ...tuned } : common);
   process.once("message", async () => {
     // This worker's CPU from "go" to now (user + system, microseconds), for the parent's report.
     const used = process.cpuUsage(cpuAtGo);
@@ -98,7 +107,7 @@ async function parent() {
     const pgAtGo = pgCpuSecs();
     for (const child of children) child.send("go");
     let left = JOBS;
-    const deadline = Date.now() + 600000;
+    const deadline = Date.now() + Number(env("GW_DEADLINE_SECS", 1800)) * 1000;
     while (left > 0) {
       // Every 50 ms, as the Sluice burn-down polls: a count of a 100k-row table costs Postgres
       // ~7 ms, so polling every 20 ms took a third of its CPU away from the work measured.
@@ -125,9 +134,12 @@ async function parent() {
       ),
     );
     await c.end();
+    const how =
+      MODE === "tuned"
+        ? `${PROCS} processes x ${CONCURRENCY}, localQueue ${LOCAL_QUEUE}`
+        : `default settings, ${PROCS} process${PROCS === 1 ? "" : "es"}`;
     console.log(
-      `graphile: ${JOBS} jobs in ${secs.toFixed(2)} s = ${Math.round(JOBS / secs)} jobs/s ` +
-        `(${PROCS} processes x ${CONCURRENCY}, localQueue ${LOCAL_QUEUE})`,
+      `graphile: ${JOBS} jobs in ${secs.toFixed(2)} s = ${Math.round(JOBS / secs)} jobs/s (${how})`,
     );
     const perJob = (s) => ((s * 1e6) / JOBS).toFixed(1);
     console.log(
