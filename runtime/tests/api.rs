@@ -1,4 +1,7 @@
 //! The HTTP API through its router (no socket): `app(node)` on a temporary SQLite store.
+//!
+//! Why one file over 800 lines: the whole HTTP contract in one place, one test per behaviour
+//! a user relies on, grouped by route; the shared setup lives at the top.
 
 use std::time::Duration;
 

@@ -13,6 +13,9 @@
 //! Needs Postgres as the other end-to-end tests do; the Postgres-outage test also needs the
 //! server binaries (`/usr/lib/postgresql/*/bin/initdb`, `pg_ctl`) to run a cluster of its own,
 //! and says it skipped when they are missing.
+//!
+//! Why one file over 800 lines: seven independent scenarios that share the cluster, provider
+//! and node helpers in `faults_support`; each test reads top to bottom on its own.
 
 #[path = "../crates/engine/tests/support/plugins.rs"]
 mod plugins;

@@ -4,6 +4,9 @@
 //! Postgres tests need a server: `postgres://postgres@127.0.0.1:5432/postgres` unless
 //! `SLUICE_TEST_PG_URL` names another admin URL. Each test creates its own database
 //! (`sluice_test_<uuid>`) and drops it afterwards; SQLite tests use a temporary file.
+//!
+//! Why one file over 800 lines: it is the one contract both backends must meet, and a case
+//! added here runs on both; the cases are grouped by the store's sections.
 
 use std::future::Future;
 use std::sync::Arc;
