@@ -232,9 +232,8 @@ fn tables_and_lists_of_tables_can_be_set_whole_from_one_variable() {
 
 #[test]
 fn the_environment_wins_over_the_file_and_the_file_over_defaults() {
-    let (_dir, p) = file(
-        "[worker]\nslots = 7\nlease_secs = 9\n[webhooks]\nallow_hosts = [\"f.example\"]\n",
-    );
+    let (_dir, p) =
+        file("[worker]\nslots = 7\nlease_secs = 9\n[webhooks]\nallow_hosts = [\"f.example\"]\n");
     let vars = env(&[
         ("SLUICE_WORKER__SLOTS", "8"),
         ("SLUICE_WEBHOOKS__ALLOW_HOSTS", "[\"e.example\"]"),
