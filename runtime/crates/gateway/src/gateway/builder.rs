@@ -156,9 +156,9 @@ impl Gateway {
 /// The simulators a gateway started for its `simulated` providers, by provider name.
 #[cfg(feature = "sim")]
 pub(super) type Sims = Vec<(String, crate::sim::SimHandle)>;
-/// Without the `sim` feature a gateway starts no simulator.
+/// Without the `sim` feature a gateway starts no simulator: the list cannot hold one.
 #[cfg(not(feature = "sim"))]
-pub(super) type Sims = ();
+pub(super) type Sims = Vec<(String, std::convert::Infallible)>;
 
 /// Start the simulator of `simulated` provider `name` in-process and a client of the wire
 /// format it is set to speak.
