@@ -21,6 +21,29 @@ use sluice::node::{Node, Roles};
 use sluice_store::{NewJob, PluginSettings};
 use sqlx::Connection;
 
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+fn own_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// CPU seconds Postgres has used, when its processes are in the cpuacct cgroup named by
+/// `SLUICE_BENCH_PG_CPUACCT` (a `cpuacct.usage` file; bench/queue-vs-graphile.sh sets it up),
+/// so a run can say which side of the queue the two cores went to.
+fn pg_cpu_secs() -> Option<f64> {
+    let path = std::env::var("SLUICE_BENCH_PG_CPUACCT").ok()?;
+    let ns: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -93,11 +116,29 @@ async fn main() {
     );
 
     let started = Instant::now();
+    let (cpu0, pg0) = (own_cpu_secs(), pg_cpu_secs());
     let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
     let mut last_report = Instant::now();
+    // The monitor asks what graphile-burndown.js asks of its peer, every 50 ms: how many rows
+    // are left in the queue table. (`queue_stats` counts four states by scanning the table;
+    // polled every 20 ms it cost Postgres more than the work being measured; at 20 ms even the
+    // plain count took a third of Postgres's CPU in the run, on both sides.)
+    let mut monitor = if sqlite {
+        None
+    } else {
+        Some(sqlx::PgConnection::connect(&url).await.unwrap())
+    };
     loop {
-        let stats = node.store.queue_stats().await.unwrap();
-        let left = stats.queued + stats.running + stats.retrying + stats.scheduled;
+        let left = match monitor.as_mut() {
+            Some(conn) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs")
+                .fetch_one(conn)
+                .await
+                .unwrap() as u64,
+            None => {
+                let stats = node.store.queue_stats().await.unwrap();
+                stats.queued + stats.running + stats.retrying + stats.scheduled
+            }
+        };
         if left == 0 {
             break;
         }
@@ -109,14 +150,25 @@ async fn main() {
             );
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let work_secs = started.elapsed().as_secs_f64();
+    drop(monitor);
+    let (cpu1, pg1) = (own_cpu_secs(), pg_cpu_secs());
     let dead = node.store.queue_stats().await.unwrap().dead;
     println!(
         "work:   {jobs} jobs in {work_secs:.2} s = {:.0} jobs/s (dead: {dead})",
         jobs as f64 / work_secs
     );
+    let per_job = |secs: f64| secs * 1e6 / jobs as f64;
+    match (pg0, pg1) {
+        (Some(a), Some(b)) => println!(
+            "cpu:    sluice {:.1} µs/job, postgres {:.1} µs/job",
+            per_job(cpu1 - cpu0),
+            per_job(b - a)
+        ),
+        _ => println!("cpu:    sluice {:.1} µs/job", per_job(cpu1 - cpu0)),
+    }
     worker.shutdown(Duration::from_secs(5)).await;
 
     if !sqlite {

@@ -29,6 +29,9 @@ pub(crate) struct Finalizer {
 /// Most completions written in one statement.
 const BATCH: usize = 512;
 
+/// Most completion statements in flight at once.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 impl Finalizer {
     pub(crate) fn spawn(node: Node, finished: Arc<Notify>) -> Finalizer {
         let (tx, rx) = mpsc::channel(BATCH * 4);
@@ -75,6 +78,10 @@ async fn complete_loop(
     finished: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Batches being written. A few at once so a batch does not wait for the previous one's
+    // WAL flush (Postgres commits concurrent transactions with one flush); the jobs in a
+    // batch hold their slot in the tenant's running count until it commits.
+    let mut writing = tokio::task::JoinSet::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut jobs = Vec::with_capacity(batch.len());
         let mut items = Vec::with_capacity(batch.len());
@@ -96,9 +103,16 @@ async fn complete_loop(
             }
         }
         if !items.is_empty() {
-            complete_batch(&node, &finished, jobs, items).await;
+            while writing.len() >= BATCHES_IN_FLIGHT {
+                writing.join_next().await;
+            }
+            let (node, finished) = (node.clone(), finished.clone());
+            writing.spawn(async move { complete_batch(&node, &finished, jobs, items).await });
         }
+        while writing.try_join_next().is_some() {}
     }
+    // The workers are gone: let the last batches commit before the node goes on stopping.
+    while writing.join_next().await.is_some() {}
 }
 
 /// Store a batch of completions in one statement. When the statement fails for a reason that

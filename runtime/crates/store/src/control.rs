@@ -2,7 +2,9 @@
 //! budget ledger, the list of live nodes, and the webhook outbox.
 //!
 //! These sit behind [`ControlStore`], a supertrait of [`crate::JobStore`], so every store has
-//! them and a node reaches them through the same `Arc<dyn JobStore>`.
+//! them and a node reaches them through the same `Arc<dyn JobStore>`. The section is written
+//! once, at the end of this file, over `ControlSql`: a backend supplies the SQL text that
+//! differs and the ledger's reservation and settlement.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,6 +17,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
+use crate::rows::{self, Columns, delivery_cols};
+use crate::sql::{Arg, On, Sql};
+use crate::util::micros;
 
 /// A tenant's budget rule as stored. `spec` is the gateway's rule, kept as JSON: the store does
 /// not interpret it.
@@ -284,4 +289,278 @@ pub trait ControlStore: Send + Sync {
 
     /// Drop expired holds, long-gone nodes and delivered deliveries older than `retention`.
     async fn purge_control(&self, retention: Duration) -> Result<u64>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The section written once
+// ---------------------------------------------------------------------------------------------
+
+/// The control statements, one set per backend (a default is the SQL both run). Each names
+/// the arguments it binds. The ledger's reservation and settlement differ as a whole
+/// (Postgres: one call of a SQL function that locks the windows in order; SQLite: a check and
+/// holds inside the single writer's transaction), so a backend writes those three in full.
+#[async_trait]
+pub(crate) trait ControlSql: Sql {
+    /// Create or replace rule `$2` of tenant `$1` with spec `$3` (`$4` now), returning the
+    /// columns [`rows::budget`] reads.
+    const PUT_BUDGET: &'static str;
+    /// Rules of tenant `$1` (every tenant's when NULL), by tenant, then name.
+    const BUDGETS: &'static str;
+    /// Delete rule `$2` of tenant `$1`.
+    const DELETE_BUDGET: &'static str = "DELETE FROM budget_rules WHERE tenant = $1 AND name = $2";
+    /// Record alert `$4` for window `$1`/`$2`/`$3` unless recorded (`$5` now).
+    const MARK_ALERT: &'static str;
+    /// `scope, win, spent_micros, held` of budget `$1`'s windows, most recently changed
+    /// first, at most `$2` (`$3` now).
+    const WINDOWS: &'static str;
+    /// Announce node `$1` (hostname `$2`, version `$3`, roles `$4`, started `$5`), seen now
+    /// (`$6`).
+    const NODE_SEEN: &'static str;
+    /// `n`: nodes with the worker role seen within `$1` ms of now (`$2`).
+    const LIVE_WORKERS: &'static str;
+    /// Remove node `$1`.
+    const NODE_LEAVE: &'static str = "DELETE FROM nodes WHERE id = $1";
+    /// Nodes seen within `$1` ms of now (`$2`), oldest first.
+    const NODES: &'static str;
+    /// Queue a delivery for tenant `$1`, job `$2`, to `$3`: event `$4`, payload `$5`, with
+    /// delivery id `$6`, due now (`$7`); returning the columns [`rows::delivery`] reads.
+    const ENQUEUE_DELIVERY: &'static str;
+    /// Take up to `$1` due pending deliveries for `$2` ms (`$3` now); returning
+    /// the columns [`rows::delivery`] reads.
+    const CLAIM_DELIVERIES: &'static str;
+    /// Record attempt of delivery `$1`: status `$2`, next attempt `$3` and error `$4` when
+    /// given (`$5` now).
+    const FINISH_DELIVERY: &'static str;
+    /// Deliveries of tenant `$1`, of status `$2` and id below `$3` when given, newest first,
+    /// at most `$4`.
+    const DELIVERIES: &'static str;
+    /// Delivery `$2` of tenant `$1`.
+    const DELIVERY: &'static str = concat!(
+        "SELECT ",
+        delivery_cols!(),
+        " FROM webhook_deliveries WHERE tenant = $1 AND id = $2"
+    );
+    /// Put dead delivery `$2` of tenant `$1` back to pending, due now (`$3`).
+    const RETRY_DELIVERY: &'static str;
+    /// Drop expired holds (`$1` now).
+    const PURGE_HOLDS: &'static str;
+    /// Drop nodes not seen for a day (`$1` now).
+    const PURGE_NODES: &'static str;
+    /// Drop deliveries delivered more than `$1` ms before now (`$2`).
+    const PURGE_DELIVERIES: &'static str;
+
+    /// [`ControlStore::ledger_reserve`].
+    async fn reserve(
+        &self,
+        hold: i64,
+        lines: &[LedgerLine],
+        amount: u64,
+        ttl: Duration,
+    ) -> Result<std::result::Result<(), LedgerRefusal>>;
+    /// [`ControlStore::ledger_settle`].
+    async fn settle(
+        &self,
+        hold: i64,
+        lines: &[LedgerLine],
+        actual: u64,
+    ) -> Result<Vec<LedgerLevel>>;
+    /// [`ControlStore::ledger_level`] of one line.
+    async fn level(&self, line: &LedgerLine) -> Result<LedgerLevel>;
+}
+
+/// A budget window's row.
+fn window<R: Columns>(r: &R) -> Result<LedgerWindow> {
+    Ok(LedgerWindow {
+        scope: r.text("scope")?,
+        window: r.text("win")?,
+        level: LedgerLevel {
+            spent_micros: micros(r.int("spent_micros")?),
+            reserved_micros: micros(r.int("held")?),
+        },
+    })
+}
+
+#[async_trait]
+impl<S: ControlSql> ControlStore for S {
+    async fn put_budget(&self, tenant: &str, name: &str, spec: &Value) -> Result<BudgetRecord> {
+        let spec = spec.to_string();
+        let args = [
+            Arg::Text(tenant),
+            Arg::Text(name),
+            Arg::Json(&spec),
+            Arg::Now,
+        ];
+        let row = self.row(On::Write, Self::PUT_BUDGET, &args).await?;
+        rows::budget(&row.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?)
+    }
+
+    async fn list_budgets(&self, tenant: Option<&str>) -> Result<Vec<BudgetRecord>> {
+        let found = self
+            .rows(On::Read, Self::BUDGETS, &[Arg::OptText(tenant)])
+            .await?;
+        found.iter().map(rows::budget).collect()
+    }
+
+    async fn delete_budget(&self, tenant: &str, name: &str) -> Result<bool> {
+        let args = [Arg::Text(tenant), Arg::Text(name)];
+        Ok(self.exec(On::Write, Self::DELETE_BUDGET, &args).await? > 0)
+    }
+
+    async fn ledger_reserve(
+        &self,
+        hold: i64,
+        lines: &[LedgerLine],
+        amount: u64,
+        ttl: Duration,
+    ) -> Result<std::result::Result<(), LedgerRefusal>> {
+        if lines.is_empty() {
+            return Ok(Ok(()));
+        }
+        self.reserve(hold, lines, amount, ttl).await
+    }
+
+    async fn ledger_settle(
+        &self,
+        hold: i64,
+        lines: &[LedgerLine],
+        actual: u64,
+    ) -> Result<Vec<LedgerLevel>> {
+        self.settle(hold, lines, actual).await
+    }
+
+    async fn ledger_mark_alert(
+        &self,
+        budget: &str,
+        scope: &str,
+        window: &str,
+        marker: &str,
+    ) -> Result<bool> {
+        let (b, s, w) = (Arg::Text(budget), Arg::Text(scope), Arg::Text(window));
+        let args = [b, s, w, Arg::Text(marker), Arg::Now];
+        Ok(self.exec(On::Write, Self::MARK_ALERT, &args).await? > 0)
+    }
+
+    async fn ledger_level(&self, budget: &str, scope: &str, window: &str) -> Result<LedgerLevel> {
+        let line = LedgerLine {
+            budget: budget.into(),
+            scope: scope.into(),
+            window: window.into(),
+            limit_micros: 0,
+        };
+        self.level(&line).await
+    }
+
+    async fn ledger_windows(&self, budget: &str, limit: u32) -> Result<Vec<LedgerWindow>> {
+        let args = [Arg::Text(budget), Arg::Int(i64::from(limit)), Arg::Now];
+        let found = self.rows(On::Read, Self::WINDOWS, &args).await?;
+        found.iter().map(window).collect()
+    }
+
+    async fn node_heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<u32> {
+        let mut tx = self.begin().await?;
+        let args = [
+            Arg::Text(&node.id),
+            Arg::Text(&node.hostname),
+            Arg::Text(&node.version),
+            Arg::Text(&node.roles),
+            Arg::Time(node.started_at),
+            Arg::Now,
+        ];
+        self.exec_in(&mut tx, Self::NODE_SEEN, &args).await?;
+        let args = [Arg::Millis(Some(ttl)), Arg::Now];
+        let found = self.rows_in(&mut tx, Self::LIVE_WORKERS, &args).await?;
+        let n = found.first().map(|r| r.int("n")).transpose()?.unwrap_or(0);
+        self.commit(tx).await?;
+        Ok(n.clamp(1, i64::from(u32::MAX)) as u32)
+    }
+
+    async fn node_leave(&self, id: &str) -> Result<()> {
+        self.exec(On::Write, Self::NODE_LEAVE, &[Arg::Text(id)])
+            .await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self, ttl: Duration) -> Result<Vec<NodeRecord>> {
+        let args = [Arg::Millis(Some(ttl)), Arg::Now];
+        let found = self.rows(On::Read, Self::NODES, &args).await?;
+        found.iter().map(rows::node).collect()
+    }
+
+    async fn webhook_enqueue(&self, d: &NewDelivery) -> Result<WebhookDelivery> {
+        let payload = d.payload.as_ref().map(Value::to_string);
+        let args = [
+            Arg::Text(&d.tenant),
+            Arg::OptId(d.job_id),
+            Arg::Text(&d.url),
+            Arg::Text(&d.event),
+            Arg::OptJson(payload.as_deref()),
+            Arg::Id(Uuid::new_v4()),
+            Arg::Now,
+        ];
+        let row = self.row(On::Write, Self::ENQUEUE_DELIVERY, &args).await?;
+        rows::delivery(&row.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?)
+    }
+
+    async fn webhook_claim(&self, limit: u32, lease: Duration) -> Result<Vec<WebhookDelivery>> {
+        let args = [
+            Arg::Int(i64::from(limit)),
+            Arg::Millis(Some(lease)),
+            Arg::Now,
+        ];
+        let found = self.rows(On::Write, Self::CLAIM_DELIVERIES, &args).await?;
+        found.iter().map(rows::delivery).collect()
+    }
+
+    async fn webhook_finish(&self, id: i64, result: &DeliveryResult) -> Result<()> {
+        let (status, at, error) = match result {
+            DeliveryResult::Delivered => ("delivered", None, None),
+            DeliveryResult::Retry { at, error } => ("pending", Some(*at), Some(error.as_str())),
+            DeliveryResult::Dead { error } => ("dead", None, Some(error.as_str())),
+        };
+        let args = [
+            Arg::Int(id),
+            Arg::Text(status),
+            Arg::OptTime(at),
+            Arg::OptText(error),
+            Arg::Now,
+        ];
+        self.exec(On::Write, Self::FINISH_DELIVERY, &args).await?;
+        Ok(())
+    }
+
+    async fn webhook_list(
+        &self,
+        tenant: &str,
+        status: Option<DeliveryStatus>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>> {
+        let args = [
+            Arg::Text(tenant),
+            Arg::OptText(status.map(DeliveryStatus::as_str)),
+            Arg::OptInt(before),
+            Arg::Int(i64::from(limit)),
+        ];
+        let found = self.rows(On::Read, Self::DELIVERIES, &args).await?;
+        found.iter().map(rows::delivery).collect()
+    }
+
+    async fn webhook_get(&self, tenant: &str, id: i64) -> Result<Option<WebhookDelivery>> {
+        let args = [Arg::Text(tenant), Arg::Int(id)];
+        let row = self.row(On::Read, Self::DELIVERY, &args).await?;
+        row.as_ref().map(rows::delivery).transpose()
+    }
+
+    async fn webhook_retry(&self, tenant: &str, id: i64) -> Result<bool> {
+        let args = [Arg::Text(tenant), Arg::Int(id), Arg::Now];
+        Ok(self.exec(On::Write, Self::RETRY_DELIVERY, &args).await? > 0)
+    }
+
+    async fn purge_control(&self, retention: Duration) -> Result<u64> {
+        let mut n = self.exec(On::Write, Self::PURGE_HOLDS, &[Arg::Now]).await?;
+        n += self.exec(On::Write, Self::PURGE_NODES, &[Arg::Now]).await?;
+        let args = [Arg::Millis(Some(retention)), Arg::Now];
+        n += self.exec(On::Write, Self::PURGE_DELIVERIES, &args).await?;
+        Ok(n)
+    }
 }

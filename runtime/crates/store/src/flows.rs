@@ -21,6 +21,7 @@ use crate::model::{
     RedriveTarget, RescueReport,
 };
 use crate::store::PluginStore;
+use crate::transact::Transact;
 
 /// A job going back to the queue after a failed or lost attempt.
 #[derive(Debug, Clone)]
@@ -67,20 +68,13 @@ pub(crate) enum RedriveTo {
 }
 
 /// The statements the flows are made of, one implementation per backend. Every method but
-/// [`Statements::begin`] runs inside the transaction it is given.
+/// the two settings runs inside the transaction ([`Transact`]) it is given.
 #[async_trait]
-pub(crate) trait Statements: Send + Sync {
-    /// A write transaction; dropped without [`Statements::commit`], it rolls back.
-    type Tx: Send;
-
+pub(crate) trait Statements: Transact {
     /// The retry schedule.
     fn backoff(&self) -> &BackoffPolicy;
     /// Tell this node's workers that work became due.
     fn wake(&self);
-    /// Start a write transaction.
-    async fn begin(&self) -> Result<Self::Tx>;
-    /// Commit it.
-    async fn commit(&self, tx: Self::Tx) -> Result<()>;
 
     /// The running job `lease` still holds, locked, and the time to judge it at; `None` when
     /// the lease is not held any more.

@@ -6,8 +6,11 @@
 //! [`PgStore`] (Postgres; production, shared by several nodes) and [`SqliteStore`] (SQLite;
 //! embedded, one node). [`open`] picks by URL and applies the embedded migrations. The
 //! queue's state machine is written down in `docs/job-states.md` and its transitions are
-//! written once, in `flows`, over a small per-backend statement interface; the conformance
-//! suite in `tests/conformance.rs` runs every operation against both backends.
+//! written once, in `flows`, over a small per-backend statement interface; the other sections
+//! (`plugins`, `records`, `state`, `control`, `stats`) are written once too, over the SQL text
+//! each backend supplies (`sql`). `pg/` and `sqlite/` hold that SQL and the hot paths that
+//! differ whole (claim, batched completion, bulk enqueue, `LISTEN`). The conformance suite in
+//! `tests/conformance.rs` runs every operation against both backends.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -27,6 +30,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[macro_use]
+mod cols;
 mod config;
 mod control;
 mod error;
@@ -36,9 +41,15 @@ mod machine;
 mod migrations;
 mod model;
 mod pg;
+mod plugins;
+mod records;
 mod rows;
+mod sql;
 mod sqlite;
+mod state;
+mod stats;
 mod store;
+mod transact;
 mod util;
 
 use std::sync::Arc;

@@ -29,6 +29,10 @@ pub(crate) trait Columns {
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
     /// A non-null integer column of any width.
     fn int(&self, col: &str) -> Result<i64>;
+    /// A nullable integer column of any width.
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    /// A non-null bytes column.
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
     /// A non-null boolean column.
     fn flag(&self, col: &str) -> Result<bool>;
     /// A non-null id column.
@@ -231,8 +235,13 @@ pub(crate) fn budget<R: Columns>(r: &R) -> Result<BudgetRecord> {
 }
 
 /// The columns [`delivery`] reads.
-pub(crate) const DELIVERY_COLS: &str = "id, delivery_id, tenant, job_id, url, event, payload, \
-     status, attempts, next_attempt_at, last_error, created_at, finished_at";
+macro_rules! delivery_cols {
+    () => {
+        "id, delivery_id, tenant, job_id, url, event, payload, status, attempts, \
+         next_attempt_at, last_error, created_at, finished_at"
+    };
+}
+pub(crate) use delivery_cols;
 
 /// A webhook delivery in the outbox.
 pub(crate) fn delivery<R: Columns>(r: &R) -> Result<WebhookDelivery> {

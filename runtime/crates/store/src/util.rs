@@ -249,6 +249,17 @@ pub(crate) fn to_pg_json<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
+/// [`to_pg_json`] of JSON text already serialized by [`to_json`].
+pub(crate) fn pg_json_text(text: &str) -> String {
+    if !text.contains("\\u0000") {
+        return text.to_owned();
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => to_pg_json(&value),
+        Err(_) => text.to_owned(),
+    }
+}
+
 /// Text Postgres accepts in a `text` column (see [`to_pg_json`]).
 pub(crate) fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains('\0') {

@@ -97,16 +97,66 @@ impl ChatRequest {
 
     /// A stable hash of everything that determines the reply (not the cache or streaming
     /// flags), used as the response-cache key and to match journal entries on replay.
+    ///
+    /// The hashed text is the compact JSON of `{"max_tokens", "messages": [{"content", "role"}],
+    /// "model", "response_format", "temperature"}` with keys sorted (what `serde_json::json!`
+    /// of these fields printed, as it was first computed: journals hold these hashes, so the
+    /// bytes must never change). It is streamed into the hash without building a JSON tree,
+    /// which was most of the gateway's own cost per call.
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!({
-            "model": self.model,
-            "messages": self.messages,
-            "max_tokens": self.max_tokens,
+        let canonical = CanonicalChat {
+            max_tokens: self.max_tokens,
+            messages: CanonicalMessages(&self.messages),
+            model: &self.model,
+            response_format: self.response_format,
             // f32 → text keeps the hash stable across platforms.
-            "temperature": self.temperature.map(|t| format!("{t:.4}")),
-            "response_format": self.response_format,
-        });
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+            temperature: self.temperature.map(|t| format!("{t:.4}")),
+        };
+        let mut hash = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hash, &canonical)
+            .expect("serializing plain fields into a hash cannot fail");
+        hex::encode(hash.0.finalize())
+    }
+}
+
+/// What [`ChatRequest::fingerprint`] hashes, fields in sorted order (see there).
+#[derive(Serialize)]
+struct CanonicalChat<'a> {
+    max_tokens: Option<u32>,
+    messages: CanonicalMessages<'a>,
+    model: &'a str,
+    response_format: ResponseFormat,
+    temperature: Option<String>,
+}
+
+/// Messages with their keys in sorted order (`content` before `role`).
+struct CanonicalMessages<'a>(&'a [Message]);
+
+impl Serialize for CanonicalMessages<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct CanonicalMessage<'a> {
+            content: &'a str,
+            role: Role,
+        }
+        serializer.collect_seq(self.0.iter().map(|m| CanonicalMessage {
+            content: &m.content,
+            role: m.role,
+        }))
+    }
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -327,6 +377,59 @@ impl PartialEq<&str> for ModelOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fingerprint as first written (a `json!` tree printed, then hashed): journals hold
+    /// these hashes, so the streamed version must give the same bytes.
+    fn fingerprint_as_first_written(r: &ChatRequest) -> String {
+        let canonical = serde_json::json!({
+            "model": r.model,
+            "messages": r.messages,
+            "max_tokens": r.max_tokens,
+            "temperature": r.temperature.map(|t| format!("{t:.4}")),
+            "response_format": r.response_format,
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn the_fingerprint_is_unchanged_from_the_json_tree_it_was_first_computed_from() {
+        let mut cases = vec![
+            ChatRequest::new("fast", vec![Message::user("Hello")]),
+            ChatRequest::new("", vec![]),
+            ChatRequest::new(
+                "openai/gpt-4o-mini",
+                vec![
+                    Message::system("Reply in \"JSON\".\n\tTabs, \\ back\u{1}slashes"),
+                    Message::user("héllo wörld — 日本語 🎉 </script>"),
+                    Message::assistant("{\"a\": [1, 2]}"),
+                ],
+            ),
+        ];
+        let mut r = ChatRequest::new("m", vec![Message::user("x")]);
+        r.max_tokens = Some(32);
+        r.temperature = Some(0.7);
+        r.response_format = ResponseFormat::Json;
+        r.no_cache = true;
+        r.stream_events = true;
+        cases.push(r.clone());
+        r.temperature = Some(f32::NAN);
+        r.max_tokens = Some(u32::MAX);
+        cases.push(r);
+        for case in &cases {
+            assert_eq!(
+                case.fingerprint(),
+                fingerprint_as_first_written(case),
+                "{case:?}"
+            );
+        }
+        // sha256 of {"max_tokens":null,"messages":[{"content":"Hello","role":"user"}],
+        // "model":"fast","response_format":"text","temperature":null} (computed apart).
+        assert_eq!(
+            ChatRequest::new("fast", vec![Message::user("Hello")]).fingerprint(),
+            "8968f0b2c4697a67b30095957e355f69244d6dd719cccd2f1897bc4deb16c3f6",
+            "a known hash: sha256 of the canonical JSON"
+        );
+    }
 
     #[test]
     fn outcomes_are_stored_under_the_error_kinds_names() {

@@ -22,6 +22,12 @@ impl Columns for PgRow {
         // the type check (which wants exactly `int8` for an `i64`) is what is skipped.
         Ok(self.try_get_unchecked::<i64, _>(col)?)
     }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get_unchecked::<Option<i64>, _>(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Ok(self.try_get(col)?)
+    }
     fn flag(&self, col: &str) -> Result<bool> {
         Ok(self.try_get(col)?)
     }

@@ -1,18 +1,17 @@
-//! [`ControlStore`] on Postgres.
+//! [`ControlSql`] on Postgres: the ledger's reservation and settlement are calls of SQL
+//! functions (`sluice_budget_reserve`, `sluice_budget_settle`) that lock the windows in one
+//! order; times come from the database's clock (the `now` argument is unused).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
-use sqlx::types::Json;
 
 use super::PgStore;
 use crate::control::*;
 use crate::error::Result;
-use crate::rows::{self, DELIVERY_COLS};
+use crate::rows::delivery_cols;
 use crate::util::{micros, signed};
 
 fn ms(d: Duration) -> f64 {
@@ -98,54 +97,93 @@ impl PgStore {
 }
 
 #[async_trait]
-impl ControlStore for PgStore {
-    async fn put_budget(&self, tenant: &str, name: &str, spec: &Value) -> Result<BudgetRecord> {
-        let r = sqlx::query(
-            "INSERT INTO budget_rules (tenant, name, spec) VALUES ($1, $2, $3)
-             ON CONFLICT (tenant, name) DO UPDATE SET spec = EXCLUDED.spec, updated_at = now()
-             RETURNING tenant, name, spec, created_at, updated_at",
-        )
-        .bind(tenant)
-        .bind(name)
-        .bind(Json(spec))
-        .fetch_one(&self.pool)
-        .await?;
-        rows::budget(&r)
-    }
+impl ControlSql for PgStore {
+    const PUT_BUDGET: &'static str =
+        "INSERT INTO budget_rules (tenant, name, spec) VALUES ($1, $2, $3::jsonb)
+         ON CONFLICT (tenant, name) DO UPDATE SET spec = EXCLUDED.spec, updated_at = now()
+         RETURNING tenant, name, spec, created_at, updated_at";
 
-    async fn list_budgets(&self, tenant: Option<&str>) -> Result<Vec<BudgetRecord>> {
-        let rows = sqlx::query(
-            "SELECT tenant, name, spec, created_at, updated_at FROM budget_rules
-             WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, name",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::budget).collect()
-    }
+    const BUDGETS: &'static str =
+        "SELECT tenant, name, spec, created_at, updated_at FROM budget_rules
+         WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, name";
 
-    async fn delete_budget(&self, tenant: &str, name: &str) -> Result<bool> {
-        Ok(
-            sqlx::query("DELETE FROM budget_rules WHERE tenant = $1 AND name = $2")
-                .bind(tenant)
-                .bind(name)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                > 0,
-        )
-    }
+    const MARK_ALERT: &'static str =
+        "INSERT INTO budget_alerts (budget, scope, win, marker) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING";
 
-    async fn ledger_reserve(
+    const WINDOWS: &'static str = "SELECT s.scope, s.win, s.spent_micros,
+                coalesce((SELECT sum(h.amount) FROM budget_holds h
+                          WHERE h.budget = s.budget AND h.scope = s.scope AND h.win = s.win
+                            AND h.expires_at > now()), 0)::bigint AS held
+         FROM budget_spend s WHERE s.budget = $1
+         ORDER BY s.updated_at DESC, s.scope, s.win LIMIT $2";
+
+    const NODE_SEEN: &'static str =
+        "INSERT INTO nodes (id, hostname, version, roles, started_at, last_seen)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (id) DO UPDATE SET last_seen = now()";
+
+    const LIVE_WORKERS: &'static str = "SELECT count(*) AS n FROM nodes
+         WHERE last_seen > now() - $1 * interval '1 millisecond' AND roles LIKE '%worker%'";
+
+    const NODES: &'static str =
+        "SELECT id, hostname, version, roles, started_at, last_seen FROM nodes
+         WHERE last_seen > now() - $1 * interval '1 millisecond' ORDER BY started_at, id";
+
+    const ENQUEUE_DELIVERY: &'static str = concat!(
+        "INSERT INTO webhook_deliveries (tenant, job_id, url, event, payload)
+         VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING ",
+        delivery_cols!()
+    );
+
+    const CLAIM_DELIVERIES: &'static str = concat!(
+        "UPDATE webhook_deliveries SET locked_until = now() + $2 * interval '1 millisecond'
+         WHERE id IN (
+             SELECT id FROM webhook_deliveries
+             WHERE status = 'pending' AND next_attempt_at <= now()
+               AND (locked_until IS NULL OR locked_until < now())
+             ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING ",
+        delivery_cols!()
+    );
+
+    const FINISH_DELIVERY: &'static str =
+        "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1,
+             next_attempt_at = coalesce($3, next_attempt_at), locked_until = NULL,
+             last_error = coalesce($4, last_error),
+             finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
+         WHERE id = $1";
+
+    const DELIVERIES: &'static str = concat!(
+        "SELECT ",
+        delivery_cols!(),
+        " FROM webhook_deliveries
+         WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    );
+
+    const RETRY_DELIVERY: &'static str =
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(),
+             locked_until = NULL, finished_at = NULL
+         WHERE tenant = $1 AND id = $2 AND status = 'dead'";
+
+    const PURGE_HOLDS: &'static str = "DELETE FROM budget_holds WHERE expires_at < now()";
+
+    const PURGE_NODES: &'static str =
+        "DELETE FROM nodes WHERE last_seen < now() - interval '1 day'";
+
+    const PURGE_DELIVERIES: &'static str =
+        "DELETE FROM webhook_deliveries WHERE status = 'delivered'
+           AND finished_at < now() - $1 * interval '1 millisecond'";
+
+    async fn reserve(
         &self,
         hold: i64,
         lines: &[LedgerLine],
         amount: u64,
         ttl: Duration,
     ) -> Result<std::result::Result<(), LedgerRefusal>> {
-        if lines.is_empty() {
-            return Ok(Ok(()));
-        }
         let c = columns(lines);
         let r = sqlx::query(
             "SELECT refused, spent, held FROM sluice_budget_reserve($1, $2, $3, $4, $5, $6, $7)",
@@ -180,7 +218,7 @@ impl ControlStore for PgStore {
         }))
     }
 
-    async fn ledger_settle(
+    async fn settle(
         &self,
         hold: i64,
         lines: &[LedgerLine],
@@ -218,230 +256,8 @@ impl ControlStore for PgStore {
             .collect()
     }
 
-    async fn ledger_mark_alert(
-        &self,
-        budget: &str,
-        scope: &str,
-        window: &str,
-        marker: &str,
-    ) -> Result<bool> {
-        Ok(sqlx::query(
-            "INSERT INTO budget_alerts (budget, scope, win, marker) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(budget)
-        .bind(scope)
-        .bind(window)
-        .bind(marker)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0)
-    }
-
-    async fn ledger_level(&self, budget: &str, scope: &str, window: &str) -> Result<LedgerLevel> {
-        let line = LedgerLine {
-            budget: budget.into(),
-            scope: scope.into(),
-            window: window.into(),
-            limit_micros: 0,
-        };
+    async fn level(&self, line: &LedgerLine) -> Result<LedgerLevel> {
         let mut conn = self.pool.acquire().await?;
-        Ok(Self::levels_in(&mut conn, &[line]).await?[0])
-    }
-
-    async fn ledger_windows(&self, budget: &str, limit: u32) -> Result<Vec<LedgerWindow>> {
-        let rows = sqlx::query(
-            "SELECT s.scope, s.win, s.spent_micros,
-                    coalesce((SELECT sum(h.amount) FROM budget_holds h
-                              WHERE h.budget = s.budget AND h.scope = s.scope AND h.win = s.win
-                                AND h.expires_at > now()), 0)::bigint AS held
-             FROM budget_spend s WHERE s.budget = $1
-             ORDER BY s.updated_at DESC, s.scope, s.win LIMIT $2",
-        )
-        .bind(budget)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LedgerWindow {
-                    scope: r.try_get("scope")?,
-                    window: r.try_get("win")?,
-                    level: LedgerLevel {
-                        spent_micros: micros(r.try_get("spent_micros")?),
-                        reserved_micros: micros(r.try_get("held")?),
-                    },
-                })
-            })
-            .collect()
-    }
-
-    async fn node_heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<u32> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO nodes (id, hostname, version, roles, started_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, now())
-             ON CONFLICT (id) DO UPDATE SET last_seen = now()",
-        )
-        .bind(&node.id)
-        .bind(&node.hostname)
-        .bind(&node.version)
-        .bind(&node.roles)
-        .bind(node.started_at)
-        .execute(&mut *tx)
-        .await?;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM nodes
-             WHERE last_seen > now() - $1 * interval '1 millisecond' AND roles LIKE '%worker%'",
-        )
-        .bind(ms(ttl))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(n.clamp(1, i64::from(u32::MAX)) as u32)
-    }
-
-    async fn node_leave(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM nodes WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn list_nodes(&self, ttl: Duration) -> Result<Vec<NodeRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, hostname, version, roles, started_at, last_seen FROM nodes
-             WHERE last_seen > now() - $1 * interval '1 millisecond' ORDER BY started_at, id",
-        )
-        .bind(ms(ttl))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::node).collect()
-    }
-
-    async fn webhook_enqueue(&self, d: &NewDelivery) -> Result<WebhookDelivery> {
-        let sql = format!(
-            "INSERT INTO webhook_deliveries (tenant, job_id, url, event, payload)
-             VALUES ($1, $2, $3, $4, $5) RETURNING {DELIVERY_COLS}"
-        );
-        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&d.tenant)
-            .bind(d.job_id)
-            .bind(&d.url)
-            .bind(&d.event)
-            .bind(d.payload.as_ref().map(Json))
-            .fetch_one(&self.pool)
-            .await?;
-        rows::delivery(&r)
-    }
-
-    async fn webhook_claim(&self, limit: u32, lease: Duration) -> Result<Vec<WebhookDelivery>> {
-        let sql = format!(
-            "UPDATE webhook_deliveries SET locked_until = now() + $2 * interval '1 millisecond'
-             WHERE id IN (
-                 SELECT id FROM webhook_deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= now()
-                   AND (locked_until IS NULL OR locked_until < now())
-                 ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING {DELIVERY_COLS}"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(limit))
-            .bind(ms(lease))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(rows::delivery).collect()
-    }
-
-    async fn webhook_finish(&self, id: i64, result: &DeliveryResult) -> Result<()> {
-        let (status, at, error): (&str, Option<DateTime<Utc>>, Option<&str>) = match result {
-            DeliveryResult::Delivered => ("delivered", None, None),
-            DeliveryResult::Retry { at, error } => ("pending", Some(*at), Some(error)),
-            DeliveryResult::Dead { error } => ("dead", None, Some(error)),
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1,
-                 next_attempt_at = coalesce($3, next_attempt_at), locked_until = NULL,
-                 last_error = coalesce($4, last_error),
-                 finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(at)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn webhook_list(
-        &self,
-        tenant: &str,
-        status: Option<DeliveryStatus>,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<WebhookDelivery>> {
-        let sql = format!(
-            "SELECT {DELIVERY_COLS} FROM webhook_deliveries
-             WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
-               AND ($3::bigint IS NULL OR id < $3)
-             ORDER BY id DESC LIMIT $4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .bind(status.map(|s| s.as_str()))
-            .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(rows::delivery).collect()
-    }
-
-    async fn webhook_get(&self, tenant: &str, id: i64) -> Result<Option<WebhookDelivery>> {
-        let sql =
-            format!("SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE tenant = $1 AND id = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::delivery).transpose()
-    }
-
-    async fn webhook_retry(&self, tenant: &str, id: i64) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(),
-                 locked_until = NULL, finished_at = NULL
-             WHERE tenant = $1 AND id = $2 AND status = 'dead'",
-        )
-        .bind(tenant)
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0)
-    }
-
-    async fn purge_control(&self, retention: Duration) -> Result<u64> {
-        let mut n = sqlx::query("DELETE FROM budget_holds WHERE expires_at < now()")
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        n += sqlx::query("DELETE FROM nodes WHERE last_seen < now() - interval '1 day'")
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        n += sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE status = 'delivered'
-               AND finished_at < now() - $1 * interval '1 millisecond'",
-        )
-        .bind(ms(retention))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+        Ok(Self::levels_in(&mut conn, std::slice::from_ref(line)).await?[0])
     }
 }

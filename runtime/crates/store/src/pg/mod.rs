@@ -1,8 +1,10 @@
 //! The Postgres store: production, shared by several nodes.
 //!
-//! One module per section of [`JobStore`] (`queue`, `plugins`, `records`, `state`, `control`),
-//! the statements of the shared flows (`statements`, see [`crate::flows`]) and how columns
-//! decode (`columns`). This file holds the connection, the `LISTEN`/`NOTIFY` wake-ups and what
+//! The queue's hot path in full (`queue`, `lease`); for every other section only the SQL text
+//! its shared flow runs (`plugins`, `records`, `state`, `control`, `stats`; see [`crate::sql`])
+//! and the few statements that differ whole; the statements of the queue's shared transitions
+//! (`statements`, see [`crate::flows`]); how arguments bind (`sql`) and columns decode
+//! (`columns`). This file holds the connection, the `LISTEN`/`NOTIFY` wake-ups and what
 //! concerns the whole store.
 
 use std::collections::HashMap;
@@ -13,11 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sluice_types::{
-    EffectError, EffectsBackend, JobEvent, JobStatus, Micros, StateBackend, StateError, StateScope,
-};
+use sluice_types::{JobEvent, JobStatus, Micros};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -29,31 +28,13 @@ use crate::flows;
 use crate::machine::Running;
 use crate::model::*;
 use crate::rows::{self, Columns};
-use crate::store::{Backend, JobStore, PluginStore, QueueStore, RecordStore, Signal, WorkSignal};
+use crate::store::{Backend, JobStore, QueueStore, Signal, WorkSignal};
 use crate::util::{self, MAX_CLAIM_ROUNDS, Prepared, more_rounds};
 
 /// The `LISTEN`/`NOTIFY` channel that announces new work.
 pub const NOTIFY_CHANNEL: &str = "sluice_jobs";
 
 static MIGRATOR: LazyLock<sqlx::migrate::Migrator> = LazyLock::new(crate::migrations::postgres);
-
-/// Columns shared by `jobs` and `job_history`, in one order.
-macro_rules! common_cols {
-    () => {
-        "id, tenant, plugin, plugin_version, digest, state, priority, run_at, input, tags, \
-         timeout_ms, max_attempts, attempt, run, idempotency_key, webhook_url, worker_id, \
-         attempted_at, cancel_requested, attempt_log, created_at"
-    };
-}
-
-/// `common_cols!` except `state`, for inserting into history with a new state.
-macro_rules! hist_insert_cols {
-    () => {
-        "id, tenant, plugin, plugin_version, digest, priority, run_at, input, tags, timeout_ms, \
-         max_attempts, attempt, run, idempotency_key, webhook_url, worker_id, attempted_at, \
-         cancel_requested, created_at"
-    };
-}
 
 macro_rules! hist_select_cols_d {
     () => {
@@ -69,6 +50,7 @@ mod lease;
 mod plugins;
 mod queue;
 mod records;
+mod sql;
 mod state;
 mod statements;
 mod stats;

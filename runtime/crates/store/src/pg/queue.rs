@@ -34,7 +34,10 @@ caps AS (
                     AND r.tenant = c.tenant AND r.plugin = c.plugin) AS room
     FROM unnest($5::text[], $6::text[], $7::int8[]) AS c(tenant, plugin, cap)
 ),
-quota AS (
+-- Materialized: computed once per tenant. Inlined, the planner evaluated the running count
+-- once per candidate row (every `q.q` below), which made a claim of 200 jobs walk the
+-- jobs_running index 200 times (13 ms of a 15 ms claim in the burn-down's profile).
+quota AS MATERIALIZED (
     SELECT t.tenant, t.ord,
            CASE WHEN tc.cap IS NULL THEN b.q
                 ELSE greatest(0, least(b.q, tc.cap - (SELECT count(*) FROM jobs r
@@ -87,9 +90,15 @@ upd AS (
 )
 -- One row per claimed job, or a single row of NULLs when none: either way it carries the
 -- round's last visited tenant (the next cursor) and how many tenants it visited.
-SELECT m.last_tenant, m.visited, u.*
+-- The claim commits without waiting for its WAL flush (`synchronous_commit` off for this
+-- statement's transaction only): it acknowledges nothing to anyone, and a claim a database
+-- crash forgets only puts the job back in the queue, as an expired lease would. Anything
+-- durable the attempt does later (an effect, its completion) flushes the WAL, claim included.
+-- This takes one fsync (~4 ms on this machine's disk) out of every claim round trip.
+SELECT m.last_tenant, m.visited, m.commit_mode, u.*
 FROM (SELECT (SELECT tenant FROM tenants ORDER BY ord DESC LIMIT 1) AS last_tenant,
-             (SELECT count(*) FROM tenants) AS visited) m
+             (SELECT count(*) FROM tenants) AS visited,
+             set_config('synchronous_commit', 'off', true) AS commit_mode) m
 LEFT JOIN upd u ON true";
 
 const ENQUEUE_SQL: &str = "INSERT INTO jobs (id, tenant, plugin, plugin_version, digest, state, priority, run_at, input,

@@ -1,81 +1,31 @@
-//! [`RecordStore`] on Postgres: journal, traces, usage, events and API keys.
+//! [`RecordSql`] on Postgres (times from the database's clock; the `now` argument is unused).
 
 use super::*;
-
-fn source_str(s: sluice_types::model::ResponseSource) -> &'static str {
-    use sluice_types::model::ResponseSource;
-    match s {
-        ResponseSource::Provider => "provider",
-        ResponseSource::Cache => "cache",
-        ResponseSource::Journal => "journal",
-    }
-}
+use crate::records::{RecordSql, api_key_cols, source_str};
 
 #[async_trait]
-impl RecordStore for PgStore {
-    async fn journal_put(&self, entry: &JournalEntry) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO journal (job_id, seq, fingerprint, response, usage) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)
-             ON CONFLICT (job_id, seq) DO UPDATE
-                SET fingerprint = EXCLUDED.fingerprint, response = EXCLUDED.response,
-                    usage = EXCLUDED.usage, created_at = now()",
-        )
-        .bind(entry.job_id)
-        .bind(entry.seq.min(i32::MAX as u32) as i32)
-        .bind(&entry.fingerprint)
-        .bind(util::to_pg_json(&entry.response))
-        .bind(util::to_pg_json(&entry.usage))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+impl RecordSql for PgStore {
+    const JOURNAL_PUT: &'static str =
+        "INSERT INTO journal (job_id, seq, fingerprint, response, usage)
+         VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)
+         ON CONFLICT (job_id, seq) DO UPDATE
+            SET fingerprint = EXCLUDED.fingerprint, response = EXCLUDED.response,
+                usage = EXCLUDED.usage, created_at = now()";
 
-    async fn set_job_trace(&self, job: Uuid, traceparent: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO job_traces (job_id, traceparent) VALUES ($1, $2)
-             ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(job)
-        .bind(traceparent)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+    const APPEND_EVENT: &'static str = "INSERT INTO job_events (job_id, seq, event)
+         SELECT $1, coalesce(max(seq), 0) + 1, $2::jsonb FROM job_events WHERE job_id = $1
+         RETURNING seq";
 
-    async fn job_trace(&self, job: Uuid) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT traceparent FROM job_traces WHERE job_id = $1")
-                .bind(job)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
+    const CREATE_API_KEY: &'static str = concat!(
+        "INSERT INTO api_keys (id, tenant, name, scopes, secret_hash)
+         VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING ",
+        api_key_cols!()
+    );
 
-    async fn journal_get(&self, job: Uuid, seq: u32) -> Result<Option<JournalEntry>> {
-        let row = sqlx::query(
-            "SELECT job_id, seq, fingerprint, response, usage FROM journal WHERE job_id = $1 AND seq = $2",
-        )
-        .bind(job)
-        .bind(seq.min(i32::MAX as u32) as i32)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(rows::journal_entry).transpose()
-    }
+    const REVOKE_API_KEY: &'static str =
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL";
 
-    async fn journal_list(&self, job: Uuid) -> Result<Vec<JournalEntry>> {
-        let rows = sqlx::query(
-            "SELECT job_id, seq, fingerprint, response, usage FROM journal WHERE job_id = $1 ORDER BY seq",
-        )
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::journal_entry).collect()
-    }
-
-    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
             "INSERT INTO usage_records (job_id, attempt, plugin, tenant, tags, provider, model,
                 input_tokens, output_tokens, cached_input_tokens, cost_micros, latency_ms, ttft_ms,
@@ -104,7 +54,7 @@ impl RecordStore for PgStore {
         Ok(())
     }
 
-    async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageSummary>> {
+    async fn summarize_usage(&self, query: &UsageQuery) -> Result<Vec<UsageSummary>> {
         let key = match &query.group_by {
             UsageGroupBy::Plugin => "plugin",
             UsageGroupBy::Model => "model",
@@ -151,30 +101,7 @@ impl RecordStore for PgStore {
             .collect()
     }
 
-    async fn append_event(&self, job: Uuid, event: &JobEvent) -> Result<u64> {
-        let mut tries = 0;
-        loop {
-            let res = sqlx::query_scalar::<_, i64>(
-                "INSERT INTO job_events (job_id, seq, event)
-                 SELECT $1, coalesce(max(seq), 0) + 1, $2::jsonb FROM job_events WHERE job_id = $1
-                 RETURNING seq",
-            )
-            .bind(job)
-            .bind(util::to_pg_json(event))
-            .fetch_one(&self.pool)
-            .await;
-            match res {
-                Ok(seq) => return Ok(seq.max(0) as u64),
-                Err(e) if is_unique_violation(&e) && tries < 20 => tries += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    async fn append_events(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn append_event_batch(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
         let jobs: Vec<Uuid> = events.iter().map(|(j, _)| *j).collect();
         let bodies: Vec<String> = events.iter().map(|(_, e)| util::to_pg_json(e)).collect();
         let mut tries = 0;
@@ -207,109 +134,5 @@ impl RecordStore for PgStore {
             }
         };
         Ok(util::seqs_in_input_order(&jobs, rows))
-    }
-
-    async fn events_after(&self, job: Uuid, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT job_id, seq, event, created_at FROM job_events
-             WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(job)
-        .bind(after.min(i64::MAX as u64) as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    job_id: r.try_get("job_id")?,
-                    seq: r.try_get::<i64, _>("seq")?.max(0) as u64,
-                    event: r.try_get::<Json<JobEvent>, _>("event")?.0,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey> {
-        let row = sqlx::query(
-            "INSERT INTO api_keys (id, tenant, name, scopes, secret_hash) VALUES ($1, $2, $3, $4, $5)
-             RETURNING id, tenant, name, scopes, secret_hash, created_at, revoked_at",
-        )
-        .bind(Uuid::now_v7())
-        .bind(&key.tenant)
-        .bind(&key.name)
-        .bind(Json(&key.scopes))
-        .bind(&key.secret_hash)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Invalid("an API key with this secret already exists".into())
-            } else {
-                e.into()
-            }
-        })?;
-        rows::api_key(&row)
-    }
-
-    async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
-        let row = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             WHERE secret_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(rows::api_key).transpose()
-    }
-
-    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             WHERE tenant = $1 ORDER BY created_at, id",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::api_key).collect()
-    }
-
-    async fn list_all_api_keys(&self) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             ORDER BY tenant, created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::api_key).collect()
-    }
-
-    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>> {
-        let row = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(rows::api_key).transpose()
-    }
-
-    async fn revoke_api_key(&self, id: Uuid) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn count_api_keys(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n as u64)
     }
 }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::flows::{Finish, LiveState, RedriveTo, Requeue, Statements};
+use crate::transact::Transact;
 
 /// Move rows (ids in `$1`, with per-row state, error and attempt entry) from `jobs` to
 /// history, queueing their webhooks. `$5` guards on the lease token when given.
@@ -36,16 +37,8 @@ const RUNNING_COLS: &str =
     "attempt, max_attempts, run, cancel_requested, worker_id, digest, attempted_at, now() AS now";
 
 #[async_trait]
-impl Statements for PgStore {
+impl Transact for PgStore {
     type Tx = sqlx::Transaction<'static, Postgres>;
-
-    fn backoff(&self) -> &BackoffPolicy {
-        &self.config.backoff
-    }
-
-    fn wake(&self) {
-        PgStore::wake(self);
-    }
 
     async fn begin(&self) -> Result<Self::Tx> {
         Ok(self.pool.begin().await?)
@@ -53,6 +46,17 @@ impl Statements for PgStore {
 
     async fn commit(&self, tx: Self::Tx) -> Result<()> {
         Ok(tx.commit().await?)
+    }
+}
+
+#[async_trait]
+impl Statements for PgStore {
+    fn backoff(&self) -> &BackoffPolicy {
+        &self.config.backoff
+    }
+
+    fn wake(&self) {
+        PgStore::wake(self);
     }
 
     async fn lock_leased(

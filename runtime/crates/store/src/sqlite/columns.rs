@@ -30,6 +30,12 @@ impl Columns for SqliteRow {
     fn int(&self, col: &str) -> Result<i64> {
         Ok(self.try_get(col)?)
     }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Ok(self.try_get(col)?)
+    }
     fn flag(&self, col: &str) -> Result<bool> {
         Ok(self.try_get::<i64, _>(col)? != 0)
     }

@@ -4,9 +4,11 @@
 //! has to upgrade its lock and fail with `SQLITE_BUSY`); a small pool of readers serves reads
 //! from the WAL concurrently.
 //!
-//! One module per section of [`JobStore`] (`queue`, `plugins`, `records`, `state`, `control`),
-//! the statements of the shared flows (`statements`, see [`crate::flows`]) and how columns
-//! decode (`columns`). This file holds the connections and what concerns the whole store.
+//! The queue's hot path in full (`queue`, `lease`); for every other section only the SQL text
+//! its shared flow runs (`plugins`, `records`, `state`, `control`, `stats`; see [`crate::sql`])
+//! and the few statements that differ whole; the statements of the queue's shared transitions
+//! (`statements`, see [`crate::flows`]); how arguments bind (`sql`) and columns decode
+//! (`columns`). This file holds the connections and what concerns the whole store.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -16,9 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sluice_types::{
-    EffectError, EffectsBackend, JobEvent, JobStatus, Micros, StateBackend, StateError, StateScope,
-};
+use sluice_types::{JobEvent, JobStatus, Micros};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -32,26 +32,10 @@ use crate::flows;
 use crate::machine::Running;
 use crate::model::*;
 use crate::rows::{self, Columns};
-use crate::store::{Backend, JobStore, PluginStore, QueueStore, RecordStore, Signal, WorkSignal};
+use crate::store::{Backend, JobStore, QueueStore, Signal, WorkSignal};
 use crate::util::{self, Candidate, MAX_CLAIM_ROUNDS, Prepared, more_rounds};
 
 static MIGRATOR: LazyLock<sqlx::migrate::Migrator> = LazyLock::new(crate::migrations::sqlite);
-
-macro_rules! common_cols {
-    () => {
-        "id, tenant, plugin, plugin_version, digest, state, priority, run_at, input, tags, \
-         timeout_ms, max_attempts, attempt, run, idempotency_key, webhook_url, worker_id, \
-         attempted_at, cancel_requested, attempt_log, created_at"
-    };
-}
-
-macro_rules! hist_insert_cols {
-    () => {
-        "id, tenant, plugin, plugin_version, digest, priority, run_at, input, tags, timeout_ms, \
-         max_attempts, attempt, run, idempotency_key, webhook_url, worker_id, attempted_at, \
-         cancel_requested, created_at"
-    };
-}
 
 macro_rules! claimed_cols {
     () => {
@@ -75,6 +59,7 @@ mod lease;
 mod plugins;
 mod queue;
 mod records;
+mod sql;
 mod state;
 mod statements;
 mod stats;
@@ -107,11 +92,7 @@ fn ms_of(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
-use columns::{ts, uuid_of};
-
-fn u32_of(v: i64) -> u32 {
-    v.clamp(0, u32::MAX as i64) as u32
-}
+use columns::uuid_of;
 
 impl SqliteStore {
     /// Open `url` (`sqlite://path`, `sqlite:path` or `sqlite::memory:`), creating the file if

@@ -1,83 +1,33 @@
-//! [`RecordStore`] on SQLite: journal, traces, usage, events and API keys.
+//! [`RecordSql`] on SQLite (times from the `now` argument, Unix ms).
 
+use super::sql::query;
 use super::*;
-
-fn source_str(s: sluice_types::model::ResponseSource) -> &'static str {
-    use sluice_types::model::ResponseSource;
-    match s {
-        ResponseSource::Provider => "provider",
-        ResponseSource::Cache => "cache",
-        ResponseSource::Journal => "journal",
-    }
-}
+use crate::records::{RecordSql, api_key_cols, source_str};
+use crate::sql::Arg;
 
 #[async_trait]
-impl RecordStore for SqliteStore {
-    async fn journal_put(&self, entry: &JournalEntry) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO journal (job_id, seq, fingerprint, response, usage, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (job_id, seq) DO UPDATE
-                SET fingerprint = excluded.fingerprint, response = excluded.response,
-                    usage = excluded.usage, created_at = excluded.created_at",
-        )
-        .bind(entry.job_id.to_string())
-        .bind(i64::from(entry.seq))
-        .bind(&entry.fingerprint)
-        .bind(util::to_json(&entry.response))
-        .bind(util::to_json(&entry.usage))
-        .bind(now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
+impl RecordSql for SqliteStore {
+    const JOURNAL_PUT: &'static str =
+        "INSERT INTO journal (job_id, seq, fingerprint, response, usage, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (job_id, seq) DO UPDATE
+            SET fingerprint = excluded.fingerprint, response = excluded.response,
+                usage = excluded.usage, created_at = excluded.created_at";
 
-    async fn set_job_trace(&self, job: Uuid, traceparent: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO job_traces (job_id, traceparent) VALUES (?1, ?2)
-             ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(job.to_string())
-        .bind(traceparent)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
+    const APPEND_EVENT: &'static str = "INSERT INTO job_events (job_id, seq, event, created_at)
+         SELECT $1, coalesce(max(seq), 0) + 1, $2, $3 FROM job_events WHERE job_id = $1
+         RETURNING seq";
 
-    async fn job_trace(&self, job: Uuid) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT traceparent FROM job_traces WHERE job_id = ?1")
-                .bind(job.to_string())
-                .fetch_optional(&self.reader)
-                .await?,
-        )
-    }
+    const CREATE_API_KEY: &'static str = concat!(
+        "INSERT INTO api_keys (id, tenant, name, scopes, secret_hash, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+        api_key_cols!()
+    );
 
-    async fn journal_get(&self, job: Uuid, seq: u32) -> Result<Option<JournalEntry>> {
-        let row = sqlx::query(
-            "SELECT job_id, seq, fingerprint, response, usage FROM journal WHERE job_id = ?1 AND seq = ?2",
-        )
-        .bind(job.to_string())
-        .bind(i64::from(seq))
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(rows::journal_entry).transpose()
-    }
+    const REVOKE_API_KEY: &'static str =
+        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
 
-    async fn journal_list(&self, job: Uuid) -> Result<Vec<JournalEntry>> {
-        let rows = sqlx::query(
-            "SELECT job_id, seq, fingerprint, response, usage FROM journal WHERE job_id = ?1 ORDER BY seq",
-        )
-        .bind(job.to_string())
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(rows::journal_entry).collect()
-    }
-
-    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.begin().await?;
         for r in records {
             sqlx::query(
@@ -109,7 +59,7 @@ impl RecordStore for SqliteStore {
         Ok(())
     }
 
-    async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageSummary>> {
+    async fn summarize_usage(&self, query: &UsageQuery) -> Result<Vec<UsageSummary>> {
         let key = match &query.group_by {
             UsageGroupBy::Plugin => "plugin",
             UsageGroupBy::Model => "model",
@@ -176,144 +126,21 @@ impl RecordStore for SqliteStore {
         Ok(out)
     }
 
-    async fn append_event(&self, job: Uuid, event: &JobEvent) -> Result<u64> {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO job_events (job_id, seq, event, created_at)
-             SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3 FROM job_events WHERE job_id = ?1
-             RETURNING seq",
-        )
-        .bind(job.to_string())
-        .bind(util::to_json(event))
-        .bind(now_ms())
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(seq.max(0) as u64)
-    }
-
-    async fn append_events(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
+    async fn append_event_batch(&self, events: &[(Uuid, JobEvent)]) -> Result<Vec<u64>> {
         // One transaction on the writer: one fsync for the batch, not one per event.
         let mut tx = self.writer.begin().await?;
-        let now = now_ms();
+        let now = Utc::now();
         let mut seqs = Vec::with_capacity(events.len());
         for (job, event) in events {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO job_events (job_id, seq, event, created_at)
-                 SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3 FROM job_events WHERE job_id = ?1
-                 RETURNING seq",
-            )
-            .bind(job.to_string())
-            .bind(util::to_json(event))
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            let body = util::to_json(event);
+            let args = [Arg::Id(*job), Arg::Json(&body), Arg::Time(now)];
+            let seq: i64 = query(Self::APPEND_EVENT, &args)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("seq")?;
             seqs.push(seq.max(0) as u64);
         }
         tx.commit().await?;
         Ok(seqs)
-    }
-
-    async fn events_after(&self, job: Uuid, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT job_id, seq, event, created_at FROM job_events
-             WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )
-        .bind(job.to_string())
-        .bind(after.min(i64::MAX as u64) as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    job_id: uuid_of(&r.try_get::<String, _>("job_id")?)?,
-                    seq: r.try_get::<i64, _>("seq")?.max(0) as u64,
-                    event: util::from_json(&r.try_get::<String, _>("event")?)?,
-                    created_at: ts(r.try_get("created_at")?),
-                })
-            })
-            .collect()
-    }
-
-    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey> {
-        let row = sqlx::query(
-            "INSERT INTO api_keys (id, tenant, name, scopes, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             RETURNING id, tenant, name, scopes, secret_hash, created_at, revoked_at",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(&key.tenant)
-        .bind(&key.name)
-        .bind(util::to_json(&key.scopes))
-        .bind(&key.secret_hash)
-        .bind(now_ms())
-        .fetch_one(&self.writer)
-        .await
-        .map_err(|e| {
-            if crate::error::is_unique_violation(&e) {
-                StoreError::Invalid("an API key with this secret already exists".into())
-            } else {
-                e.into()
-            }
-        })?;
-        rows::api_key(&row)
-    }
-
-    async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
-        let row = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             WHERE secret_hash = ?1 AND revoked_at IS NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(rows::api_key).transpose()
-    }
-
-    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             WHERE tenant = ?1 ORDER BY created_at, id",
-        )
-        .bind(tenant)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(rows::api_key).collect()
-    }
-
-    async fn list_all_api_keys(&self) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             ORDER BY tenant, created_at, id",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(rows::api_key).collect()
-    }
-
-    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>> {
-        let row = sqlx::query(
-            "SELECT id, tenant, name, scopes, secret_hash, created_at, revoked_at FROM api_keys
-             WHERE id = ?1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(rows::api_key).transpose()
-    }
-
-    async fn revoke_api_key(&self, id: Uuid) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
-                .bind(id.to_string())
-                .bind(now_ms())
-                .execute(&self.writer)
-                .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn count_api_keys(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(n as u64)
     }
 }

@@ -1,205 +1,56 @@
-//! The engine's state and effects backends on SQLite.
+//! [`StateSql`] on SQLite: expiry is judged by this node's clock (the `now` argument, Unix ms).
 
 use super::*;
+use crate::state::{StateSql, state_backends};
+use crate::util::TenantTally;
 
-fn state_err(e: impl std::fmt::Display) -> StateError {
-    StateError::Unavailable(e.to_string())
-}
+state_backends!(SqliteStore);
 
-fn effect_err(e: impl std::fmt::Display) -> EffectError {
-    EffectError::Unavailable(e.to_string())
-}
-
-impl SqliteStore {
-    /// Check a state write against the tenant's state quota; the bytes to tally after it.
-    pub(super) async fn admit_state(
-        &self,
-        scope: &StateScope,
-        key: &str,
-        value: &str,
-    ) -> std::result::Result<u64, StateError> {
-        util::admit_state(
-            &self.state_bytes,
-            self.config.max_state_bytes_per_tenant,
-            &scope.tenant,
-            key,
-            value,
-            |tenant| async move {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM kv_state WHERE tenant = ?1",
-                )
-                .bind(tenant)
-                .fetch_one(&self.reader)
-                .await?;
-                Ok(n.max(0) as u64)
-            },
-        )
-        .await
-    }
-}
-
-#[async_trait]
-impl StateBackend for SqliteStore {
-    async fn get(&self, scope: &StateScope, key: &str) -> Result<Option<String>, StateError> {
-        util::check_state_key(key)?;
-        sqlx::query_scalar(
-            "SELECT value FROM kv_state WHERE tenant = ?1 AND plugin = ?2 AND key = ?3
-               AND (expires_at IS NULL OR expires_at > ?4)",
-        )
-        .bind(&scope.tenant)
-        .bind(&scope.plugin)
-        .bind(key)
-        .bind(now_ms())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(state_err)
+impl StateSql for SqliteStore {
+    fn state_config(&self) -> &StoreConfig {
+        &self.config
     }
 
-    async fn set(
-        &self,
-        scope: &StateScope,
-        key: &str,
-        value: &str,
-        ttl: Option<Duration>,
-    ) -> Result<(), StateError> {
-        util::check_state_key(key)?;
-        util::check_state_value(value, self.config.max_state_value_bytes)?;
-        let tally = self.admit_state(scope, key, value).await?;
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (tenant, plugin, key) DO UPDATE
-                SET value = excluded.value, expires_at = excluded.expires_at, updated_at = excluded.updated_at",
-        )
-        .bind(&scope.tenant)
-        .bind(&scope.plugin)
-        .bind(key)
-        .bind(value)
-        .bind(ttl.map(|t| now.saturating_add(ms_of(t))))
-        .bind(now)
-        .execute(&self.writer)
-        .await
-        .map_err(state_err)?;
-        self.state_bytes.add(&scope.tenant, tally);
-        Ok(())
+    fn state_tally(&self) -> &TenantTally {
+        &self.state_bytes
     }
 
-    async fn delete(&self, scope: &StateScope, key: &str) -> Result<bool, StateError> {
-        util::check_state_key(key)?;
-        let live: Option<bool> = sqlx::query_scalar(
-            "DELETE FROM kv_state WHERE tenant = ?1 AND plugin = ?2 AND key = ?3
-             RETURNING (expires_at IS NULL OR expires_at > ?4)",
-        )
-        .bind(&scope.tenant)
-        .bind(&scope.plugin)
-        .bind(key)
-        .bind(now_ms())
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(state_err)?;
-        Ok(live.unwrap_or(false))
-    }
+    const TENANT_BYTES: &'static str =
+        "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) AS n
+         FROM kv_state WHERE tenant = $1";
 
-    async fn list_keys(
-        &self,
-        scope: &StateScope,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<Vec<String>, StateError> {
-        sqlx::query_scalar(
-            "SELECT key FROM kv_state WHERE tenant = ?1 AND plugin = ?2
-               AND key >= ?3 AND (?4 IS NULL OR key < ?4) AND substr(key, 1, length(?3)) = ?3
-               AND (expires_at IS NULL OR expires_at > ?5)
-             ORDER BY key LIMIT ?6",
-        )
-        .bind(&scope.tenant)
-        .bind(&scope.plugin)
-        .bind(prefix)
-        .bind(util::prefix_upper_bound(prefix))
-        .bind(now_ms())
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(state_err)
-    }
+    const VALUE: &'static str =
+        "SELECT value FROM kv_state WHERE tenant = $1 AND plugin = $2 AND key = $3
+           AND (expires_at IS NULL OR expires_at > $4)";
 
-    async fn compare_and_swap(
-        &self,
-        scope: &StateScope,
-        key: &str,
-        expected: Option<&str>,
-        value: &str,
-    ) -> Result<bool, StateError> {
-        util::check_state_key(key)?;
-        util::check_state_value(value, self.config.max_state_value_bytes)?;
-        let tally = self.admit_state(scope, key, value).await?;
-        let now = now_ms();
-        let swapped: Option<i64> = match expected {
-            None => sqlx::query_scalar(
-                "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)
-                 ON CONFLICT (tenant, plugin, key) DO UPDATE
-                    SET value = excluded.value, expires_at = NULL, updated_at = excluded.updated_at
-                    WHERE kv_state.expires_at IS NOT NULL AND kv_state.expires_at <= ?5
-                 RETURNING 1",
-            )
-            .bind(&scope.tenant)
-            .bind(&scope.plugin)
-            .bind(key)
-            .bind(value)
-            .bind(now)
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(state_err)?,
-            Some(old) => sqlx::query_scalar(
-                "UPDATE kv_state SET value = ?4, updated_at = ?6
-                 WHERE tenant = ?1 AND plugin = ?2 AND key = ?3 AND value = ?5
-                   AND (expires_at IS NULL OR expires_at > ?6)
-                 RETURNING 1",
-            )
-            .bind(&scope.tenant)
-            .bind(&scope.plugin)
-            .bind(key)
-            .bind(value)
-            .bind(old)
-            .bind(now)
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(state_err)?,
-        };
-        if swapped.is_some() {
-            self.state_bytes.add(&scope.tenant, tally);
-        }
-        Ok(swapped.is_some())
-    }
-}
+    const PUT: &'static str = "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
+         VALUES ($1, $2, $3, $4, $6 + $5, $6)
+         ON CONFLICT (tenant, plugin, key) DO UPDATE
+            SET value = excluded.value, expires_at = excluded.expires_at, updated_at = excluded.updated_at";
 
-#[async_trait]
-impl EffectsBackend for SqliteStore {
-    async fn lookup(&self, job: Uuid, key: &str) -> Result<Option<String>, EffectError> {
-        util::check_effect_key(key)?;
-        sqlx::query_scalar("SELECT result FROM effects WHERE job_id = ?1 AND key = ?2")
-            .bind(job.to_string())
-            .bind(key)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(effect_err)
-    }
+    const DELETE: &'static str =
+        "DELETE FROM kv_state WHERE tenant = $1 AND plugin = $2 AND key = $3
+         RETURNING (expires_at IS NULL OR expires_at > $4) AS live";
 
-    async fn commit(&self, job: Uuid, key: &str, result: &str) -> Result<(), EffectError> {
-        util::check_effect_key(key)?;
-        sqlx::query(
-            "INSERT INTO effects (job_id, key, result, created_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (job_id, key) DO NOTHING",
-        )
-        .bind(job.to_string())
-        .bind(key)
-        .bind(result)
-        .bind(now_ms())
-        .execute(&self.writer)
-        .await
-        .map_err(effect_err)?;
-        Ok(())
-    }
+    const KEYS: &'static str = "SELECT key FROM kv_state WHERE tenant = $1 AND plugin = $2
+           AND key >= $3 AND ($4 IS NULL OR key < $4) AND substr(key, 1, length($3)) = $3
+           AND (expires_at IS NULL OR expires_at > $5)
+         ORDER BY key LIMIT $6";
+
+    const INSERT_IF_ABSENT: &'static str =
+        "INSERT INTO kv_state (tenant, plugin, key, value, expires_at, updated_at)
+         VALUES ($1, $2, $3, $4, NULL, $5)
+         ON CONFLICT (tenant, plugin, key) DO UPDATE
+            SET value = excluded.value, expires_at = NULL, updated_at = excluded.updated_at
+            WHERE kv_state.expires_at IS NOT NULL AND kv_state.expires_at <= $5
+         RETURNING 1 AS one";
+
+    const SWAP: &'static str = "UPDATE kv_state SET value = $4, updated_at = $6
+         WHERE tenant = $1 AND plugin = $2 AND key = $3 AND value = $5
+           AND (expires_at IS NULL OR expires_at > $6)
+         RETURNING 1 AS one";
+
+    const RECORD_EFFECT: &'static str =
+        "INSERT INTO effects (job_id, key, result, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (job_id, key) DO NOTHING";
 }

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::flows::{Finish, LiveState, RedriveTo, Requeue, Statements};
+use crate::transact::Transact;
 
 /// Move one job (guarded by the caller) to history: binds state, error, entry (or NULL),
 /// finished_at, id.
@@ -21,16 +22,8 @@ const RUNNING_COLS: &str =
     "attempt, max_attempts, run, cancel_requested, worker_id, digest, attempted_at";
 
 #[async_trait]
-impl Statements for SqliteStore {
+impl Transact for SqliteStore {
     type Tx = sqlx::Transaction<'static, Sqlite>;
-
-    fn backoff(&self) -> &BackoffPolicy {
-        &self.config.backoff
-    }
-
-    fn wake(&self) {
-        SqliteStore::wake(self);
-    }
 
     async fn begin(&self) -> Result<Self::Tx> {
         SqliteStore::begin(self).await
@@ -38,6 +31,17 @@ impl Statements for SqliteStore {
 
     async fn commit(&self, tx: Self::Tx) -> Result<()> {
         Ok(tx.commit().await?)
+    }
+}
+
+#[async_trait]
+impl Statements for SqliteStore {
+    fn backoff(&self) -> &BackoffPolicy {
+        &self.config.backoff
+    }
+
+    fn wake(&self) {
+        SqliteStore::wake(self);
     }
 
     async fn lock_leased(
