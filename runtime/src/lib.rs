@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "sim")]
 pub mod loadtest;
 pub mod metrics;
 pub mod node;

@@ -111,8 +111,7 @@ async fn view(st: &AppState, rec: &BudgetRecord, windows: u32) -> ApiResult<Budg
         .ok()
         .and_then(|s| Micros::from_usd(s.limit_usd))
         .map_or(0, Micros::get);
-    // The gateway keeps a tenant's rule under `<tenant>/<name>` in the ledger.
-    let ledger_name = format!("{}/{}", rec.tenant, rec.name);
+    let ledger_name = sluice_gateway::budget::names::ledger_name(Some(&rec.tenant), &rec.name);
     let spend = st.node.store.ledger_windows(&ledger_name, windows).await?;
     Ok(BudgetView {
         name: rec.name.clone(),

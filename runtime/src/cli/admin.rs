@@ -1,18 +1,15 @@
 //! Operator commands that need no running server: `migrate` and `sim-provider`.
 
-use std::net::SocketAddr;
-
-use clap::Args;
-
 use super::exit;
 use crate::config::Config;
 
 /// Arguments of `sluice sim-provider`.
-#[derive(Debug, Args)]
+#[cfg(feature = "sim")]
+#[derive(Debug, clap::Args)]
 pub struct SimProviderArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9090")]
-    pub listen: SocketAddr,
+    pub listen: std::net::SocketAddr,
     /// Seed for the deterministic replies.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -42,6 +39,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
+#[cfg(feature = "sim")]
 /// Serve the simulated provider (OpenAI `/v1/chat/completions`, `/v1/embeddings` and
 /// Anthropic `/v1/messages`) until interrupted.
 pub async fn sim_provider(args: SimProviderArgs) -> anyhow::Result<i32> {

@@ -10,6 +10,7 @@ mod dlq;
 mod events;
 mod jobs;
 mod keys;
+#[cfg(feature = "sim")]
 mod loadtest;
 mod new;
 mod plugins;
@@ -79,9 +80,11 @@ pub enum Command {
     Migrate,
     /// Serve the simulated model provider (OpenAI and Anthropic wire formats) standalone,
     /// for load tests against a real HTTP provider.
+    #[cfg(feature = "sim")]
     SimProvider(admin::SimProviderArgs),
     /// Run a load-test scenario (in-process, or against `--url`) and report against its SLOs;
     /// exits 1 when one is missed.
+    #[cfg(feature = "sim")]
     Loadtest(loadtest::LoadtestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
@@ -121,7 +124,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Migrate => {
             admin::migrate(&crate::config::Config::load(cli.config.as_deref())?).await
         }
+        #[cfg(feature = "sim")]
         Command::SimProvider(args) => admin::sim_provider(args).await,
+        #[cfg(feature = "sim")]
         Command::Loadtest(args) => loadtest::run(args, cli.config.as_deref()).await,
         Command::CheckConfig(args) => check_config::run(args, cli.config.as_deref()),
         Command::Completions(args) => Ok(completions::run(args)),

@@ -23,6 +23,7 @@ use sluice_types::{CallContext, Micros};
 use crate::config::{BudgetConfig, BudgetScope, Period};
 
 pub mod lease;
+pub mod names;
 
 /// One budget window: which rule, over what, in which period.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -321,10 +322,7 @@ impl Budgets {
                 alerts.sort_by(f64::total_cmp);
                 let name = b.display_name();
                 Rule {
-                    key: match &b.tenant {
-                        Some(t) => format!("{t}/{name}"),
-                        None => name.clone(),
-                    },
+                    key: names::ledger_name(b.tenant.as_deref(), &name),
                     name,
                     tenant: b.tenant.clone(),
                     scope: b.scope,
@@ -351,28 +349,18 @@ impl Budgets {
             .iter()
             .filter(|r| r.tenant.as_ref().is_none_or(|t| *t == job.tenant))
             .filter_map(|r| {
-                let scope = match r.scope {
-                    BudgetScope::Tenant => Some(("tenant".to_string(), job.tenant.clone())),
-                    BudgetScope::Plugin => Some(("plugin".to_string(), job.plugin.clone())),
-                    BudgetScope::Tag => {
-                        let key = r.tag.as_deref()?;
-                        job.tags.get(key).map(|v| (format!("tag:{key}"), v.clone()))
-                    }
-                    BudgetScope::Job => Some(("job".to_string(), job.id.to_string())),
-                }?;
-                if r.value.as_ref().is_some_and(|v| *v != scope.1) {
+                let value = match r.scope {
+                    BudgetScope::Tenant => job.tenant.clone(),
+                    BudgetScope::Plugin => job.plugin.clone(),
+                    BudgetScope::Tag => job.tags.get(r.tag.as_deref()?)?.clone(),
+                    BudgetScope::Job => job.id.to_string(),
+                };
+                if r.value.as_ref().is_some_and(|v| *v != value) {
                     return None;
                 }
-                let scope = match r.scope {
-                    BudgetScope::Tag => format!("{}={}", scope.0, scope.1),
-                    _ => format!("{}:{}", scope.0, scope.1),
-                };
+                let scope = names::scope_name(r.scope, r.tag.as_deref(), &value);
                 Some(BudgetLine {
-                    key: BudgetKey {
-                        budget: r.key.clone(),
-                        scope,
-                        window: window(r.period, now),
-                    },
+                    key: BudgetKey::at(&r.key, scope, r.period, now),
                     limit_micros: r.limit_micros,
                 })
             })
@@ -480,7 +468,6 @@ impl Budgets {
         self.ledger.release().await;
     }
 
-    /// The owner and owner's name of the rule with ledger name `key`.
     /// The `budget` label of a refusal: the name of a rule from the node's config (the
     /// operator's, so bounded), `tenant` for any tenant's own rule (tenants choose those names:
     /// they never become labels), `unknown` for a rule replaced meanwhile.
@@ -492,6 +479,7 @@ impl Budgets {
         }
     }
 
+    /// The owner and owner's name of the rule with ledger name `key`.
     fn owner(&self, key: &str) -> (Option<String>, String) {
         self.rules()
             .iter()
@@ -519,14 +507,6 @@ impl Budgets {
             self.settle(hold, cost_micros).await;
         }
         Ok(())
-    }
-}
-
-fn window(p: Period, now: DateTime<Utc>) -> String {
-    match p {
-        Period::Day => now.format("%Y-%m-%d").to_string(),
-        Period::Month => now.format("%Y-%m").to_string(),
-        Period::Total => "total".into(),
     }
 }
 

@@ -16,7 +16,9 @@
 //! - [`config`]: the `[gateway]` table of `sluice.toml` (providers, models with prices, alias
 //!   chains, cache, retry, budgets); strict, validated at load.
 //! - [`provider`]: the OpenAI-compatible and Anthropic Messages clients behind [`Provider`].
-//! - [`sim`]: the simulated provider, a real HTTP server speaking both wire formats.
+//! - [`sim`]: the simulated provider, a real HTTP server speaking both wire formats (behind the
+//!   `sim` feature; its settings are in every build, and a build without it refuses
+//!   `simulated` providers).
 //! - [`Gateway`]: [`Gateway::chat`] and [`Gateway::embed`] return the response together with a
 //!   [`CallRecord`] (what a usage row needs), on failure too ([`CallError`]).
 //! - [`budget`]: hard budgets behind the [`Ledger`] trait, alerts behind [`AlertSink`].
@@ -75,4 +77,6 @@ pub use gateway::{
 pub use health::ProviderHealth;
 pub use outcome::AttemptOutcome;
 pub use provider::{DeltaFn, FailureKind, Provider, ProviderError};
-pub use sim::{Faults, Outage, SimConfig, SimControl, SimHandle, SimStats};
+pub use sim::{Faults, Outage, SimConfig, SimStats};
+#[cfg(feature = "sim")]
+pub use sim::{SimControl, SimHandle};
