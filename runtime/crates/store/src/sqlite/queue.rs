@@ -149,7 +149,7 @@ impl SqliteStore {
                 j.webhook_url,
             ]));
             inserted = true;
-            out.push(Enqueued::inserted(p.id, j.run_at, ts(now)));
+            out.push(Enqueued::inserted(p.id, j.run_at, columns::ts(now)));
         }
         if !rows.is_empty() {
             sqlx::query(
@@ -181,7 +181,9 @@ impl SqliteStore {
         .bind(id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(|r| rows::status(r, ts(now))).transpose()
+        row.as_ref()
+            .map(|r| rows::status(r, columns::ts(now)))
+            .transpose()
     }
 
     pub(super) async fn claim_round(
