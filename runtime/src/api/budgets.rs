@@ -12,8 +12,8 @@ use sluice_types::Micros;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::auth::{Administrator, Reader};
-use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
+use super::auth::{Administrator, Reader, Scope};
+use super::error::{ApiError, ApiResult, Common, problems};
 use super::extract::{BodyLimit, Json, Path};
 use crate::node::budgets::{self, BudgetSpec};
 
@@ -139,6 +139,8 @@ async fn reload(st: &AppState) {
     }
 }
 
+problems!(ListErrors, Common::key(Scope::Read));
+
 /// The tenant's budgets with their current spend.
 #[utoipa::path(
     get,
@@ -147,8 +149,7 @@ async fn reload(st: &AppState) {
     tag = "budgets",
     responses(
         (status = 200, description = "Budgets", body = BudgetList),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        ListErrors,
     )
 )]
 pub(crate) async fn list(
@@ -162,6 +163,10 @@ pub(crate) async fn list(
     Ok(axum::Json(BudgetList { budgets }))
 }
 
+problems!(GetErrors, Common::key(Scope::Read), {
+    404 => "No such budget for this tenant",
+});
+
 /// One budget and its spend per window.
 #[utoipa::path(
     get,
@@ -171,9 +176,7 @@ pub(crate) async fn list(
     params(("name" = String, Path, description = NAME)),
     responses(
         (status = 200, description = "The budget", body = BudgetView),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such budget for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        GetErrors,
     )
 )]
 pub(crate) async fn get(
@@ -184,6 +187,11 @@ pub(crate) async fn get(
     let rec = find(&st, &principal.tenant, &name).await?;
     Ok(axum::Json(view(&st, &rec, 100).await?))
 }
+
+problems!(PutErrors, Common::key(Scope::Admin).writes(), {
+    400 => "Malformed JSON",
+    422 => "Unknown fields, a bad rule or a refused webhook URL",
+});
 
 /// Create or replace a budget. Enforced at once on this node, within seconds on the others.
 #[utoipa::path(
@@ -196,10 +204,7 @@ pub(crate) async fn get(
     responses(
         (status = 201, description = "Created", body = BudgetView),
         (status = 200, description = "Replaced", body = BudgetView),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `admin` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown fields, a bad rule or a refused webhook URL", body = Problem, content_type = PROBLEM_JSON),
+        PutErrors,
     )
 )]
 pub(crate) async fn put(
@@ -242,6 +247,10 @@ pub(crate) async fn put(
     Ok((status, axum::Json(view(&st, &rec, 10).await?)))
 }
 
+problems!(DeleteErrors, Common::key(Scope::Admin).writes(), {
+    404 => "No such budget for this tenant",
+});
+
 /// Stop enforcing a budget (its spend history stays in the ledger).
 #[utoipa::path(
     delete,
@@ -251,9 +260,7 @@ pub(crate) async fn put(
     params(("name" = String, Path, description = NAME)),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `admin` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such budget for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        DeleteErrors,
     )
 )]
 pub(crate) async fn delete(

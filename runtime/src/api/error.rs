@@ -1,10 +1,19 @@
 //! The one error type of the HTTP API: every failure is rendered as
-//! `application/problem+json` (RFC 9457) and logged once, here.
+//! `application/problem+json` (RFC 9457) and logged once, here. Its OpenAPI side is here
+//! too: the [`Problem`] schema and one declaration of a route's error responses
+//! ([`problems!`], over [`problem_responses`]).
+
+use std::collections::BTreeMap;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sluice_store::StoreError;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::{Response as DocResponse, ResponseBuilder};
+use utoipa::openapi::{Ref, RefOr};
+
+use super::auth::Scope;
 
 /// The media type of error bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -222,6 +231,105 @@ impl From<StoreError> for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The error responses every route of a kind shares: those of its API key (none for the open
+/// ops endpoints) and, where the route writes to the store, 507 for a full disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Common {
+    /// The scope the route's key needs; `None`: no key.
+    scope: Option<Scope>,
+    /// Whether the route writes to the store (and so may find its disk full).
+    writes: bool,
+}
+
+impl Common {
+    /// No API key needed.
+    pub(crate) const NO_KEY: Common = Common {
+        scope: None,
+        writes: false,
+    };
+
+    /// A key with `scope` needed.
+    pub(crate) const fn key(scope: Scope) -> Common {
+        Common {
+            scope: Some(scope),
+            writes: false,
+        }
+    }
+
+    /// The route also writes to the store.
+    pub(crate) const fn writes(self) -> Common {
+        Common {
+            writes: true,
+            ..self
+        }
+    }
+}
+
+/// The error responses of one route for its OpenAPI operation: the [`Common`] ones and the
+/// route's own `(status, what it means here)`, every one a [`Problem`] document.
+pub(crate) fn problem_responses(
+    common: Common,
+    own: &[(u16, &str)],
+) -> BTreeMap<String, RefOr<DocResponse>> {
+    let mut statuses: Vec<(u16, String)> = Vec::new();
+    if let Some(scope) = common.scope {
+        statuses.push((401, "Missing or unknown API key".into()));
+        statuses.push((403, format!("The key lacks the `{}` scope", scope.as_str())));
+    }
+    if common.writes {
+        statuses.push((
+            507,
+            "The store's disk is full or at its size limit (`storage-full`): nothing was \
+             stored; retry once space is freed"
+                .into(),
+        ));
+    }
+    statuses.extend(own.iter().map(|(code, what)| (*code, what.to_string())));
+    statuses
+        .into_iter()
+        .map(|(code, description)| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(PROBLEM_JSON, content)
+                .build();
+            (code.to_string(), RefOr::T(response))
+        })
+        .collect()
+}
+
+/// Declares the error responses of a route, to name in its `#[utoipa::path(responses(…))]`:
+/// a type whose responses are the [`Common`] ones and the route's own, each with what it
+/// means on this route.
+///
+/// ```ignore
+/// problems!(GetErrors, Common::key(Scope::Read), {
+///     404 => "No such job for this tenant",
+/// });
+/// problems!(ListErrors, Common::key(Scope::Read)); // only the key's
+/// ```
+macro_rules! problems {
+    ($(#[$meta:meta])* $name:ident, $common:expr) => {
+        $crate::api::error::problems!($(#[$meta])* $name, $common, {});
+    };
+    ($(#[$meta:meta])* $name:ident, $common:expr, { $($code:literal => $what:expr),* $(,)? }) => {
+        $(#[$meta])*
+        pub(crate) struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+            > {
+                $crate::api::error::problem_responses($common, &[$(($code, $what)),*])
+            }
+        }
+    };
+}
+pub(crate) use problems;
 
 // The shape of `ApiError::body()`, for the OpenAPI document only (the body is built there).
 /// An error (RFC 9457 problem details). The optional members are extensions some problems

@@ -21,7 +21,6 @@ mod gauges;
 mod jobs;
 mod ops;
 mod plugins;
-mod sse;
 mod usage;
 mod webhooks;
 
@@ -40,6 +39,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use crate::config::Config;
 use crate::node::Node;
 pub use error::{ApiError, ApiResult};
+// The job routes, by operation (the table below names the module of each handler).
+use jobs::{cancel, events, read, redrive, submit};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -87,6 +88,9 @@ macro_rules! api {
         #[openapi(
             info(title = "Sluice API", description = API_DESCRIPTION),
             paths($( $module::$handler, )*),
+            // Named here: routes refer to it from their error responses (`error::problems!`),
+            // which do not register schemas themselves.
+            components(schemas(error::Problem)),
             modifiers(&BearerAuth),
             security(("bearer" = [])),
             tags(
@@ -117,15 +121,15 @@ api! {
     patch "/v1/plugins/{name}" => plugins::patch_settings,
     delete "/v1/plugins/{name}" => plugins::delete,
     post "/v1/plugins/{name}/activate" => plugins::activate,
-    post "/v1/plugins/{name}/jobs" => jobs::submit,
-    post "/v1/plugins/{name}/jobs/batch" => jobs::submit_batch,
-    get "/v1/jobs" => jobs::list,
-    get "/v1/jobs/{id}" => jobs::get,
-    post "/v1/jobs/{id}/cancel" => jobs::cancel,
-    post "/v1/jobs/{id}/redrive" => jobs::redrive_one,
-    get "/v1/jobs/{id}/events" => sse::events,
-    get "/v1/dlq" => jobs::list_dead,
-    post "/v1/dlq/redrive" => jobs::redrive_dead,
+    post "/v1/plugins/{name}/jobs" => submit::submit,
+    post "/v1/plugins/{name}/jobs/batch" => submit::submit_batch,
+    get "/v1/jobs" => read::list,
+    get "/v1/jobs/{id}" => read::get,
+    post "/v1/jobs/{id}/cancel" => cancel::cancel,
+    post "/v1/jobs/{id}/redrive" => redrive::redrive_one,
+    get "/v1/jobs/{id}/events" => events::events,
+    get "/v1/dlq" => read::list_dead,
+    post "/v1/dlq/redrive" => redrive::redrive_dead,
     get "/v1/usage" => usage::usage,
     get "/v1/budgets" => budgets::list,
     get "/v1/budgets/{name}" => budgets::get,

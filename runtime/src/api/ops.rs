@@ -10,8 +10,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use super::auth::{Administrator, Reader};
-use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
+use super::auth::{Administrator, Reader, Scope};
+use super::error::{ApiError, ApiResult, Common, problems};
 use super::{ApiDoc, AppState};
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -56,6 +56,10 @@ pub(crate) struct Ready {
     store: &'static str,
 }
 
+problems!(ReadyzErrors, Common::NO_KEY, {
+    503 => "The store is unreachable",
+});
+
 /// Readiness: the store answered its last reading (migrations are applied when it opens).
 ///
 /// Answered from the queue gauges, which are read at most every `server.gauges_refresh_secs`:
@@ -67,7 +71,7 @@ pub(crate) struct Ready {
     security(()),
     responses(
         (status = 200, description = "Ready", body = Ready),
-        (status = 503, description = "The store is unreachable", body = Problem, content_type = PROBLEM_JSON),
+        ReadyzErrors,
     )
 )]
 pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
@@ -91,6 +95,8 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
+problems!(MetricsErrors, Common::key(Scope::Read));
+
 /// Prometheus metrics: queue depth by state, DLQ depth, jobs, model calls, webhooks.
 ///
 /// Needs a key with the `read` scope (none in dev mode on loopback). Queue depths are the
@@ -102,8 +108,7 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     tag = "ops",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        MetricsErrors,
     )
 )]
 pub(crate) async fn metrics(State(st): State<AppState>, _principal: Reader) -> Response {
@@ -203,6 +208,8 @@ pub(crate) struct NodeList {
     nodes: Vec<NodeView>,
 }
 
+problems!(NodesErrors, Common::key(Scope::Admin));
+
 /// The nodes sharing this database, seen within the last 15 s (admin).
 #[utoipa::path(
     get,
@@ -211,8 +218,7 @@ pub(crate) struct NodeList {
     tag = "ops",
     responses(
         (status = 200, description = "Live nodes", body = NodeList),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `admin` scope", body = Problem, content_type = PROBLEM_JSON),
+        NodesErrors,
     )
 )]
 pub(crate) async fn nodes(
@@ -267,6 +273,8 @@ pub(crate) struct ProviderList {
     providers: Vec<ProviderView>,
 }
 
+problems!(ProvidersErrors, Common::key(Scope::Read));
+
 /// Model providers' health as the answering node sees it: breaker state, and the error rate
 /// and p50/p95 duration of its last 200 attempts at each (read).
 ///
@@ -279,8 +287,7 @@ pub(crate) struct ProviderList {
     tag = "providers",
     responses(
         (status = 200, description = "Providers", body = ProviderList),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        ProvidersErrors,
     )
 )]
 pub(crate) async fn providers(

@@ -11,8 +11,8 @@ use sluice_store::{PluginInfo, PluginLimits, PluginSettings, PluginVersion};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::{Deployer, Reader};
-use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
+use super::auth::{Deployer, Reader, Scope};
+use super::error::{ApiError, ApiResult, Common, problems};
 use super::extract::{Body, BodyLimit, Json, Path, Query};
 use crate::config::Config;
 use crate::node::PluginLoadError;
@@ -412,6 +412,12 @@ pub(crate) struct WasmComponent(Vec<u8>);
 /// The plugin name in the path.
 const NAME: &str = "Plugin name: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit";
 
+problems!(UploadErrors, Common::key(Scope::Deploy).writes(), {
+    400 => "Bad name or query",
+    413 => "Larger than `server.max_body_bytes`",
+    422 => "Not a valid component (`kind` says why) or invalid settings",
+});
+
 /// Upload a component and make it the active version.
 ///
 /// The component is validated and precompiled before anything is stored: a rejected upload
@@ -426,11 +432,7 @@ const NAME: &str = "Plugin name: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a
     responses(
         (status = 201, description = "A new version, now active", body = DeployedVersion),
         (status = 200, description = "Identical bytes and settings: the existing version, active again", body = DeployedVersion),
-        (status = 400, description = "Bad name or query", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 413, description = "Larger than `server.max_body_bytes`", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Not a valid component (`kind` says why) or invalid settings", body = Problem, content_type = PROBLEM_JSON),
+        UploadErrors,
     )
 )]
 pub(crate) async fn upload(
@@ -508,6 +510,8 @@ pub(crate) async fn upload(
         .into_response())
 }
 
+problems!(ListErrors, Common::key(Scope::Read));
+
 /// List the tenant's plugins.
 #[utoipa::path(
     get,
@@ -516,8 +520,7 @@ pub(crate) async fn upload(
     tag = "plugins",
     responses(
         (status = 200, description = "Plugins", body = PluginList),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        ListErrors,
     )
 )]
 pub(crate) async fn list(
@@ -538,6 +541,10 @@ async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<PluginInfo> 
         .ok_or_else(|| ApiError::not_found("plugin", name))
 }
 
+problems!(GetErrors, Common::key(Scope::Read), {
+    404 => "No such plugin for this tenant",
+});
+
 /// A plugin with its versions.
 #[utoipa::path(
     get,
@@ -547,9 +554,7 @@ async fn find(st: &AppState, tenant: &str, name: &str) -> ApiResult<PluginInfo> 
     params(("name" = String, Path, description = NAME)),
     responses(
         (status = 200, description = "The plugin", body = PluginView),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        GetErrors,
     )
 )]
 pub(crate) async fn get(
@@ -561,6 +566,14 @@ pub(crate) async fn get(
         &find(&st, &principal.tenant, &name).await?,
     )))
 }
+
+problems!(PatchSettingsErrors, Common::key(Scope::Deploy).writes(), {
+    400 => "Malformed JSON",
+    404 => "No such plugin for this tenant",
+    409 => "The plugin has no active version",
+    415 => "Not `application/json`",
+    422 => "Unknown field, wrong type, or a value no job could run with",
+});
 
 /// Change the active version's settings.
 ///
@@ -577,13 +590,7 @@ pub(crate) async fn get(
     request_body(content = SettingsPatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The new active version (or the unchanged one)", body = DeployedVersion),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
-        (status = 409, description = "The plugin has no active version", body = Problem, content_type = PROBLEM_JSON),
-        (status = 415, description = "Not `application/json`", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown field, wrong type, or a value no job could run with", body = Problem, content_type = PROBLEM_JSON),
+        PatchSettingsErrors,
     )
 )]
 pub(crate) async fn patch_settings(
@@ -628,6 +635,12 @@ pub(crate) struct ActivateRequest {
 
 impl BodyLimit for ActivateRequest {}
 
+problems!(ActivateErrors, Common::key(Scope::Deploy).writes(), {
+    400 => "Neither or both of `version` and `digest`, or malformed JSON",
+    404 => "No such plugin or version for this tenant",
+    422 => "Unknown field or wrong type",
+});
+
 /// Roll back or forward to a version or digest.
 #[utoipa::path(
     post,
@@ -638,11 +651,7 @@ impl BodyLimit for ActivateRequest {}
     request_body(content = ActivateRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The plugin, with the new active version", body = PluginView),
-        (status = 400, description = "Neither or both of `version` and `digest`, or malformed JSON", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such plugin or version for this tenant", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Unknown field or wrong type", body = Problem, content_type = PROBLEM_JSON),
+        ActivateErrors,
     )
 )]
 pub(crate) async fn activate(
@@ -678,6 +687,10 @@ pub(crate) async fn activate(
     Ok(axum::Json(PluginView::from(&info)))
 }
 
+problems!(DeleteErrors, Common::key(Scope::Deploy).writes(), {
+    404 => "No such plugin for this tenant",
+});
+
 /// Delete a plugin and its versions (accepted jobs keep their component).
 #[utoipa::path(
     delete,
@@ -687,9 +700,7 @@ pub(crate) async fn activate(
     params(("name" = String, Path, description = NAME)),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `deploy` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such plugin for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        DeleteErrors,
     )
 )]
 pub(crate) async fn delete(

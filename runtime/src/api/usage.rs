@@ -7,8 +7,8 @@ use sluice_store::{UsageGroupBy, UsageQuery};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::Reader;
-use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
+use super::auth::{Reader, Scope};
+use super::error::{ApiError, ApiResult, Common, problems};
 use super::extract::Query;
 
 /// Query of `GET /v1/usage`.
@@ -101,6 +101,10 @@ fn preview(s: &str) -> String {
     format!("{head:?}")
 }
 
+problems!(UsageErrors, Common::key(Scope::Read), {
+    400 => "Bad `group_by`, `since` or `until`",
+});
+
 /// Tokens, cost, calls and latency percentiles, grouped.
 #[utoipa::path(
     get,
@@ -109,9 +113,7 @@ fn preview(s: &str) -> String {
     params(UsageParams),
     responses(
         (status = 200, description = "Usage", body = UsageReport),
-        (status = 400, description = "Bad `group_by`, `since` or `until`", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        UsageErrors,
     )
 )]
 pub(crate) async fn usage(

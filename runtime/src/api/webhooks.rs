@@ -11,8 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Invoker, Reader};
-use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
+use super::auth::{Invoker, Reader, Scope};
+use super::error::{ApiError, ApiResult, Common, problems};
 use super::extract::{Path, Query};
 
 /// Query of `GET /v1/webhooks/deliveries`.
@@ -85,6 +85,10 @@ fn view(d: &WebhookDelivery) -> DeliveryView {
     }
 }
 
+problems!(ListErrors, Common::key(Scope::Read), {
+    400 => "Unknown status or bad query",
+});
+
 /// The tenant's webhook deliveries, newest first.
 #[utoipa::path(
     get,
@@ -94,9 +98,7 @@ fn view(d: &WebhookDelivery) -> DeliveryView {
     params(ListParams),
     responses(
         (status = 200, description = "Deliveries", body = DeliveryPage),
-        (status = 400, description = "Unknown status or bad query", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
+        ListErrors,
     )
 )]
 pub(crate) async fn list(
@@ -129,6 +131,10 @@ fn parse_id(id: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::not_found("webhook delivery", id))
 }
 
+problems!(GetErrors, Common::key(Scope::Read), {
+    404 => "No such delivery for this tenant",
+});
+
 /// One delivery.
 #[utoipa::path(
     get,
@@ -138,9 +144,7 @@ fn parse_id(id: &str) -> ApiResult<i64> {
     params(("id" = i64, Path, description = "The delivery's id")),
     responses(
         (status = 200, description = "The delivery", body = DeliveryView),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such delivery for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        GetErrors,
     )
 )]
 pub(crate) async fn get(
@@ -157,6 +161,11 @@ pub(crate) async fn get(
     Ok(axum::Json(view(&d)))
 }
 
+problems!(RetryErrors, Common::key(Scope::Invoke).writes(), {
+    404 => "No such delivery for this tenant",
+    409 => "The delivery is not dead",
+});
+
 /// Send a dead delivery again, with the same `Sluice-Delivery` id so a receiver that did get
 /// it can dedupe.
 #[utoipa::path(
@@ -167,10 +176,7 @@ pub(crate) async fn get(
     params(("id" = i64, Path, description = "The delivery's id")),
     responses(
         (status = 202, description = "Queued again, due now", body = DeliveryView),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `invoke` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such delivery for this tenant", body = Problem, content_type = PROBLEM_JSON),
-        (status = 409, description = "The delivery is not dead", body = Problem, content_type = PROBLEM_JSON),
+        RetryErrors,
     )
 )]
 pub(crate) async fn retry(

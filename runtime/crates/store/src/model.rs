@@ -91,6 +91,30 @@ pub struct Enqueued {
     /// True when an idempotency key matched an existing job with the same body (nothing was
     /// inserted).
     pub existing: bool,
+    /// The job's status as the enqueue left it: `queued` or `scheduled` for a new job; for an
+    /// existing one, its status read in the same transaction (`queued` if it is gone, purged
+    /// while its key lived on).
+    pub status: JobStatus,
+}
+
+impl Enqueued {
+    /// A job just inserted, due at `run_at` (`None`: now), as of `now`.
+    pub(crate) fn inserted(id: Uuid, run_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        Enqueued {
+            id,
+            existing: false,
+            status: live_status(false, 0, run_at.unwrap_or(now), now),
+        }
+    }
+
+    /// An existing job an idempotency key named, in `status` (`None`: no longer stored).
+    pub(crate) fn existing(id: Uuid, status: Option<JobStatus>) -> Self {
+        Enqueued {
+            id,
+            existing: true,
+            status: status.unwrap_or(JobStatus::Queued),
+        }
+    }
 }
 
 pub use sluice_types::JobStatus;

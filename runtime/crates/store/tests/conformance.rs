@@ -446,6 +446,7 @@ mod cases {
         let mut job = NewJob::new(T, P, json!({}));
         job.run_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
         let e = s.enqueue(job).await.unwrap();
+        assert_eq!(e.status, JobStatus::Scheduled, "the enqueue says so itself");
         assert_eq!(
             s.get_job(e.id).await.unwrap().unwrap().status,
             JobStatus::Scheduled
@@ -1005,6 +1006,7 @@ mod cases {
             .await
             .unwrap();
         assert!(!a.existing);
+        assert_eq!(a.status, JobStatus::Queued);
         // Same body (key order does not matter) → the same job.
         let b = s
             .enqueue(NewJob::new(T, P, json!({"b": 2, "a": 1})).idempotency_key("k1"))
@@ -1014,7 +1016,8 @@ mod cases {
             b,
             Enqueued {
                 id: a.id,
-                existing: true
+                existing: true,
+                status: JobStatus::Queued,
             }
         );
         // Different body → conflict naming the key.
@@ -1049,7 +1052,8 @@ mod cases {
             d,
             Enqueued {
                 id: a.id,
-                existing: true
+                existing: true,
+                status: JobStatus::Completed,
             }
         );
         // In a batch: duplicates resolve to one job, a conflict fails the whole batch.
@@ -1065,14 +1069,16 @@ mod cases {
             out[1],
             Enqueued {
                 id: out[0].id,
-                existing: true
+                existing: true,
+                status: JobStatus::Queued,
             }
         );
         assert_eq!(
             out[2],
             Enqueued {
                 id: a.id,
-                existing: true
+                existing: true,
+                status: JobStatus::Completed,
             }
         );
         assert!(!out[3].existing);

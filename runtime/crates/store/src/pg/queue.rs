@@ -267,6 +267,9 @@ impl PgStore {
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
+        // New jobs' status (due now or later) by this node's clock: the rows' default `run_at`
+        // is the database's `now()`, the same instant to within the clocks' skew.
+        let now = Utc::now();
         if prepared.iter().all(|p| p.job.idempotency_key.is_none()) {
             let refs: Vec<&Prepared> = prepared.iter().collect();
             match self.insert_jobs(&self.pool, &refs).await {
@@ -279,10 +282,7 @@ impl PgStore {
             self.wake();
             return Ok(prepared
                 .iter()
-                .map(|p| Enqueued {
-                    id: p.id,
-                    existing: false,
-                })
+                .map(|p| Enqueued::inserted(p.id, p.job.run_at, now))
                 .collect());
         }
 
@@ -382,6 +382,8 @@ impl PgStore {
                     (r.try_get("job_id")?, r.try_get("body_hash")?),
                 );
             }
+            let ids: Vec<Uuid> = existing.values().map(|(id, _)| *id).collect();
+            let statuses = Self::statuses(&mut tx, &ids).await?;
             for &i in &lost {
                 let p = &prepared[i];
                 let key = p.job.idempotency_key.clone().unwrap_or_default();
@@ -397,10 +399,7 @@ impl PgStore {
                         job_id: *job_id,
                     });
                 }
-                results[i] = Some(Enqueued {
-                    id: *job_id,
-                    existing: true,
-                });
+                results[i] = Some(Enqueued::existing(*job_id, statuses.get(job_id).copied()));
             }
         }
         let to_insert: Vec<&Prepared> = prepared
@@ -424,15 +423,12 @@ impl PgStore {
         tx.commit().await?;
         for p in &to_insert {
             let i = prepared.iter().position(|q| q.id == p.id).unwrap_or(0);
-            results[i] = Some(Enqueued {
-                id: p.id,
-                existing: false,
-            });
+            results[i] = Some(Enqueued::inserted(p.id, p.job.run_at, now));
         }
         for (i, j) in alias {
             results[i] = results[j].map(|e| Enqueued {
-                id: e.id,
                 existing: true,
+                ..e
             });
         }
         if !to_insert.is_empty() {
@@ -441,6 +437,25 @@ impl PgStore {
         results
             .into_iter()
             .map(|r| r.ok_or_else(|| StoreError::Invalid("enqueue lost track of a job".into())))
+            .collect()
+    }
+
+    /// The statuses of jobs `ids`, live or finished, inside `tx`.
+    async fn statuses(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, JobStatus>> {
+        let found = sqlx::query(
+            "SELECT id, state, attempt, run_at, now() AS now FROM jobs WHERE id = ANY($1)
+             UNION ALL
+             SELECT id, state, attempt, run_at, now() FROM job_history WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        found
+            .iter()
+            .map(|r| Ok((r.id("id")?, rows::status(r, r.now()?)?)))
             .collect()
     }
 

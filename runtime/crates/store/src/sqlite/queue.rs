@@ -119,10 +119,8 @@ impl SqliteStore {
                             job_id,
                         });
                     }
-                    out.push(Enqueued {
-                        id: job_id,
-                        existing: true,
-                    });
+                    let status = Self::status_in(&mut tx, job_id, now).await?;
+                    out.push(Enqueued::existing(job_id, status));
                     continue;
                 }
             }
@@ -151,10 +149,7 @@ impl SqliteStore {
                 j.webhook_url,
             ]));
             inserted = true;
-            out.push(Enqueued {
-                id: p.id,
-                existing: false,
-            });
+            out.push(Enqueued::inserted(p.id, j.run_at, columns::ts(now)));
         }
         if !rows.is_empty() {
             sqlx::query(
@@ -175,6 +170,20 @@ impl SqliteStore {
             self.wake();
         }
         Ok(out)
+    }
+
+    /// The status of job `id`, live or finished, at `now` (Unix ms), inside `tx`.
+    async fn status_in(tx: &mut SqliteConnection, id: Uuid, now: i64) -> Result<Option<JobStatus>> {
+        let row = sqlx::query(
+            "SELECT state, attempt, run_at FROM jobs WHERE id = ?1
+             UNION ALL SELECT state, attempt, run_at FROM job_history WHERE id = ?1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        row.as_ref()
+            .map(|r| rows::status(r, columns::ts(now)))
+            .transpose()
     }
 
     pub(super) async fn claim_round(

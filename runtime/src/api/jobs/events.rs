@@ -1,4 +1,5 @@
-//! `GET /v1/jobs/{id}/events`: Server-Sent Events.
+//! `GET /v1/jobs/{id}/events`: Server-Sent Events; and [`wait_terminal`], how a submission
+//! with `?wait=` follows its job to the end.
 //!
 //! The story of a job in order: persisted events after `Last-Event-ID` (their `id` is the
 //! per-job sequence, so a client resumes where it left off), then the job's current status,
@@ -21,13 +22,17 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::AppState;
-use super::auth::Reader;
-use super::error::{ApiError, ApiResult, PROBLEM_JSON, Problem};
-use super::extract::Path;
-use super::jobs::find_job;
+use super::{AppState, find_job};
+use crate::api::auth::{Reader, Scope};
+use crate::api::error::{ApiError, ApiResult, Common, problems};
+use crate::api::extract::Path;
 
 const PAGE: u32 = 500;
+
+problems!(EventsErrors, Common::key(Scope::Read), {
+    400 => "`Last-Event-ID` is not an id this stream sent",
+    404 => "No such job for this tenant",
+});
 
 /// Server-Sent Events of a job.
 ///
@@ -45,10 +50,7 @@ const PAGE: u32 = 500;
     ),
     responses(
         (status = 200, description = "An event stream", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "`Last-Event-ID` is not an id this stream sent", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such job for this tenant", body = Problem, content_type = PROBLEM_JSON),
+        EventsErrors,
     )
 )]
 pub(crate) async fn events(
@@ -225,6 +227,43 @@ async fn pump(
                 }
             }
             _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Wait up to `wait` for job `id` to finish; `None` when it did not.
+pub(crate) async fn wait_terminal(
+    st: &AppState,
+    id: Uuid,
+    wait: Duration,
+    mut events: tokio::sync::broadcast::Receiver<crate::node::LiveEvent>,
+) -> ApiResult<Option<JobRecord>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(r) = st.node.store.get_job(id).await?
+            && r.status.is_terminal()
+        {
+            return Ok(Some(r));
+        }
+        // Woken by a terminal status event for this job, or re-check the store every
+        // second (a cancel by the API or another node publishes nothing here).
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        let until = tick.min(deadline);
+        loop {
+            match tokio::time::timeout_at(until, events.recv()).await {
+                Ok(Ok(ev)) if ev.job == id && ev.event.is_terminal() => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Err(RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(st
+                .node
+                .store
+                .get_job(id)
+                .await?
+                .filter(|r| r.status.is_terminal()));
         }
     }
 }
