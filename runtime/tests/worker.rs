@@ -686,3 +686,81 @@ async fn plugin_limits_only_tighten_the_node_defaults() {
     }
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// While the store cannot take this node's job events and usage rows (their tables locked,
+/// as a slow migration would), they wait in memory; at `worker.max_buffered_writes` the worker
+/// claims no new job. Once the store takes them again every row is written and every job
+/// runs once: back-pressure, nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_buffer_stops_claims_and_drops_nothing() {
+    use sqlx::Connection;
+    const CAP: usize = 3;
+    let db = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.database.url = Some(db.url.clone());
+    config.database.data_dir = dir.path().to_path_buf();
+    config.worker.poll_ms = 50;
+    config.worker.slots = 16;
+    config.worker.max_buffered_writes = CAP as u64;
+    let node = Node::start(config).await.unwrap();
+    deploy(
+        &node,
+        "state-effects",
+        "state-effects",
+        PluginSettings::default(),
+    )
+    .await;
+    let worker = node.start_roles(Roles::WORKER, None).await.unwrap();
+    let enqueue = |i: usize| {
+        let input = serde_json::json!({ "prefix": format!("job-{i}/"), "chat_model": "fast" });
+        let store = node.store.clone();
+        async move {
+            let job = NewJob::new("acme", "state-effects", input);
+            store.enqueue(job).await.unwrap().id
+        }
+    };
+
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE job_events, usage_records IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let mut ids = vec![enqueue(0).await];
+    assert!(
+        wait_for(|| async { node.backlog.len() >= CAP }).await,
+        "the first job's events are held: {}",
+        node.backlog.len()
+    );
+    for i in 1..6 {
+        ids.push(enqueue(i).await);
+    }
+    // Unpaused, the worker (polling every 50 ms) would claim them at once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    assert_eq!(running, 1, "only the first job was claimed");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+
+    for id in &ids {
+        let job = wait_terminal(&node, *id).await;
+        assert_eq!(job.status, JobStatus::Completed, "{job:?}");
+        assert_eq!(job.attempts.len(), 1, "{:?}", job.attempts);
+        let events = node.store.events_after(*id, 0, 100).await.unwrap();
+        // progress, progress, log, model_call, progress: none dropped.
+        assert_eq!(events.len(), 5, "{events:?}");
+    }
+    assert!(wait_for(|| async { node.backlog.is_empty() }).await);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_records")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    assert_eq!(rows, ids.len() as i64, "one usage row per chat call");
+    worker.shutdown(Duration::from_secs(5)).await;
+    node.store.close().await;
+    drop(blocker);
+    db.drop_db().await;
+}

@@ -354,6 +354,15 @@ pub struct WorkerConfig {
     /// for other tenants, so one tenant's flood of slow jobs cannot stall everyone else.
     /// 1.0 turns the cap off (a single-tenant deployment).
     pub tenant_share: f64,
+    /// How long the worker keeps trying to record a finished attempt (its completion or
+    /// failure) while the store is unreachable, in seconds, before giving the job up to its
+    /// lease (it then runs again). The lease is kept alive meanwhile.
+    pub finalize_retry_secs: u64,
+    /// Job events and usage rows this node may hold in memory waiting for the store (an
+    /// outage or a slow database). At the cap the worker stops claiming new jobs until the
+    /// store catches up; nothing already accepted is dropped. Jobs already running may add
+    /// what their own limits allow past it.
+    pub max_buffered_writes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -364,6 +373,8 @@ impl Default for WorkerConfig {
             poll_ms: 1000,
             default_max_attempts: 5,
             tenant_share: 0.75,
+            finalize_retry_secs: 600,
+            max_buffered_writes: 100_000,
         }
     }
 }
@@ -498,6 +509,9 @@ impl Config {
                 "server.limits.max_attempts ({}) is below worker.default_max_attempts ({})",
                 l.max_attempts, self.worker.default_max_attempts
             ));
+        }
+        if self.worker.max_buffered_writes == 0 {
+            return Err("worker.max_buffered_writes must be at least 1".into());
         }
         self.metrics.validate()?;
         for (name, v) in [

@@ -10,6 +10,8 @@ use sluice_types::{EventSink, JobEvent};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::WriteBacklog;
+
 /// An event as live subscribers see it: persisted, with its per-job sequence number.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
@@ -77,16 +79,24 @@ pub struct EventHub {
     /// Events emitted and not yet written: lets [`EventHub::flush`] return at once when
     /// there are none (a trivial job emits nothing).
     pending: Arc<AtomicUsize>,
+    /// The node's count of rows waiting for the store (the worker's back-pressure).
+    backlog: WriteBacklog,
 }
 
 impl EventHub {
-    /// Start the writer task.
+    /// Start the writer task, with a backlog count of its own.
     pub fn new(store: Arc<dyn JobStore>) -> EventHub {
+        EventHub::with_backlog(store, WriteBacklog::default())
+    }
+
+    /// Start the writer task, counting the events it holds in `backlog`.
+    pub fn with_backlog(store: Arc<dyn JobStore>, backlog: WriteBacklog) -> EventHub {
         let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
         let (live, _) = broadcast::channel(4096);
         let sender = live.clone();
         let pending = Arc::new(AtomicUsize::new(0));
         let written = pending.clone();
+        let held = backlog.clone();
         tokio::spawn(async move {
             let mut writes = Vec::with_capacity(WRITE_BATCH);
             let mut events = Vec::with_capacity(WRITE_BATCH);
@@ -107,12 +117,18 @@ impl EventHub {
                     let _ = sender.send(LiveEvent { job, seq, event });
                 }
                 written.fetch_sub(n, Ordering::AcqRel);
+                held.done(n);
                 for done in flushes.drain(..) {
                     let _ = done.send(());
                 }
             }
         });
-        EventHub { tx, live, pending }
+        EventHub {
+            tx,
+            live,
+            pending,
+            backlog,
+        }
     }
 
     /// Broadcast an event to live subscribers without persisting it. Status changes go this
@@ -150,8 +166,10 @@ impl EventSink for EventHub {
         }
         // The writer task lives as long as the runtime; a send error means shutdown.
         self.pending.fetch_add(1, Ordering::AcqRel);
+        self.backlog.add(1);
         if self.tx.send(Write::Event(job, event)).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.backlog.done(1);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A running Sluice node: the store, the engine, the gateway and the backends that connect
 //! them, shared by the worker and the HTTP API.
 
+mod backlog;
 pub mod budgets;
 pub mod cluster;
 mod events;
@@ -19,6 +20,7 @@ use sluice_gateway::Gateway;
 use sluice_store::{JobStore, StoreConfig};
 use sluice_types::HostServices;
 
+pub use backlog::WriteBacklog;
 pub use budgets::AlertRouter;
 pub use events::{EventHub, LiveEvent};
 pub use ledger::{StoreLedger, StoreSlices};
@@ -51,6 +53,8 @@ pub struct Node {
     pub services: HostServices,
     /// Routes budget alerts to the log and to webhooks.
     pub alerts: Arc<AlertRouter>,
+    /// Job events and usage rows waiting in memory for the store.
+    pub backlog: WriteBacklog,
 }
 
 impl Node {
@@ -132,13 +136,15 @@ impl Node {
         gateway: Gateway,
         alerts: Arc<AlertRouter>,
     ) -> Node {
-        let events = EventHub::new(store.clone());
+        let backlog = WriteBacklog::default();
+        let events = EventHub::with_backlog(store.clone(), backlog.clone());
         let spend = SpendTracker::default();
         let models = GatewayModels::new(
             gateway.clone(),
             store.clone(),
             events.clone(),
             spend.clone(),
+            backlog.clone(),
         );
         let services = HostServices {
             models: Arc::new(models),
@@ -157,6 +163,7 @@ impl Node {
             spend,
             services,
             alerts,
+            backlog,
         }
     }
 }

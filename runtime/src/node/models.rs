@@ -14,7 +14,7 @@ use sluice_types::model::{
 use sluice_types::{CallContext, EventSink, JobEvent, Micros, ModelBackend};
 use tokio::sync::mpsc;
 
-use super::{EventHub, SpendTracker};
+use super::{EventHub, SpendTracker, WriteBacklog};
 
 /// Journal → gateway → journal + usage + events.
 pub struct GatewayModels {
@@ -22,7 +22,7 @@ pub struct GatewayModels {
     store: Arc<dyn JobStore>,
     events: EventHub,
     spend: SpendTracker,
-    usage_tx: mpsc::UnboundedSender<UsageRecord>,
+    usage_tx: UsageSender,
 }
 
 impl GatewayModels {
@@ -31,13 +31,14 @@ impl GatewayModels {
         store: Arc<dyn JobStore>,
         events: EventHub,
         spend: SpendTracker,
+        backlog: WriteBacklog,
     ) -> Self {
-        let usage_tx = spawn_usage_writer(store.clone());
+        let usage_tx = spawn_usage_writer(store.clone(), backlog);
         // A call cut off by its job's timeout or cancel never returns here: the gateway's drop
         // guard reports what it charged, and it gets its usage row and spend all the same.
         let (tx, tracker) = (usage_tx.clone(), spend.clone());
         gateway.set_abandoned_sink(Arc::new(move |a: AbandonedCall| {
-            let _ = tx.send(usage_row(&a.ctx, &a.record));
+            tx.send(usage_row(&a.ctx, &a.record));
             tracker.add(a.ctx.job.id, a.record.usage, a.record.cost_micros);
         }));
         GatewayModels {
@@ -51,7 +52,7 @@ impl GatewayModels {
 
     fn record(&self, ctx: &CallContext, record: &CallRecord, seq: u32) {
         let job = &ctx.job;
-        let _ = self.usage_tx.send(usage_row(ctx, record));
+        self.usage_tx.send(usage_row(ctx, record));
         // A failed call can cost too (text streamed before the failure).
         if record.outcome.is_ok() || record.cost_micros > 0 {
             self.spend.add(job.id, record.usage, record.cost_micros);
@@ -263,13 +264,32 @@ fn allowed(ctx: &CallContext, model: &str) -> Result<(), ModelError> {
     )))
 }
 
+/// Hands usage rows to the writer task, counting them in the node's backlog until written.
+#[derive(Clone)]
+struct UsageSender {
+    tx: mpsc::UnboundedSender<UsageRecord>,
+    backlog: WriteBacklog,
+}
+
+impl UsageSender {
+    fn send(&self, row: UsageRecord) {
+        self.backlog.add(1);
+        // The writer lives as long as the runtime; an error means shutdown.
+        if self.tx.send(row).is_err() {
+            self.backlog.done(1);
+        }
+    }
+}
+
 /// Usage rows are written in batches by one task: a burst of calls costs one insert.
 ///
 /// Each row stands for a call a provider answered (and billed): a database outage must delay
 /// it, not drop it. A batch is retried for as long as the failure is an outage (the rows wait
-/// in memory meanwhile); only a batch the database refuses outright is dropped, logged.
-fn spawn_usage_writer(store: Arc<dyn JobStore>) -> mpsc::UnboundedSender<UsageRecord> {
+/// in memory meanwhile, counted in `backlog`, which stops the worker claiming new jobs when
+/// full); only a batch the database refuses outright is dropped, logged.
+fn spawn_usage_writer(store: Arc<dyn JobStore>, backlog: WriteBacklog) -> UsageSender {
     let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
+    let held = backlog.clone();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(256);
         while rx.recv_many(&mut batch, 256).await > 0 {
@@ -288,10 +308,11 @@ fn spawn_usage_writer(store: Arc<dyn JobStore>) -> mpsc::UnboundedSender<UsageRe
                     }
                 }
             }
+            held.done(batch.len());
             batch.clear();
         }
     });
-    tx
+    UsageSender { tx, backlog }
 }
 
 /// The longest wait between two tries of a write that must survive a database outage.
@@ -339,6 +360,7 @@ mod tests {
             store.clone(),
             EventHub::new(store.clone()),
             spend.clone(),
+            WriteBacklog::default(),
         ));
         let ctx = ctx();
         let (m, c) = (models.clone(), ctx.clone());

@@ -1,5 +1,10 @@
 //! Finalizing attempts under their lease: completions batched into one statement, failures
 //! one by one; then the live status event.
+//!
+//! A finished attempt's outcome is the only record of work done (and paid for): while the
+//! store is unreachable it is tried again, with backoff, for `worker.finalize_retry_secs`,
+//! and its lease stays in the heartbeat's map until it is recorded, so the lease is renewed
+//! once the store is back and the job is not rescued and run again meanwhile.
 
 use std::time::Duration;
 
@@ -7,6 +12,7 @@ use sluice_store::{ClaimedJob, Completion, Failure, Finalized};
 use sluice_types::{JobError, JobEvent, JobStatus};
 use tokio::sync::{Notify, mpsc};
 
+use super::Tracked;
 use crate::node::Node;
 use std::sync::Arc;
 
@@ -21,10 +27,13 @@ pub(crate) enum Outcome {
 /// Hands outcomes to the store. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Finalizer {
-    completions: mpsc::Sender<(ClaimedJob, String)>,
+    completions: mpsc::Sender<Pending>,
     node: Node,
     finished: Arc<Notify>,
 }
+
+/// A completion waiting for its batch; its lease is renewed until its `Tracked` is dropped.
+type Pending = (ClaimedJob, String, Tracked);
 
 /// Most completions written in one statement.
 const BATCH: usize = 512;
@@ -43,10 +52,12 @@ impl Finalizer {
         }
     }
 
-    pub(crate) async fn submit(&self, job: ClaimedJob, outcome: Outcome) {
+    /// Record `outcome`; `tracked` keeps the job's lease renewed until it is recorded (or
+    /// given up on).
+    pub(crate) async fn submit(&self, job: ClaimedJob, outcome: Outcome, tracked: Tracked) {
         match outcome {
             Outcome::Completed(output) => {
-                if self.completions.send((job, output)).await.is_err() {
+                if self.completions.send((job, output, tracked)).await.is_err() {
                     tracing::error!(
                         "completion writer stopped; the job will be rescued when its lease expires"
                     );
@@ -57,7 +68,9 @@ impl Finalizer {
                     error,
                     detail: Some(serde_json::json!({ "kind": kind })),
                 };
-                let result = retry_store(|| self.node.store.fail(job.lease, &failure)).await;
+                let result =
+                    retry_store(&self.node, || self.node.store.fail(job.lease, &failure)).await;
+                drop(tracked);
                 self.finished.notify_one();
                 match result {
                     Ok(finalized) => {
@@ -72,11 +85,7 @@ impl Finalizer {
     }
 }
 
-async fn complete_loop(
-    node: Node,
-    mut rx: mpsc::Receiver<(ClaimedJob, String)>,
-    finished: Arc<Notify>,
-) {
+async fn complete_loop(node: Node, mut rx: mpsc::Receiver<Pending>, finished: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     // Batches being written. A few at once so a batch does not wait for the previous one's
     // WAL flush (Postgres commits concurrent transactions with one flush); the jobs in a
@@ -85,7 +94,10 @@ async fn complete_loop(
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut jobs = Vec::with_capacity(batch.len());
         let mut items = Vec::with_capacity(batch.len());
-        for (job, output) in batch.drain(..) {
+        // Dropped (the leases left to expire or already released) once the batch is recorded.
+        let mut tracked = Vec::with_capacity(batch.len());
+        for (job, output, track) in batch.drain(..) {
+            tracked.push(track);
             // A NUL can only be in the text as an escape: one search spares the walk.
             let suspect = output.contains("\\u0000");
             // The engine checked the output is JSON.
@@ -107,7 +119,11 @@ async fn complete_loop(
                 writing.join_next().await;
             }
             let (node, finished) = (node.clone(), finished.clone());
-            writing.spawn(async move { complete_batch(&node, &finished, jobs, items).await });
+            writing.spawn(async move {
+                complete_batch(&node, &finished, jobs, items).await;
+                // The leases may lapse now: the outcomes are recorded (or given up on).
+                drop(tracked);
+            });
         }
         while writing.try_join_next().is_some() {}
     }
@@ -124,7 +140,7 @@ async fn complete_batch(
     jobs: Vec<ClaimedJob>,
     items: Vec<Completion>,
 ) {
-    let result = retry_store(|| node.store.complete_many(&items)).await;
+    let result = retry_store(node, || node.store.complete_many(&items)).await;
     finished.notify_one();
     match result {
         Ok(outcomes) => {
@@ -136,7 +152,7 @@ async fn complete_batch(
             tracing::warn!(jobs = jobs.len(), error = %e, "a completion batch failed; completing its jobs one by one");
             for (job, item) in jobs.into_iter().zip(items) {
                 let one = [item];
-                match retry_store(|| node.store.complete_many(&one)).await {
+                match retry_store(node, || node.store.complete_many(&one)).await {
                     Ok(outcomes) => {
                         for finalized in outcomes {
                             announce(node, &job, finalized, None);
@@ -178,7 +194,7 @@ async fn fail_one(node: &Node, finished: &Notify, job: ClaimedJob, error: JobErr
         error,
         detail: Some(serde_json::json!({ "kind": "bad_output" })),
     };
-    let result = retry_store(|| node.store.fail(job.lease, &failure)).await;
+    let result = retry_store(node, || node.store.fail(job.lease, &failure)).await;
     finished.notify_one();
     match result {
         Ok(finalized) => announce(node, &job, finalized, Some(failure.error.message())),
@@ -188,24 +204,56 @@ async fn fail_one(node: &Node, finished: &Notify, job: ClaimedJob, error: JobErr
     }
 }
 
-/// Retry a store call through a short outage (a database restart): the job stays leased
-/// meanwhile, and if we give up the rescuer returns it to the queue. An error that is not an
-/// outage is returned at once: repeating the same statement would fail the same way.
-async fn retry_store<T, F, Fut>(mut f: F) -> sluice_store::Result<T>
+/// Retry a store call through an outage (a database restart, a failover) for
+/// `worker.finalize_retry_secs`: the job stays leased meanwhile (its lease renewed by the
+/// heartbeat once the store answers again), and if we give up the rescuer returns it to the
+/// queue. An error that is not an outage is returned at once: repeating the same statement
+/// would fail the same way.
+async fn retry_store<T, F, Fut>(node: &Node, f: F) -> sluice_store::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sluice_store::Result<T>>,
 {
-    let mut delay = Duration::from_millis(100);
-    let mut tries = 0;
+    let budget = Duration::from_secs(node.config.worker.finalize_retry_secs);
+    retry_for(budget, Backoff::STORE, f).await
+}
+
+/// Waits between tries: from `first`, doubling up to `max`.
+#[derive(Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// For a database restarting: soon at first, then every 5 s.
+    const STORE: Backoff = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
+}
+
+/// Call `f` until it succeeds, fails for a reason that is not an outage, or `budget` has
+/// passed since the first try.
+async fn retry_for<T, F, Fut>(
+    budget: Duration,
+    backoff: Backoff,
+    mut f: F,
+) -> sluice_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sluice_store::Result<T>>,
+{
+    let give_up_at = tokio::time::Instant::now() + budget;
+    let mut delay = backoff.first;
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && tries < 8 => {
-                tracing::warn!(error = %e, retry_in = ?delay, "store call failed while finalizing");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                tries += 1;
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up_at => {
+                let left = give_up_at.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!(error = %e, retry_in = ?delay, gives_up_in = ?left, "store call failed while finalizing");
+                tokio::time::sleep(delay.min(left)).await;
+                delay = (delay * 2).min(backoff.max);
             }
             Err(e) => return Err(e),
         }
@@ -235,4 +283,61 @@ fn announce(node: &Node, job: &ClaimedJob, finalized: Finalized, reason: Option<
             reason: reason.map(str::to_string),
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    fn outage() -> sluice_store::StoreError {
+        sluice_store::StoreError::Database(sqlx::Error::PoolTimedOut)
+    }
+
+    /// Short waits, so an outage of many tries takes a fraction of a second here.
+    const QUICK: Backoff = Backoff {
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(2),
+    };
+
+    /// An outage lasting far more tries than the eight this used to give up after does not
+    /// lose the outcome while it is within the budget.
+    #[tokio::test]
+    async fn an_outage_of_many_tries_within_the_budget_is_ridden_out() {
+        let back = Instant::now() + Duration::from_millis(300);
+        let tries = AtomicU32::new(0);
+        let result = retry_for(Duration::from_secs(600), QUICK, || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            if Instant::now() < back {
+                Err(outage())
+            } else {
+                Ok("recorded")
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), "recorded");
+        assert!(tries.load(Ordering::Relaxed) > 8);
+    }
+
+    /// Past the budget it gives up (the lease then returns the job to the queue); an error
+    /// that is not an outage is returned at once.
+    #[tokio::test]
+    async fn it_gives_up_after_the_budget_and_at_once_on_a_refusal() {
+        let start = Instant::now();
+        let budget = Duration::from_millis(200);
+        let result: sluice_store::Result<()> =
+            retry_for(budget, QUICK, || async { Err(outage()) }).await;
+        assert!(result.unwrap_err().is_transient());
+        assert!(start.elapsed() >= budget);
+
+        let tries = AtomicU32::new(0);
+        let result: sluice_store::Result<()> = retry_for(budget, QUICK, || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            Err(sluice_store::StoreError::Database(sqlx::Error::RowNotFound))
+        })
+        .await;
+        assert!(!result.unwrap_err().is_transient());
+        assert_eq!(tries.load(Ordering::Relaxed), 1);
+    }
 }

@@ -91,7 +91,7 @@ pub fn spawn(node: Node) -> WorkerHandle {
         running.clone(),
         stop.clone(),
     ));
-    tasks.spawn(heartbeat::rescuer(node, stop.clone()));
+    tasks.spawn(heartbeat::rescuer(node, running, stop.clone()));
     WorkerHandle {
         stop,
         tasks,
@@ -135,10 +135,21 @@ async fn dispatch(
     let mut jobs = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
     let total_slots = node.config.worker.slots;
+    let mut paused = false;
 
     while !stop.is_cancelled() {
         // Reap finished job tasks so the set does not grow.
         while jobs.try_join_next().is_some() {}
+
+        // Back-pressure: while the store cannot keep up with this node's events and usage
+        // rows, claim nothing new (running jobs go on) rather than buffer without bound.
+        if backlog_full(&node, &mut paused) {
+            tokio::select! {
+                _ = tokio::time::sleep(BACKLOG_RECHECK) => {}
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        }
 
         let free = slots.available_permits() as u32;
         // Claim in batches: while most slots are busy, wait for more to free up (or a short
@@ -209,6 +220,30 @@ async fn dispatch(
     while jobs.join_next().await.is_some() {}
 }
 
+/// How often a paused dispatcher looks at the backlog again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(100);
+
+/// Whether the node's rows waiting for the store are at `worker.max_buffered_writes`; logs
+/// when claiming pauses and resumes.
+fn backlog_full(node: &Node, paused: &mut bool) -> bool {
+    let held = node.backlog.len();
+    let cap = usize::try_from(node.config.worker.max_buffered_writes).unwrap_or(usize::MAX);
+    let full = held >= cap;
+    if full != *paused {
+        *paused = full;
+        if full {
+            tracing::warn!(
+                buffered = held,
+                cap,
+                "the store is not keeping up with job events and usage rows; claiming no new jobs until it does"
+            );
+        } else {
+            tracing::info!(buffered = held, "the store caught up; claiming jobs again");
+        }
+    }
+    full
+}
+
 /// Run one claimed attempt and hand its outcome to the finalizer.
 async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Finalizer) {
     let settings = node
@@ -227,9 +262,10 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     };
     let lost = Arc::new(AtomicBool::new(false));
     // Removes the lease from the heartbeat's map however this task ends (a panic included),
-    // so a job is never renewed forever by a task that is gone.
-    let _tracked = Tracked::insert(
-        &running,
+    // so a job is never renewed forever by a task that is gone; handed to the finalizer, it
+    // keeps the lease renewed until the outcome is recorded.
+    let tracked = Tracked::insert(
+        running,
         job.lease,
         Running {
             cancelled: ctx.cancelled.clone(),
@@ -329,7 +365,7 @@ async fn run_one(node: Node, job: ClaimedJob, running: RunningMap, finalizer: Fi
     }
     // The attempt's events first: once the job is seen finished, they must all be readable.
     node.events.flush().await;
-    finalizer.submit(job, outcome).await;
+    finalizer.submit(job, outcome, tracked).await;
 }
 
 fn outcome_kind(outcome: &Outcome) -> crate::metrics::AttemptOutcome {
@@ -339,22 +375,22 @@ fn outcome_kind(outcome: &Outcome) -> crate::metrics::AttemptOutcome {
     }
 }
 
-/// A running attempt's entry in the heartbeat's map, removed on drop.
-struct Tracked<'a> {
-    running: &'a RunningMap,
+/// A running (or finishing) attempt's entry in the heartbeat's map, removed on drop.
+pub(crate) struct Tracked {
+    running: RunningMap,
     lease: Lease,
 }
 
-impl<'a> Tracked<'a> {
-    fn insert(running: &'a RunningMap, lease: Lease, entry: Running) -> Self {
-        lock(running).insert(lease, entry);
+impl Tracked {
+    fn insert(running: RunningMap, lease: Lease, entry: Running) -> Self {
+        lock(&running).insert(lease, entry);
         Tracked { running, lease }
     }
 }
 
-impl Drop for Tracked<'_> {
+impl Drop for Tracked {
     fn drop(&mut self) {
-        lock(self.running).remove(&self.lease);
+        lock(&self.running).remove(&self.lease);
     }
 }
 
