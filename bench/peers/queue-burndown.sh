@@ -23,6 +23,8 @@ source "$(dirname "$0")/lib.sh"
 
 export JOBS="${JOBS:-100000}" SLUICE_BENCH_JOBS="${JOBS:-100000}"
 export SLUICE_TEST_PG_URL="$PG_ADMIN_URL"
+# Sluice tuned as graphile-worker tuned is (bench/queue-vs-graphile.sh does the same).
+export SLUICE_BENCH_SLOTS="${SLUICE_BENCH_SLOTS:-1024}"
 peers="${PEERS:-graphile-tuned graphile-default pgboss-default pgboss-tuned}"
 with_sluice="${SLUICE:-1}"
 gw_version="${GRAPHILE_VERSION:-0.17.3}" pgb_version="${PGBOSS_VERSION:-12.38.1}"
@@ -49,7 +51,8 @@ for peer in $peers; do
         *) say "unknown peer $peer"; exit 2 ;;
     esac
     say "$out"
-    line[$peer]="$out" rate[$peer]="$(rate_of "$out")"
+    first="$(grep -m1 'jobs/s' <<<"$out")"
+    line[$peer]="$first" rate[$peer]="$(rate_of "$first")"
 done
 if [[ $with_sluice == 1 ]]; then
     say "--- sluice: load average $(load)"
