@@ -84,7 +84,7 @@ fn json_on_request_with_secrets_redacted() {
         "postgres://sluice:***@db:5432/sluice"
     );
     assert_eq!(doc["webhooks"]["secret"], "<redacted>");
-    assert_eq!(doc["worker"]["slots"], 64);
+    assert_eq!(doc["worker"]["slots"], 256);
     assert!(doc["telemetry"]["endpoint"].is_null(), "{doc}");
     assert!(
         !text.contains("hunter2") && !text.contains("s3cret-value"),

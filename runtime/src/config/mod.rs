@@ -368,7 +368,11 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            slots: 64,
+            // AI jobs spend most of an attempt parked in a model call (~115 KiB each, measured
+            // with 10,000 parked), so slots are sized for waiting, not for cores: at 64, a
+            // provider five times slower than usual backed the queue up at 10 jobs/s
+            // (BENCHMARKS.md, "slow-day").
+            slots: 256,
             lease_secs: 30,
             poll_ms: 1000,
             default_max_attempts: 5,

@@ -25,7 +25,7 @@ fn file_values_override_defaults() {
 fn the_example_configuration_loads() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sluice.toml");
     let c = Config::load(Some(&p)).unwrap();
-    assert_eq!(c.worker.slots, 64);
+    assert_eq!(c.worker.slots, 256);
     assert!(c.gateway.aliases.contains_key("fast"));
     c.gateway.validate().unwrap();
 }

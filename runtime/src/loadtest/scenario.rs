@@ -271,7 +271,7 @@ impl Default for NodeSpec {
 }
 
 fn d_slots() -> u32 {
-    64
+    crate::config::WorkerConfig::default().slots
 }
 
 /// What happens after the last arrival.
